@@ -1,0 +1,31 @@
+//! unionfs: a union filesystem in userspace.
+//!
+//! The copy-on-write model in a few lines:
+//!
+//! * A mount stacks read-only **lower** layers under at most one writable
+//!   **upper** layer. Layer 0 is the upper; lowers follow, top first.
+//! * **Lookup** walks a directory's layers top-down and stops at the first
+//!   whiteout, the first non-directory, or after an opaque directory
+//!   ([`lookup`]). Directories of the same name merge ([`readdir`]).
+//! * The first change to a lower object **copies it up**: it is rebuilt in
+//!   the work dir and renamed into the upper in one step ([`copy_up`]).
+//! * Removing an object that a lower still has leaves a **whiteout** in the
+//!   upper ([`whiteout`]); lowers are never modified.
+//!
+//! Follow a request from the kernel: [`fuse`] converts it, [`ops`] runs the
+//! union rule, and [`sys`] makes the system calls.
+
+pub mod cli;
+pub mod copy_up;
+pub mod error;
+pub mod fuse;
+pub mod handles;
+pub mod layer;
+pub mod lookup;
+pub mod node;
+pub mod ops;
+pub mod readdir;
+pub mod sys;
+pub mod whiteout;
+
+pub use error::{Error, Result};

@@ -16,11 +16,11 @@
 //! union rule, and [`sys`] makes the system calls.
 
 pub mod cli;
-pub mod copy_up;
 pub mod error;
 pub mod fuse;
 pub mod handles;
 pub mod layer;
+pub mod logging;
 pub mod lookup;
 pub mod node;
 pub mod ops;

@@ -1,0 +1,1070 @@
+//! The command line: `mount`/`umount` subcommands and the two compatibility
+//! forms (fuse-overlayfs `-o` style, mount.fuse style), all turned into one
+//! validated [`MountConfig`].
+//!
+//! Parsing has two steps. First the arguments are read as typed into a
+//! [`RawMount`] (clap for the subcommands, a small hand-written scanner for the
+//! compatibility forms, which clap cannot express). Then one resolve step
+//! reads the `-o` strings, merges them with the flags, and checks everything
+//! against the disk. So all three forms agree by construction: they differ
+//! only in how they fill a `RawMount`.
+//!
+//! Nothing here writes to the disk; it only stats paths and lists the mount
+//! point. Paths stay bytes (`OsString`) from argv to `MountConfig`.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// The most lower layers one mount may stack.
+pub const MAX_LOWERS: usize = 500;
+
+/// The most FUSE worker threads one may ask for.
+const MAX_THREADS: usize = 1024;
+
+/// Exit code for a malformed command line.
+const EXIT_USAGE: i32 = 2;
+/// Exit code for a well-formed command line that the disk contradicts.
+const EXIT_INVALID: i32 = 1;
+
+/// How whiteouts and opaque markers are written into the upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFormat {
+    /// Kernel overlayfs: 0/0 char devices and `overlay.opaque` xattrs.
+    Overlay,
+    /// OCI/AUFS: `.wh.NAME` files and `.wh..wh..opq`.
+    Oci,
+    /// Overlay where the upper allows a 0/0 device, else OCI.
+    Auto,
+}
+
+/// A validated mount request: every path absolute and resolved, every layer
+/// an existing directory, the layout free of overlaps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountConfig {
+    /// Lower layers, top first; each an existing directory, symlinks resolved.
+    pub lowers: Vec<PathBuf>,
+    /// The writable layer; `None` for a read-only union.
+    pub upper: Option<PathBuf>,
+    /// `Some` exactly when `upper` is. May not exist yet: the mount creates it.
+    pub work: Option<PathBuf>,
+    /// True when `work` is [`default_work_dir`] of the upper.
+    pub work_is_default: bool,
+    /// An existing empty directory.
+    pub mountpoint: PathBuf,
+    /// `-f`: stay in the foreground.
+    pub foreground: bool,
+    /// `--format` / `-o format=`; `Auto` unless given.
+    pub format: WriteFormat,
+    /// `-o ro`. A mount without an upper is read-only whatever this says.
+    pub read_only: bool,
+    /// `--log-file` / `-o log_file=`, made absolute (the daemon changes dir).
+    pub log_file: Option<PathBuf>,
+    /// `-o fsname=`, else the SOURCE of the mount.fuse form, else "unionfs".
+    pub fsname: String,
+    /// `Some(true)` for `-o allow_other`/`allow_root`; `None` lets the daemon
+    /// decide (on when run as root).
+    pub allow_other: Option<bool>,
+    /// Generic mount flags for the kernel, in the order given, without
+    /// duplicates: nodev, nosuid, noexec, dev, suid, exec, sync, async, dirsync.
+    pub kernel_options: Vec<String>,
+    /// `--threads` / `-o threads=`: FUSE worker threads, 1 to 1024.
+    pub threads: Option<usize>,
+    /// One line per accepted but ignored option, for the caller to print.
+    pub warnings: Vec<String>,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Mount(MountConfig),
+    /// `unionfs umount MNT`: an absolute path, the parent resolved.
+    Umount(PathBuf),
+    /// Help or version text: print it (it has no trailing newline) to stdout
+    /// and exit 0.
+    Print(String),
+}
+
+/// A bad command line.
+#[derive(Debug)]
+pub struct CliError {
+    /// One line for stderr, starting with "unionfs: ", no trailing newline.
+    pub message: String,
+    /// 2 for a malformed command line, 1 when the disk contradicts it.
+    pub exit_code: i32,
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+fn usage_error(what: impl std::fmt::Display) -> CliError {
+    CliError {
+        message: format!("unionfs: {what}"),
+        exit_code: EXIT_USAGE,
+    }
+}
+
+fn invalid(what: impl std::fmt::Display) -> CliError {
+    CliError {
+        message: format!("unionfs: {what}"),
+        exit_code: EXIT_INVALID,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// clap definitions
+
+const USAGE: &str = "\
+unionfs mount -l LOWER[:LOWER...] [-u UPPER [-w WORK]] [OPTIONS] MNT
+       unionfs umount MNT
+       unionfs -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=WORK][,OPTS] [-f] MNT
+       unionfs SOURCE MNT -o lowerdir=LOWER[:LOWER...][,OPTS]";
+
+const EXAMPLES: &str = "\
+Examples:
+  Stack two read-only layers (top first) under a writable one:
+    unionfs mount -l /img/top:/img/base -u /data/upper /mnt/merged
+  The same, read-only (no upper):
+    unionfs mount -l /img/top:/img/base /mnt/merged
+  fuse-overlayfs style, as run by containers/storage (mount_program):
+    unionfs -o lowerdir=/img/top:/img/base,upperdir=/data/upper,workdir=/data/work /mnt/merged
+  mount.fuse style, as run by `mount -t fuse.unionfs` and /etc/fstab:
+    mount -t fuse.unionfs unionfs /mnt/merged -o lowerdir=/img/top:/img/base,upperdir=/data/upper
+    unionfs /mnt/merged fuse.unionfs lowerdir=/img/top:/img/base,upperdir=/data/upper 0 0
+  Unmount:
+    unionfs umount /mnt/merged
+
+See 'unionfs mount --help' for the options.";
+
+const MOUNT_AFTER_HELP: &str = "\
+Options for -o (comma-separated; '\\,' is a literal comma):
+  lowerdir=L1:L2  upperdir=DIR  workdir=DIR   the layers, as -l, -u and -w
+  format=overlay|oci|auto    whiteout format written into the upper
+  ro, rw                     read-only or read-write mount
+  allow_other, allow_root    let other users in (on by default for root)
+  threads=N                  FUSE worker threads
+  log_file=PATH              as --log-file
+  fsname=NAME                the source name shown in the mount table
+  nodev nosuid noexec dev suid exec sync async dirsync
+                             passed to the kernel
+Options of fuse-overlayfs and overlayfs that mean nothing here (noatime,
+context=, xino=, index=, volatile, fsync=, ...) are accepted with a warning.
+Ownership and layout changing ones (uidmapping=, squash_to_root,
+metacopy=on, plugins=, ...) are refused.
+
+Write a ':' inside a lower path as '\\:' and a '\\' as '\\\\'. The work dir must
+be on the upper's filesystem and outside it; by default it is
+.UPPER-NAME.unionfs-work next to the upper.
+
+Examples:
+  unionfs mount -l /img/top:/img/base -u /data/upper /mnt/merged
+  unionfs mount -l /img/base /mnt/ro -o ro,format=oci --log-file /tmp/unionfs.log";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "unionfs",
+    version,
+    about = "A union filesystem in userspace: read-only lower layers under one writable upper",
+    override_usage = USAGE,
+    after_help = EXAMPLES,
+    propagate_version = true,
+    color = clap::ColorChoice::Never
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Mount a union of LOWER layers (and an optional UPPER) at MNT
+    Mount(MountArgs),
+    /// Unmount a unionfs mount
+    Umount(UmountArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = MOUNT_AFTER_HELP)]
+struct MountArgs {
+    /// Lower layers, top first, separated by ':'
+    #[arg(short = 'l', long = "lower", value_name = "LOWER[:LOWER...]")]
+    lower: Option<OsString>,
+    /// Writable upper layer; without one the union is read-only
+    #[arg(short = 'u', long = "upper", value_name = "UPPER")]
+    upper: Option<OsString>,
+    /// Work dir for unionfs's temporaries: on the upper's filesystem, outside the upper
+    #[arg(short = 'w', long = "work", value_name = "WORK")]
+    work: Option<OsString>,
+    /// Empty directory to mount on
+    #[arg(value_name = "MNT")]
+    mountpoint: OsString,
+    /// Stay in the foreground instead of detaching
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+    /// Mount options, comma-separated (see below); may be repeated
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Vec<OsString>,
+    /// Whiteout format written into the upper: overlay, oci or auto [default: auto]
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    format: Option<WriteFormat>,
+    /// Write the daemon's log to PATH
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<OsString>,
+    /// FUSE worker threads [default: one per CPU]
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct UmountArgs {
+    /// The mount point
+    #[arg(value_name = "MNT")]
+    mountpoint: OsString,
+}
+
+fn parse_format(value: &str) -> Result<WriteFormat, String> {
+    match value {
+        "overlay" => Ok(WriteFormat::Overlay),
+        "oci" => Ok(WriteFormat::Oci),
+        "auto" => Ok(WriteFormat::Auto),
+        _ => Err(format!(
+            "unknown format '{value}' (expected overlay, oci or auto)"
+        )),
+    }
+}
+
+fn parse_threads(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "threads '{value}': expected a number from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
+fn version_line() -> String {
+    format!("unionfs {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn help_text() -> String {
+    Cli::command().render_help().to_string().trim_end().to_owned()
+}
+
+/// Turns a clap outcome that is not a parse into ours: help and version
+/// become text to print, and a real error becomes one line (clap's message
+/// without its usage block).
+fn from_clap(e: clap::Error) -> Result<Command, CliError> {
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Ok(Command::Print(e.to_string().trim_end().to_owned()))
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text.split("\n\n").next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+            Err(usage_error(format!("{line} (try 'unionfs --help')")))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Step 1: argv -> RawMount
+
+/// A mount request as typed, before any option string is read or any path
+/// is looked at.
+#[derive(Debug, Default)]
+struct RawMount {
+    lower: Option<OsString>,
+    upper: Option<OsString>,
+    work: Option<OsString>,
+    /// SOURCE of the mount.fuse form.
+    source: Option<OsString>,
+    mountpoint: OsString,
+    foreground: bool,
+    /// Each `-o` argument, in order.
+    options: Vec<OsString>,
+    format: Option<WriteFormat>,
+    log_file: Option<OsString>,
+    threads: Option<usize>,
+}
+
+/// Parses argv (including argv[0]) into a validated [`Command`].
+///
+/// `mount`, `umount`, `help` and the help/version flags go to clap; anything
+/// else is one of the compatibility forms. Reads the disk (stats, lists the
+/// mount point) but changes nothing.
+pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, CliError> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let Some(first) = args.get(1) else {
+        return Err(usage_error("missing arguments (try 'unionfs --help')"));
+    };
+    match first.as_bytes() {
+        b"mount" | b"umount" | b"help" | b"--help" | b"-h" | b"--version" | b"-V" => {
+            match Cli::try_parse_from(&args) {
+                Ok(Cli {
+                    command: Sub::Mount(m),
+                }) => resolve(RawMount {
+                    lower: m.lower,
+                    upper: m.upper,
+                    work: m.work,
+                    source: None,
+                    mountpoint: m.mountpoint,
+                    foreground: m.foreground,
+                    options: m.options,
+                    format: m.format,
+                    log_file: m.log_file,
+                    threads: m.threads,
+                })
+                .map(Command::Mount),
+                Ok(Cli {
+                    command: Sub::Umount(u),
+                }) => resolve_umount(&u.mountpoint).map(Command::Umount),
+                Err(e) => from_clap(e),
+            }
+        }
+        _ => parse_compat(args.get(1..).unwrap_or_default()),
+    }
+}
+
+/// The fuse-overlayfs form (`-o DATA MNT`) and the mount.fuse form
+/// (`SOURCE MNT -o DATA`), flags and positionals in any order.
+fn parse_compat(args: &[OsString]) -> Result<Command, CliError> {
+    let mut raw = RawMount::default();
+    let mut positional: Vec<OsString> = Vec::new();
+    let mut rest = args.iter();
+    let mut options_ended = false;
+    while let Some(arg) = rest.next() {
+        let bytes = arg.as_bytes();
+        if options_ended || !bytes.starts_with(b"-") || bytes == b"-" {
+            positional.push(arg.clone());
+            continue;
+        }
+        match bytes {
+            b"--" => options_ended = true,
+            b"-h" | b"--help" => return Ok(Command::Print(help_text())),
+            b"-V" | b"--version" => return Ok(Command::Print(version_line())),
+            b"-f" => raw.foreground = true,
+            // fuse-overlayfs's (and libfuse's) debug switch, which implies -f.
+            b"-d" | b"--debug" => {
+                raw.foreground = true;
+                raw.options.push("debug".into());
+            }
+            b"-o" => raw.options.push(flag_value(&mut rest, "-o")?),
+            _ if bytes.starts_with(b"-o") => raw.options.push(os(&bytes[2..])),
+            _ => {
+                let (name, inline) = match bytes.iter().position(|&b| b == b'=') {
+                    Some(i) => (&bytes[..i], Some(os(&bytes[i + 1..]))),
+                    None => (bytes, None),
+                };
+                let mut value = |flag: &str| match inline.clone() {
+                    Some(v) => Ok(v),
+                    None => flag_value(&mut rest, flag),
+                };
+                match name {
+                    b"--format" => {
+                        raw.format = Some(parse_format(&utf8(&value("--format")?)?).map_err(usage_error)?)
+                    }
+                    b"--threads" => {
+                        raw.threads = Some(parse_threads(&utf8(&value("--threads")?)?).map_err(usage_error)?)
+                    }
+                    b"--log-file" => raw.log_file = Some(value("--log-file")?),
+                    _ => {
+                        return Err(usage_error(format!(
+                            "unknown option '{}' (try 'unionfs --help')",
+                            arg.to_string_lossy()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    match positional.as_slice() {
+        [] => return Err(usage_error("missing mount point (try 'unionfs --help')")),
+        [mountpoint] => raw.mountpoint = mountpoint.clone(),
+        [source, mountpoint] => {
+            raw.source = Some(source.clone());
+            raw.mountpoint = mountpoint.clone();
+        }
+        [_, _, extra, ..] => {
+            return Err(usage_error(format!(
+                "unexpected argument '{}' (try 'unionfs --help')",
+                extra.to_string_lossy()
+            )))
+        }
+    }
+    resolve(raw).map(Command::Mount)
+}
+
+fn flag_value<'a>(
+    rest: &mut impl Iterator<Item = &'a OsString>,
+    flag: &str,
+) -> Result<OsString, CliError> {
+    rest.next()
+        .cloned()
+        .ok_or_else(|| usage_error(format!("option '{flag}' needs a value")))
+}
+
+fn os(bytes: &[u8]) -> OsString {
+    OsStr::from_bytes(bytes).to_owned()
+}
+
+fn utf8(value: &OsStr) -> Result<String, CliError> {
+    value
+        .to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| usage_error(format!("'{}' is not valid UTF-8", value.to_string_lossy())))
+}
+
+// ---------------------------------------------------------------------------
+// Step 2: the -o strings
+
+/// What the `-o` strings ask for.
+#[derive(Debug, Default)]
+struct MountOptions {
+    lowerdir: Option<OsString>,
+    upperdir: Option<OsString>,
+    workdir: Option<OsString>,
+    format: Option<WriteFormat>,
+    read_only: bool,
+    allow_other: Option<bool>,
+    threads: Option<usize>,
+    log_file: Option<OsString>,
+    fsname: Option<String>,
+    kernel_options: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Flags handed to the kernel as they are.
+const KERNEL_FLAGS: &[&str] = &[
+    "nodev", "nosuid", "noexec", "dev", "suid", "exec", "sync", "async", "dirsync",
+];
+
+/// Flags (no value) that fuse-overlayfs, overlayfs or mount(8) users pass and
+/// that change nothing here: atime handling is the underlying filesystems'
+/// business, fsync is always honoured, and the rest are for mount(8) itself.
+const IGNORED_FLAGS: &[&str] = &[
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "nodiratime",
+    "diratime",
+    "atime",
+    "lazytime",
+    "nolazytime",
+    "noacl",
+    "static_nlink",
+    "volatile",
+    "debug",
+    "userxattr",
+    "auto_unmount",
+    "_netdev",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "nofail",
+];
+
+/// Options with a value that change nothing here: SELinux labels (the
+/// labels on the layers' files apply), overlayfs tuning, fuse-overlayfs and
+/// libfuse tuning.
+const IGNORED_WITH_VALUE: &[&str] = &[
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "fsync",
+    "xino",
+    "index",
+    "redirect_dir",
+    "uuid",
+    "timeout",
+    "threaded",
+    "fast_ino",
+    "writeback",
+    "max_write",
+    "max_read",
+    "max_readahead",
+    "subtype",
+];
+
+/// Options that would change what the mount shows, with why they are refused.
+const REFUSED: &[(&str, &str)] = &[
+    ("uidmapping", "unionfs does not remap file owners"),
+    ("gidmapping", "unionfs does not remap file owners"),
+    ("squash_to_root", "unionfs does not remap file owners"),
+    ("squash_to_uid", "unionfs does not remap file owners"),
+    ("squash_to_gid", "unionfs does not remap file owners"),
+    ("metacopy", "unionfs always copies data up with the metadata"),
+    ("plugins", "unionfs has no layer plugins"),
+    ("ino32_t", "unionfs inode numbers are 64-bit"),
+    ("nfs_export", "unionfs does not support NFS export"),
+    ("noxattrs", "unionfs always passes extended attributes through"),
+    ("xattr_permissions", "unionfs does not keep ownership in xattrs"),
+    ("nonempty", "unionfs mounts only on an empty directory"),
+];
+
+/// Refused options whose value that means "off" is harmless, so accepted with
+/// a warning (e.g. `metacopy=off`).
+const REFUSED_UNLESS_OFF: &[(&str, &[&str])] = &[
+    ("metacopy", &["off"]),
+    ("nfs_export", &["off"]),
+    ("noxattrs", &["0"]),
+    ("xattr_permissions", &["0"]),
+];
+
+impl MountOptions {
+    fn parse(strings: &[OsString]) -> Result<MountOptions, CliError> {
+        let mut opts = MountOptions::default();
+        for string in strings {
+            // Empty items (`a,,b`, a trailing comma) are skipped: mount(8) and
+            // libfuse tolerate them, and scripts that join lists produce them.
+            for item in split_options(string).iter().filter(|i| !i.is_empty()) {
+                opts.apply(item)?;
+            }
+        }
+        Ok(opts)
+    }
+
+    fn apply(&mut self, item: &[u8]) -> Result<(), CliError> {
+        let shown = String::from_utf8_lossy(item);
+        let (name, value) = match item.iter().position(|&b| b == b'=') {
+            Some(i) => (&item[..i], Some(&item[i + 1..])),
+            None => (item, None),
+        };
+        if name.is_empty() {
+            return Err(usage_error(format!("malformed option '{shown}' in -o")));
+        }
+        let unknown = || usage_error(format!("unknown option '{shown}' in -o"));
+        let name = std::str::from_utf8(name).map_err(|_| unknown())?;
+
+        if let Some((_, off)) = REFUSED_UNLESS_OFF.iter().find(|(n, _)| *n == name) {
+            if value.is_some_and(|v| off.iter().any(|o| o.as_bytes() == v)) {
+                self.warn(&shown);
+                return Ok(());
+            }
+        }
+        if let Some((_, why)) = REFUSED.iter().find(|(n, _)| *n == name) {
+            return Err(usage_error(format!(
+                "option '{name}' is not supported: {why}"
+            )));
+        }
+
+        match name {
+            "lowerdir" => set_once(&mut self.lowerdir, name, path_value(name, value)?),
+            "upperdir" => set_once(&mut self.upperdir, name, path_value(name, value)?),
+            "workdir" => set_once(&mut self.workdir, name, path_value(name, value)?),
+            "log_file" => {
+                self.log_file = Some(path_value(name, value)?);
+                Ok(())
+            }
+            "format" => {
+                let v = text_value(name, value)?;
+                self.format = Some(parse_format(&v).map_err(usage_error)?);
+                Ok(())
+            }
+            "threads" => {
+                let v = text_value(name, value)?;
+                self.threads = Some(parse_threads(&v).map_err(usage_error)?);
+                Ok(())
+            }
+            "fsname" => {
+                self.fsname = Some(text_value(name, value)?);
+                Ok(())
+            }
+            "ro" | "rw" => {
+                no_value(name, value)?;
+                self.read_only = name == "ro";
+                Ok(())
+            }
+            "allow_other" | "allow_root" => {
+                no_value(name, value)?;
+                self.allow_other = Some(true);
+                Ok(())
+            }
+            // The kernel always checks permissions for us; `defaults` is
+            // mount(8)'s "nothing special".
+            "default_permissions" | "defaults" => no_value(name, value),
+            _ if KERNEL_FLAGS.contains(&name) => {
+                no_value(name, value)?;
+                if !self.kernel_options.iter().any(|k| k == name) {
+                    self.kernel_options.push(name.to_owned());
+                }
+                Ok(())
+            }
+            _ if IGNORED_FLAGS.contains(&name) && value.is_none() => {
+                self.warn(&shown);
+                Ok(())
+            }
+            _ if IGNORED_WITH_VALUE.contains(&name) && value.is_some() => {
+                self.warn(&shown);
+                Ok(())
+            }
+            // mount(8) passes x-* options (systemd's among them) to helpers.
+            _ if name.starts_with("x-") => {
+                self.warn(&shown);
+                Ok(())
+            }
+            _ => Err(unknown()),
+        }
+    }
+
+    fn warn(&mut self, shown: &str) {
+        let line = format!("unionfs: warning: option '{shown}' has no effect here; ignored");
+        if !self.warnings.contains(&line) {
+            self.warnings.push(line);
+        }
+    }
+}
+
+/// Splits one `-o` string on commas. `\,` is a literal comma; any other
+/// backslash pair is kept as it is, so that `\:` and `\\` reach the lowerdir
+/// parser intact. As in mount(8), a comma inside double quotes does not
+/// split (SELinux `context="...:c1,c2"`), and the quotes are kept.
+fn split_options(s: &OsStr) -> Vec<Vec<u8>> {
+    let mut items = Vec::new();
+    let mut current = Vec::new();
+    let mut quoted = false;
+    let mut bytes = s.as_bytes().iter().copied();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(b',') => current.push(b','),
+                Some(next) => current.extend_from_slice(&[b'\\', next]),
+                None => current.push(b'\\'),
+            },
+            b'"' => {
+                quoted = !quoted;
+                current.push(b);
+            }
+            b',' if !quoted => items.push(std::mem::take(&mut current)),
+            _ => current.push(b),
+        }
+    }
+    items.push(current);
+    items
+}
+
+fn set_once(slot: &mut Option<OsString>, name: &str, value: OsString) -> Result<(), CliError> {
+    if slot.is_some() {
+        return Err(usage_error(format!("option '{name}' given twice")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn path_value(name: &str, value: Option<&[u8]>) -> Result<OsString, CliError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(os(v)),
+        _ => Err(usage_error(format!("option '{name}' needs a value ({name}=...)"))),
+    }
+}
+
+fn text_value(name: &str, value: Option<&[u8]>) -> Result<String, CliError> {
+    utf8(&path_value(name, value)?)
+}
+
+fn no_value(name: &str, value: Option<&[u8]>) -> Result<(), CliError> {
+    match value {
+        None => Ok(()),
+        Some(_) => Err(usage_error(format!("option '{name}' takes no value"))),
+    }
+}
+
+/// Splits a lowerdir list on ':'. `\:` is a literal colon and `\\` a literal
+/// backslash; any other backslash is kept as it is. Works on bytes, and
+/// keeps empty elements (`a::b`, a trailing ':') so the caller can refuse
+/// them.
+pub fn split_layer_list(list: &OsStr) -> Vec<OsString> {
+    let mut layers = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = list.as_bytes().iter().copied();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\\' => match bytes.next() {
+                Some(next @ (b':' | b'\\')) => current.push(next),
+                Some(next) => current.extend_from_slice(&[b'\\', next]),
+                None => current.push(b'\\'),
+            },
+            b':' => layers.push(OsString::from_vec(std::mem::take(&mut current))),
+            _ => current.push(b),
+        }
+    }
+    layers.push(OsString::from_vec(current));
+    layers
+}
+
+/// The work dir used when an upper is given without one:
+/// `<parent of upper>/.<upper name>.unionfs-work`, e.g. `/data/.upper.unionfs-work`
+/// for `/data/upper`.
+///
+/// The work dir must be outside the upper (its temporaries must never show in
+/// the merged view) but on the upper's filesystem (finished copies are renamed
+/// into the upper). A hidden sibling is both, unless the upper is itself the
+/// root of a mount, in which case the mount is refused and the user must pick
+/// a work dir. Expects a resolved path; for `/` it returns `/.unionfs-work`.
+pub fn default_work_dir(upper: &Path) -> PathBuf {
+    match (upper.parent(), upper.file_name()) {
+        (Some(parent), Some(name)) => {
+            let mut hidden = OsString::from(".");
+            hidden.push(name);
+            hidden.push(".unionfs-work");
+            parent.join(hidden)
+        }
+        _ => upper.join(".unionfs-work"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Step 3: resolve and validate
+
+/// Merges flags and `-o`, resolves every path, and checks the layout.
+fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
+    let opts = MountOptions::parse(&raw.options)?;
+
+    let lower_list = only_once(raw.lower, "-l", opts.lowerdir, "lowerdir=")?.ok_or_else(|| {
+        usage_error("no lower layers given (use -l LOWER[:LOWER...] or -o lowerdir=...)")
+    })?;
+    let upper_arg = only_once(raw.upper, "-u", opts.upperdir, "upperdir=")?;
+    let work_arg = only_once(raw.work, "-w", opts.workdir, "workdir=")?;
+    if work_arg.is_some() && upper_arg.is_none() {
+        return Err(usage_error(
+            "a work dir (-w / workdir=) needs an upper dir (-u / upperdir=)",
+        ));
+    }
+
+    let lowers = resolve_lowers(&lower_list)?;
+    let upper = match &upper_arg {
+        Some(u) => Some(existing_dir("upper dir", Path::new(u))?),
+        None => None,
+    };
+    let (work, work_is_default) = match (&upper, &work_arg) {
+        (None, _) => (None, false),
+        (Some(_), Some(w)) => (Some(resolve_work(Path::new(w))?), false),
+        (Some(u), None) => (Some(resolve_work(&default_work_dir(u))?), true),
+    };
+    let mountpoint = resolve_mountpoint(&raw.mountpoint)?;
+
+    check_layout(
+        &lowers,
+        upper.as_deref(),
+        work.as_ref().map(|w| w.path.as_path()),
+        &mountpoint,
+    )?;
+    if let (Some(upper), Some(work)) = (&upper, &work) {
+        check_same_filesystem(upper, work)?;
+    }
+
+    let fsname = match (opts.fsname, raw.source) {
+        (Some(name), _) => name,
+        (None, Some(source)) => utf8(&source)?,
+        (None, None) => "unionfs".to_owned(),
+    };
+    // fuser hands fsname to the kernel inside a comma-separated option string.
+    if fsname.is_empty() || fsname.contains(',') {
+        return Err(usage_error(format!(
+            "source name '{fsname}' must be non-empty and have no ','"
+        )));
+    }
+    let log_file = match raw.log_file.or(opts.log_file) {
+        Some(path) if path.is_empty() => {
+            return Err(usage_error("option '--log-file' needs a value"))
+        }
+        Some(path) => Some(absolute(Path::new(&path))?),
+        None => None,
+    };
+
+    Ok(MountConfig {
+        lowers,
+        upper,
+        work: work.map(|w| w.path),
+        work_is_default,
+        mountpoint,
+        foreground: raw.foreground,
+        format: raw.format.or(opts.format).unwrap_or(WriteFormat::Auto),
+        read_only: opts.read_only,
+        log_file,
+        fsname,
+        allow_other: opts.allow_other,
+        kernel_options: opts.kernel_options,
+        threads: raw.threads.or(opts.threads),
+        warnings: opts.warnings,
+    })
+}
+
+/// A layer may be named by its flag or by its `-o` option, not both: there
+/// is no safe way to pick one.
+fn only_once(
+    flag: Option<OsString>,
+    flag_name: &str,
+    option: Option<OsString>,
+    option_name: &str,
+) -> Result<Option<OsString>, CliError> {
+    match (flag, option) {
+        (Some(_), Some(_)) => Err(usage_error(format!(
+            "{flag_name} and -o {option_name} both given; use one"
+        ))),
+        (flag, option) => Ok(flag.or(option)),
+    }
+}
+
+fn resolve_lowers(list: &OsStr) -> Result<Vec<PathBuf>, CliError> {
+    let shown = list.to_string_lossy();
+    if list.is_empty() {
+        return Err(usage_error("empty lower layer list"));
+    }
+    let names = split_layer_list(list);
+    if names.iter().any(|n| n.is_empty()) {
+        return Err(usage_error(format!(
+            "empty entry in lower layer list '{shown}'"
+        )));
+    }
+    if names.len() > MAX_LOWERS {
+        return Err(usage_error(format!(
+            "{} lower layers given; at most {MAX_LOWERS} are supported",
+            names.len()
+        )));
+    }
+    names
+        .iter()
+        .map(|name| existing_dir("lower layer", Path::new(name)))
+        .collect()
+}
+
+/// Resolves `path` (symlinks and all) to an existing directory.
+fn existing_dir(what: &str, path: &Path) -> Result<PathBuf, CliError> {
+    let fail = |why: String| invalid(format!("{what} {}: {why}", path.display()));
+    let resolved = fs::canonicalize(path).map_err(|e| fail(describe(&e)))?;
+    match fs::metadata(&resolved) {
+        Ok(meta) if meta.is_dir() => Ok(resolved),
+        Ok(_) => Err(fail("not a directory".into())),
+        Err(e) => Err(fail(describe(&e))),
+    }
+}
+
+/// A work dir, resolved, and the device it is (or will be created) on.
+struct Work {
+    path: PathBuf,
+    dev: u64,
+}
+
+/// Resolves a work dir that may not exist yet: an existing one like any
+/// layer, a missing one as its nearest existing ancestor (resolved) plus the
+/// missing components, which the mount will create there.
+fn resolve_work(path: &Path) -> Result<Work, CliError> {
+    let fail = |why: String| invalid(format!("work dir {}: {why}", path.display()));
+    match fs::symlink_metadata(path) {
+        Ok(_) => {
+            let resolved = existing_dir("work dir", path)?;
+            let dev = fs::metadata(&resolved).map_err(|e| fail(describe(&e)))?.dev();
+            return Ok(Work {
+                path: resolved,
+                dev,
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(describe(&e))),
+    }
+
+    let absolute = absolute(path)?;
+    let mut missing: Vec<&OsStr> = Vec::new();
+    let mut ancestor = absolute.as_path();
+    loop {
+        match fs::symlink_metadata(ancestor) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(format!("{}: {}", ancestor.display(), describe(&e)))),
+        }
+        // A `..` below a missing directory has nothing to resolve against.
+        let (Some(parent), Some(name)) = (ancestor.parent(), ancestor.file_name()) else {
+            return Err(fail("'..' after a directory that does not exist".into()));
+        };
+        missing.push(name);
+        ancestor = parent;
+    }
+    let fail_at = |why: String| fail(format!("{}: {why}", ancestor.display()));
+    let mut resolved = fs::canonicalize(ancestor).map_err(|e| fail_at(describe(&e)))?;
+    let meta = fs::metadata(&resolved).map_err(|e| fail_at(describe(&e)))?;
+    if !meta.is_dir() {
+        return Err(fail_at("not a directory".into()));
+    }
+    // The missing names are plain (`file_name()` never yields `.` or `..`),
+    // and the mount creates them as real directories: nothing to resolve.
+    for name in missing.iter().rev() {
+        resolved.push(name);
+    }
+    Ok(Work {
+        path: resolved,
+        dev: meta.dev(),
+    })
+}
+
+fn resolve_mountpoint(path: &OsStr) -> Result<PathBuf, CliError> {
+    let shown = Path::new(path).display();
+    // mount.fuse's drop_privileges hands over an open /dev/fuse as /dev/fd/N.
+    if path.as_bytes().starts_with(b"/dev/fd/") {
+        return Err(invalid(format!(
+            "mount point {shown}: a pre-opened FUSE device (drop_privileges) is not supported"
+        )));
+    }
+    if path.is_empty() {
+        return Err(usage_error("empty mount point"));
+    }
+    let resolved = existing_dir("mount point", Path::new(path))?;
+    let mut entries = fs::read_dir(&resolved)
+        .map_err(|e| invalid(format!("mount point {shown}: {}", describe(&e))))?;
+    if entries.next().is_some() {
+        return Err(invalid(format!("mount point {shown}: not empty")));
+    }
+    Ok(resolved)
+}
+
+/// Refuses layouts where one layer would see another's files or where the
+/// mount would cover its own layers. All paths are resolved, so comparing
+/// components is enough.
+fn check_layout(
+    lowers: &[PathBuf],
+    upper: Option<&Path>,
+    work: Option<&Path>,
+    mountpoint: &Path,
+) -> Result<(), CliError> {
+    let clash = |a: &str, a_path: &Path, rel: &str, b: &str, b_path: &Path| {
+        invalid(format!(
+            "{a} {} {rel} {b} {}",
+            a_path.display(),
+            b_path.display()
+        ))
+    };
+    // Names the relation of `a` to `b`, if they overlap.
+    let overlap = |a: &Path, b: &Path| {
+        if a == b {
+            Some("is the same directory as")
+        } else if a.starts_with(b) {
+            Some("is inside")
+        } else if b.starts_with(a) {
+            Some("contains")
+        } else {
+            None
+        }
+    };
+
+    for lower in lowers {
+        if let Some(upper) = upper {
+            if let Some(rel) = overlap(lower, upper) {
+                return Err(clash("lower layer", lower, rel, "the upper dir", upper));
+            }
+        }
+        if let Some(work) = work {
+            if let Some(rel) = overlap(work, lower) {
+                return Err(clash("work dir", work, rel, "lower layer", lower));
+            }
+        }
+    }
+    if let (Some(upper), Some(work)) = (upper, work) {
+        if let Some(rel) = overlap(work, upper) {
+            return Err(clash("work dir", work, rel, "the upper dir", upper));
+        }
+    }
+    // The mount would hide the upper or work dir from the daemon itself.
+    // (It may sit inside a lower: a lower is read only through fds opened
+    // before the mount.)
+    for (what, dir) in [("the upper dir", upper), ("the work dir", work)] {
+        if let Some(dir) = dir {
+            if let Some(rel) = overlap(mountpoint, dir) {
+                return Err(clash("mount point", mountpoint, rel, what, dir));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copy-up renames from the work dir into the upper, which only works within
+/// one filesystem.
+fn check_same_filesystem(upper: &Path, work: &Work) -> Result<(), CliError> {
+    let upper_dev = fs::metadata(upper)
+        .map_err(|e| invalid(format!("upper dir {}: {}", upper.display(), describe(&e))))?
+        .dev();
+    if upper_dev != work.dev {
+        return Err(invalid(format!(
+            "work dir {} is not on the same filesystem as the upper dir {} (is the upper a mount point? pick a work dir next to it with -w)",
+            work.path.display(),
+            upper.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves the mount point to unmount. Only the parent is resolved when the
+/// mount point itself cannot be stat'ed: a mount whose daemon died answers
+/// ENOTCONN, and that is exactly when one needs to unmount it.
+fn resolve_umount(path: &OsStr) -> Result<PathBuf, CliError> {
+    let path = Path::new(path);
+    let fail = |why: String| invalid(format!("mount point {}: {why}", path.display()));
+    if path.as_os_str().is_empty() {
+        return Err(usage_error("empty mount point"));
+    }
+    match fs::canonicalize(path) {
+        Ok(resolved) => Ok(resolved),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(fail(describe(&e))),
+        Err(e) => {
+            let absolute = absolute(path)?;
+            match (absolute.parent(), absolute.file_name()) {
+                (Some(parent), Some(name)) => fs::canonicalize(parent)
+                    .map(|p| p.join(name))
+                    .map_err(|_| fail(describe(&e))),
+                _ => Err(fail(describe(&e))),
+            }
+        }
+    }
+}
+
+/// Makes `path` absolute against the current directory, without touching
+/// the disk or resolving anything.
+fn absolute(path: &Path) -> Result<PathBuf, CliError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| invalid(format!("current directory: {}", describe(&e))))?;
+    let mut joined = cwd;
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            other => joined.push(other),
+        }
+    }
+    Ok(joined)
+}
+
+/// An io::Error as a short phrase, without Rust's "(os error N)" suffix.
+fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "no such directory".into(),
+        Some(libc::ENOTDIR) => "not a directory".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error") {
+                Some(i) => text[..i].to_owned(),
+                None => text,
+            }
+        }
+    }
+}

@@ -1,0 +1,574 @@
+//! The FUSE glue: each handler converts the kernel's arguments, calls
+//! [`ops`](crate::ops), and replies. Also mounting, daemonizing, signals and
+//! unmounting.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request, Session, SessionACL,
+};
+use log::{debug, error, info, warn};
+
+use crate::cli::MountConfig;
+use crate::error::Error;
+use crate::layer::LayerStack;
+use crate::ops::{Attr, Options, UnionFs};
+use crate::sys;
+
+/// How long the kernel may cache names and attributes. Lowers never change
+/// under a mount and the upper changes only through us, so this can be long.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The filesystem handed to fuser.
+pub struct FuseFs {
+    fs: Arc<UnionFs>,
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.raw())
+}
+
+/// Logs a failed request (quietly for the everyday ones) and returns its errno.
+fn failed(op: &str, e: Error) -> Errno {
+    match e.raw() {
+        libc::ENOENT | libc::ENODATA | libc::EROFS | libc::EEXIST | libc::ENOTEMPTY => {
+            debug!("{op}: {e}")
+        }
+        _ => warn!("{op}: {e}"),
+    }
+    errno(&e)
+}
+
+fn to_time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let st = &a.st;
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: to_time(st.st_atime, st.st_atime_nsec),
+        mtime: to_time(st.st_mtime, st.st_mtime_nsec),
+        ctime: to_time(st.st_ctime, st.st_ctime_nsec),
+        crtime: to_time(st.st_ctime, st.st_ctime_nsec),
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, r: Result<Attr, Error>, op: &str) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(failed(op, e)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, r: Result<Vec<u8>, Error>, size: u32, op: &str) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(failed(op, e)),
+    }
+}
+
+/// A change the union does not make: refused with the errno ops gives.
+fn refuse_entry(fs: &UnionFs, reply: ReplyEntry, op: &str) {
+    reply_entry(reply, fs.refuse_change(), op)
+}
+
+fn refuse_empty(fs: &UnionFs, reply: ReplyEmpty, op: &str) {
+    match fs.refuse_change() {
+        Ok(_) => reply.ok(),
+        Err(e) => reply.error(failed(op, e)),
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let wanted = [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_READ,
+        ];
+        for flag in wanted {
+            if config.add_capabilities(flag).is_err() {
+                debug!("kernel lacks {flag:?}");
+            }
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.fs.lookup(parent.0, name), "lookup");
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(failed("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.fs.refuse_change() {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(failed("setattr", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(failed("readlink", e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        refuse_entry(&self.fs, reply, "mknod");
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        refuse_entry(&self.fs, reply, "mkdir");
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        refuse_empty(&self.fs, reply, "unlink");
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        refuse_empty(&self.fs, reply, "rmdir");
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        refuse_entry(&self.fs, reply, "symlink");
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        refuse_empty(&self.fs, reply, "rename");
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        refuse_entry(&self.fs, reply, "link");
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(failed("open", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(failed("read", e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(failed("opendir", e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for (next, e) in entries {
+                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(failed("readdir", e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.fs.readdir(fh.0, offset) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(failed("readdirplus", e)),
+        };
+        for (next, e) in entries {
+            // An entry that vanished since the snapshot is skipped, as a
+            // plain readdir would show it but a lookup would not find it.
+            let attr = match self.fs.entry_attr(ino.0, &e) {
+                Ok(a) => a,
+                Err(err) => {
+                    debug!("readdirplus {:?}: {err}", e.name);
+                    continue;
+                }
+            };
+            let counted = e.name != "." && e.name != "..";
+            if reply.add(INodeNo(attr.ino), next, &e.name, &TTL, &file_attr(&attr), Generation(0)) {
+                // Did not fit: the kernel never sees it, so it holds no lookup.
+                if counted {
+                    self.fs.forget(attr.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(failed("statfs", e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        refuse_empty(&self.fs, reply, "setxattr");
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, self.fs.getxattr(ino.0, name), size, "getxattr");
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, self.fs.listxattr(ino.0), size, "listxattr");
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        refuse_empty(&self.fs, reply, "removexattr");
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.access(ino.0, mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(failed("access", e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        match self.fs.refuse_change() {
+            Ok(_) => reply.error(Errno::EROFS),
+            Err(e) => reply.error(failed("create", e)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Mounting
+
+/// Mounts per `config` and serves until unmounted. Returns the process exit
+/// code; errors were already reported (stderr before detaching, the log after).
+pub fn mount(config: &MountConfig) -> Result<(), String> {
+    sys::raise_nofile_limit();
+    let layers = LayerStack::open(config.upper.as_deref(), &config.lowers)
+        .map_err(|e| format!("cannot open layers: {e}"))?;
+    let opts = Options {
+        read_only: config.read_only || config.upper.is_none(),
+        format: config.format,
+    };
+    let fs = Arc::new(UnionFs::new(layers, opts));
+
+    let is_root = sys::geteuid() == 0;
+    let allow_other = config.allow_other.unwrap_or(is_root);
+    let mut options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("unionfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        options.push(MountOption::RO);
+    }
+    for o in &config.kernel_options {
+        options.push(kernel_option(o));
+    }
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let threads = config.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
+    });
+    fuse_config.n_threads = Some(threads);
+    fuse_config.clone_fd = true;
+
+    let session = Session::new(FuseFs { fs: fs.clone() }, &config.mountpoint, &fuse_config)
+        .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;
+
+    // The mount is live (the kernel handshake is done): now detach, so that
+    // `unionfs mount` returns exactly when the mount can be used.
+    if !config.foreground {
+        match sys::fork() {
+            Ok(sys::Forked::Parent) => sys::exit_now(0),
+            Ok(sys::Forked::Child) => {}
+            Err(e) => return Err(format!("cannot fork the daemon: {e}")),
+        }
+        crate::logging::detached(config.log_file.is_some());
+        if let Err(e) = sys::detach_stdio(crate::logging::file_fd()) {
+            error!("detaching: {e}");
+        }
+    }
+    info!(
+        "mounted {} (lowers {:?}, upper {:?})",
+        config.mountpoint.display(),
+        config.lowers,
+        config.upper
+    );
+
+    // SIGTERM/SIGINT unmount; the session then ends by itself.
+    sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    let mountpoint = config.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = sys::wait_signal(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+            info!("signal {sig}: unmounting {}", mountpoint.display());
+            if let Err(e) = unmount_detached(&mountpoint) {
+                error!("unmount on signal: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+
+    let r = session.run();
+    info!("session ended: {r:?}");
+    r.map_err(|e| format!("session ended: {e}"))
+}
+
+fn kernel_option(o: &str) -> MountOption {
+    match o {
+        "nodev" => MountOption::NoDev,
+        "dev" => MountOption::Dev,
+        "nosuid" => MountOption::NoSuid,
+        "suid" => MountOption::Suid,
+        "noexec" => MountOption::NoExec,
+        "exec" => MountOption::Exec,
+        "sync" => MountOption::Sync,
+        "async" => MountOption::Async,
+        "dirsync" => MountOption::DirSync,
+        other => MountOption::CUSTOM(other.to_string()),
+    }
+}
+
+/// Lazily detaches the mount (a signal must not fail because a file is open).
+fn unmount_detached(mnt: &Path) -> Result<(), Error> {
+    match sys::umount_detach(mnt) {
+        Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, true),
+        other => other,
+    }
+}
+
+/// `fusermount3 -u [-z] MNT`, for a user that may not call umount(2).
+fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), Error> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg(mnt)
+        .output()
+        .map_err(|e| Error::from(e).context("running fusermount3"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::errno(libc::EPERM).context(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+/// `unionfs umount MNT`: unmounts, refusing (EBUSY) while files are open.
+pub fn unmount(mnt: &Path) -> Result<(), String> {
+    let r = match sys::umount(mnt) {
+        Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, false),
+        other => other,
+    };
+    r.map_err(|e| format!("cannot unmount {}: {e}", mnt.display()))
+}

@@ -1,0 +1,155 @@
+//! The layers of a mount: the upper (index 0, optional) and the lowers
+//! (index 1.., top first), each held open as a directory fd for the life of
+//! the mount, so no layer is ever reached by an absolute path again.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Index of a layer in the stack: 0 is the upper, 1.. the lowers, top first.
+pub type LayerId = u16;
+
+/// The upper's index; a lowers-only mount has no layer there.
+pub const UPPER: LayerId = 0;
+
+/// One layer: a directory held open.
+#[derive(Debug)]
+pub struct Layer {
+    pub id: LayerId,
+    /// As given at mount (symlinks resolved), for messages only.
+    pub path: PathBuf,
+    root: OwnedFd,
+    /// Filesystem of the layer root.
+    pub dev: u64,
+    /// Which distinct filesystem among the layers this one sits on (0 for
+    /// the first seen, upper before lowers); inode numbers carry it in their
+    /// high bits so that layers on different filesystems never collide.
+    pub fs_index: u16,
+}
+
+impl Layer {
+    /// The layer's root directory fd.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    pub fn is_upper(&self) -> bool {
+        self.id == UPPER
+    }
+
+    /// Opens `path` (relative to the layer root) without following symlinks.
+    pub fn open(&self, path: &OsStr, flags: i32) -> Result<OwnedFd> {
+        sys::open_beneath(self.root(), path, flags, 0)
+    }
+
+    /// `lstat` of `path` relative to the layer root.
+    pub fn stat(&self, path: &OsStr) -> Result<sys::Stat> {
+        if path.is_empty() {
+            return sys::fstat(self.root());
+        }
+        let (dir, name) = split_path(path);
+        let dirfd = self.open(dir, libc::O_PATH | libc::O_DIRECTORY)?;
+        sys::statat(dirfd.as_fd(), name)
+    }
+}
+
+/// Splits "a/b/c" into ("a/b", "c"); "c" into ("", "c").
+pub fn split_path(path: &OsStr) -> (&OsStr, &OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_bytes();
+    match bytes.iter().rposition(|b| *b == b'/') {
+        Some(i) => (
+            OsStr::from_bytes(&bytes[..i]),
+            OsStr::from_bytes(&bytes[i + 1..]),
+        ),
+        None => (OsStr::new(""), path),
+    }
+}
+
+/// Joins a relative dir path and a name.
+pub fn join_path(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {
+    if dir.is_empty() {
+        return name.to_os_string();
+    }
+    let mut p = dir.to_os_string();
+    p.push("/");
+    p.push(name);
+    p
+}
+
+/// All layers of a mount.
+#[derive(Debug)]
+pub struct LayerStack {
+    upper: Option<Layer>,
+    lowers: Vec<Layer>,
+}
+
+impl LayerStack {
+    /// Opens every layer root. Paths were validated by the CLI; this only
+    /// fails if one vanished since.
+    pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<LayerStack> {
+        let mut devs: Vec<u64> = Vec::new();
+        let mut open_one = |id: LayerId, path: &Path| -> Result<Layer> {
+            let root = sys::open_dir_path(path)?;
+            let dev = sys::fstat(root.as_fd())?.st_dev;
+            let fs_index = match devs.iter().position(|d| *d == dev) {
+                Some(i) => i,
+                None => {
+                    devs.push(dev);
+                    devs.len() - 1
+                }
+            };
+            Ok(Layer {
+                id,
+                path: path.to_path_buf(),
+                root,
+                dev,
+                fs_index: fs_index as u16,
+            })
+        };
+        let upper = upper.map(|p| open_one(UPPER, p)).transpose()?;
+        let lowers = lowers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| open_one((i + 1) as LayerId, p))
+            .collect::<Result<Vec<_>>>()?;
+        if lowers.is_empty() {
+            return Err(Error::errno(libc::EINVAL).context("no lower layer"));
+        }
+        Ok(LayerStack { upper, lowers })
+    }
+
+    /// The upper layer, if the mount has one.
+    pub fn upper(&self) -> Option<&Layer> {
+        self.upper.as_ref()
+    }
+
+    /// The layer with this index. Indices come only from this stack, so an
+    /// unknown one is a bug; it maps to EIO rather than a panic.
+    pub fn get(&self, id: LayerId) -> Result<&Layer> {
+        let layer = if id == UPPER {
+            self.upper.as_ref()
+        } else {
+            self.lowers.get(id as usize - 1)
+        };
+        layer.ok_or_else(|| Error::errno(libc::EIO).context(format!("no layer {id}")))
+    }
+
+    /// The lowers, top first.
+    pub fn lowers(&self) -> &[Layer] {
+        &self.lowers
+    }
+
+    /// Every layer, top first: the upper (if any), then the lowers.
+    pub fn all(&self) -> impl Iterator<Item = &Layer> {
+        self.upper.iter().chain(self.lowers.iter())
+    }
+
+    /// Ids of every layer, top first.
+    pub fn all_ids(&self) -> Vec<LayerId> {
+        self.all().map(|l| l.id).collect()
+    }
+}

@@ -1,0 +1,33 @@
+//! The `unionfs` command: parse the command line, run it, exit once.
+
+use std::process::ExitCode;
+
+use unionfs::cli::{self, Command};
+
+fn run() -> Result<(), (String, u8)> {
+    let command = cli::parse_args(std::env::args_os()).map_err(|e| (e.message, e.exit_code.clamp(1, 255) as u8))?;
+    match command {
+        Command::Print(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Command::Umount(mnt) => unionfs::fuse::unmount(&mnt).map_err(|m| (format!("unionfs: {m}"), 1)),
+        Command::Mount(config) => {
+            unionfs::logging::init(config.log_file.as_deref()).map_err(|m| (format!("unionfs: {m}"), 1))?;
+            for w in &config.warnings {
+                eprintln!("unionfs: warning: {w}");
+            }
+            unionfs::fuse::mount(&config).map_err(|m| (format!("unionfs: {m}"), 1))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((message, code)) => {
+            eprintln!("{message}");
+            ExitCode::from(code)
+        }
+    }
+}

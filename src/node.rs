@@ -1,0 +1,289 @@
+//! The inode table: every object the kernel knows by number, where its
+//! bytes live (its layer stack), how many lookups the kernel holds on it,
+//! and the per-node lock that serialises copy-up.
+//!
+//! Inode numbers follow overlayfs's `xino`: an object's number is the real
+//! inode number of its *origin* (the topmost lower it came from, else its
+//! upper), with the index of that layer's filesystem in the high 16 bits.
+//! So a number survives copy-up and remount, and layers on different
+//! filesystems never collide. The FUSE node id is the same number.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::layer::{Layer, LayerId, LayerStack, UPPER};
+use crate::whiteout::{self, DirMarks};
+
+/// The FUSE root node id.
+pub const ROOT_INO: u64 = 1;
+
+const FS_SHIFT: u32 = 48;
+const REAL_MASK: u64 = (1 << FS_SHIFT) - 1;
+/// Numbers handed out when a real inode number does not fit in 48 bits.
+const SYNTHETIC_BASE: u64 = 0xffff << FS_SHIFT;
+
+/// Where an object's bytes live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stack {
+    /// Path relative to every layer root: the upper holds the object here
+    /// when `upper` is set, each lower in `lowers` holds it at `lower_path`.
+    pub path: OsString,
+    pub upper: bool,
+    /// Lower layers holding the object, top first. A non-directory has at
+    /// most one; a merged directory has one per layer it merges.
+    pub lowers: Vec<LayerId>,
+    /// Where the lowers hold it (differs from `path` once renamed).
+    pub lower_path: OsString,
+}
+
+impl Stack {
+    /// The layer that answers reads and metadata: the upper, else the top lower.
+    pub fn top(&self) -> Option<(LayerId, &OsStr)> {
+        if self.upper {
+            Some((UPPER, &self.path))
+        } else {
+            self.lowers.first().map(|l| (*l, self.lower_path.as_os_str()))
+        }
+    }
+
+    /// Every (layer, path) holding the object, top first.
+    pub fn entries(&self) -> impl Iterator<Item = (LayerId, &OsStr)> {
+        let upper = self.upper.then_some((UPPER, self.path.as_os_str()));
+        upper.into_iter().chain(
+            self.lowers
+                .iter()
+                .map(|l| (*l, self.lower_path.as_os_str())),
+        )
+    }
+
+    /// True when more than one layer contributes (a merged directory).
+    pub fn is_merged(&self) -> bool {
+        self.lowers.len() + usize::from(self.upper) > 1
+    }
+}
+
+/// One object known to the kernel.
+#[derive(Debug)]
+pub struct Node {
+    pub ino: u64,
+    /// `S_IFMT` bits; an object never changes type (a new object at the same
+    /// name is a new node).
+    pub kind: u32,
+    stack: RwLock<Stack>,
+    /// Parent node and name in the merged tree (for "..", and renames).
+    place: RwLock<(u64, OsString)>,
+    lookups: AtomicU64,
+    /// Serialises copy-up and other changes of this node's stack.
+    pub lock: Mutex<()>,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    /// A copy of the node's current layer stack.
+    pub fn stack(&self) -> Stack {
+        self.stack.read().clone()
+    }
+
+    /// Replaces the stack (after copy-up, rename...). Callers hold `lock`.
+    pub fn set_stack(&self, stack: Stack) {
+        *self.stack.write() = stack;
+    }
+
+    /// Parent node id and name.
+    pub fn place(&self) -> (u64, OsString) {
+        self.place.read().clone()
+    }
+
+    pub fn set_place(&self, parent: u64, name: OsString) {
+        *self.place.write() = (parent, name);
+    }
+}
+
+/// The table of nodes plus the fds of recently used directories.
+pub struct NodeTable {
+    nodes: DashMap<u64, Arc<Node>>,
+    /// (fs index, real ino) → number, for real numbers that do not fit.
+    synthetic: DashMap<(u16, u64), u64>,
+    next_synthetic: AtomicU64,
+    /// Open directory fds, by (node, layer): lookups and readdir reuse them
+    /// instead of walking the path again. Bounded, so a huge tree does not
+    /// exhaust fds.
+    dir_fds: Mutex<lru::LruCache<(u64, LayerId), Arc<LayerDir>>>,
+}
+
+/// A directory of one layer, held open, with its markers read once.
+#[derive(Debug)]
+pub struct LayerDir {
+    pub fd: OwnedFd,
+    pub marks: DirMarks,
+}
+
+impl LayerDir {
+    /// Opens the directory at `path` in `layer` and reads its markers.
+    pub fn open(layer: &Layer, path: &OsStr) -> Result<LayerDir> {
+        // O_RDONLY rather than O_PATH: xattrs and getdents need a real fd.
+        let fd = match layer.open(path, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Err(e) if e.is(libc::EACCES) => layer.open(path, libc::O_PATH | libc::O_DIRECTORY)?,
+            other => other?,
+        };
+        let marks = whiteout::dir_marks(std::os::fd::AsFd::as_fd(&fd))?;
+        Ok(LayerDir { fd, marks })
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+}
+
+/// How many directory fds stay cached.
+const DIR_FD_CACHE: usize = 4096;
+
+impl NodeTable {
+    /// A table holding the root, merged over every layer.
+    pub fn new(layers: &LayerStack) -> NodeTable {
+        let root = Node {
+            ino: ROOT_INO,
+            kind: libc::S_IFDIR,
+            stack: RwLock::new(Stack {
+                path: OsString::new(),
+                upper: layers.upper().is_some(),
+                lowers: layers.lowers().iter().map(|l| l.id).collect(),
+                lower_path: OsString::new(),
+            }),
+            place: RwLock::new((ROOT_INO, OsString::new())),
+            // The kernel never forgets the root.
+            lookups: AtomicU64::new(1),
+            lock: Mutex::new(()),
+        };
+        let nodes = DashMap::new();
+        nodes.insert(ROOT_INO, Arc::new(root));
+        NodeTable {
+            nodes,
+            synthetic: DashMap::new(),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            dir_fds: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(DIR_FD_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// The node with this number, if the kernel still holds it.
+    pub fn get(&self, ino: u64) -> Result<Arc<Node>> {
+        self.nodes
+            .get(&ino)
+            .map(|n| n.clone())
+            .ok_or_else(|| Error::errno(libc::ESTALE).context(format!("no inode {ino}")))
+    }
+
+    /// The inode number for an object whose origin is `real_ino` in `layer`.
+    pub fn ino_for(&self, layer: &Layer, real_ino: u64) -> u64 {
+        let composed = ((layer.fs_index as u64) << FS_SHIFT) | real_ino;
+        if real_ino & !REAL_MASK == 0 && composed > ROOT_INO && composed < SYNTHETIC_BASE {
+            return composed;
+        }
+        *self
+            .synthetic
+            .entry((layer.fs_index, real_ino))
+            .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Records one kernel lookup of the object `ino`, creating its node from
+    /// `make` if the kernel did not know it. Returns the node.
+    pub fn remember(
+        &self,
+        ino: u64,
+        kind: u32,
+        stack: Stack,
+        parent: u64,
+        name: &OsStr,
+    ) -> Arc<Node> {
+        // The count is raised under the table's shard lock, so a concurrent
+        // `forget` cannot drop the node between our insert and increment.
+        let entry = self.nodes.entry(ino).or_insert_with(|| {
+            Arc::new(Node {
+                ino,
+                kind,
+                stack: RwLock::new(stack.clone()),
+                place: RwLock::new((parent, name.to_os_string())),
+                lookups: AtomicU64::new(0),
+                lock: Mutex::new(()),
+            })
+        });
+        entry.lookups.fetch_add(1, Ordering::Relaxed);
+        entry.clone()
+    }
+
+    /// The kernel dropped `n` lookups of `ino`; the node goes at zero.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        // Under the shard lock, like `remember`, so the two never interleave.
+        let removed = self.nodes.remove_if(&ino, |_, node| {
+            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+            node.lookups.store(left, Ordering::Relaxed);
+            left == 0
+        });
+        if let Some((_, node)) = removed {
+            if node.is_dir() {
+                self.forget_dir_fds(&node);
+            }
+        }
+    }
+
+    /// How many nodes the kernel holds (for tests and memory checks).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node (for renames that must update descendants' paths).
+    pub fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// The directory of `node` in `layer`, from the cache or opened now.
+    pub fn dir(&self, layers: &LayerStack, node: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
+        let key = (node.ino, layer);
+        if let Some(dir) = self.dir_fds.lock().get(&key) {
+            return Ok(dir.clone());
+        }
+        let stack = node.stack();
+        let path = if layer == UPPER {
+            &stack.path
+        } else {
+            &stack.lower_path
+        };
+        let dir = Arc::new(LayerDir::open(layers.get(layer)?, path)?);
+        self.dir_fds.lock().put(key, dir.clone());
+        Ok(dir)
+    }
+
+    /// Seeds the cache with a directory a lookup has just opened.
+    pub fn cache_dir(&self, ino: u64, layer: LayerId, dir: Arc<LayerDir>) {
+        self.dir_fds.lock().put((ino, layer), dir);
+    }
+
+    /// Drops cached fds of a directory (it was removed, renamed, copied up
+    /// or forgotten).
+    pub fn forget_dir_fds(&self, node: &Node) {
+        let stack = node.stack();
+        let mut cache = self.dir_fds.lock();
+        cache.pop(&(node.ino, UPPER));
+        for layer in &stack.lowers {
+            cache.pop(&(node.ino, *layer));
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Merged directory listings (DESIGN §3 Readdir): a snapshot of the names
+//! of all the directory's layers, the top one winning, whiteouts and the
+//! names they hide dropped. Offsets index the snapshot, so telldir/seekdir
+//! stay stable while the directory changes.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+
+use crate::error::Result;
+use crate::layer::{LayerId, LayerStack, UPPER};
+use crate::lookup;
+use crate::node::{Node, NodeTable};
+use crate::sys;
+use crate::whiteout;
+
+/// One name of a merged directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: OsString,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    /// Equal to the entry's `st_ino` (what a lookup of it returns).
+    pub ino: u64,
+}
+
+/// Converts a `DT_*` value to `S_IFMT` bits; `None` for `DT_UNKNOWN`.
+fn dtype_to_kind(d_type: u8) -> Option<u32> {
+    Some(match d_type {
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        _ => return None,
+    })
+}
+
+/// A name found in one layer, before merging.
+struct Seen {
+    layer: LayerId,
+    kind: u32,
+    real_ino: u64,
+    /// Some lower below the winning layer also has a directory here, so the
+    /// entry may be a merged directory whose number comes from that lower.
+    dir_below: bool,
+}
+
+/// Lists the merged directory `dir`: "." and "..", then every visible name.
+pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Vec<DirEntry>> {
+    let stack = dir.stack();
+    let (parent_ino, _) = dir.place();
+    let mut order: Vec<OsString> = Vec::new();
+    let mut seen: HashMap<OsString, Seen> = HashMap::new();
+    // Names whited out by a layer above the one being read.
+    let mut hidden: HashSet<OsString> = HashSet::new();
+
+    for (layer_id, _) in stack.entries() {
+        let ldir = table.dir(layers, dir, layer_id)?;
+        // A fresh fd: the cached one may be read by another listing at the
+        // same time, and a directory fd carries one read offset.
+        let fd = sys::openat(ldir.fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let mut whited_here: Vec<OsString> = Vec::new();
+        for raw in sys::read_dir_all(fd.as_fd())? {
+            if let Some(target) = whiteout::oci_whited_out_name(&raw.name) {
+                whited_here.push(target.to_os_string());
+                continue;
+            }
+            if whiteout::is_marker_name(&raw.name) {
+                continue; // the OCI opaque marker and other AUFS entries
+            }
+            let mut kind = dtype_to_kind(raw.d_type);
+            let needs_stat = matches!(kind, None | Some(libc::S_IFCHR));
+            if needs_stat {
+                let st = match sys::statat(ldir.fd(), &raw.name) {
+                    Ok(st) => st,
+                    Err(e) if e.is(libc::ENOENT) => continue,
+                    Err(e) => return Err(e),
+                };
+                if whiteout::is_whiteout_stat(&st) {
+                    whited_here.push(raw.name);
+                    continue;
+                }
+                kind = Some(st.st_mode & libc::S_IFMT);
+            }
+            let kind = kind.unwrap_or(libc::S_IFREG);
+            if kind == libc::S_IFREG
+                && ldir.marks.xattr_whiteouts
+                && whiteout::is_xattr_whiteout(ldir.fd(), &raw.name)?
+            {
+                whited_here.push(raw.name);
+                continue;
+            }
+            if hidden.contains(&raw.name) {
+                continue;
+            }
+            match seen.get_mut(&raw.name) {
+                Some(top) => {
+                    if top.kind == libc::S_IFDIR && kind == libc::S_IFDIR {
+                        top.dir_below = true;
+                    }
+                }
+                None => {
+                    order.push(raw.name.clone());
+                    seen.insert(
+                        raw.name,
+                        Seen {
+                            layer: layer_id,
+                            kind,
+                            real_ino: raw.ino,
+                            dir_below: false,
+                        },
+                    );
+                }
+            }
+        }
+        hidden.extend(whited_here);
+    }
+
+    let mut out = Vec::with_capacity(order.len() + 2);
+    out.push(DirEntry {
+        name: ".".into(),
+        kind: libc::S_IFDIR,
+        ino: dir.ino,
+    });
+    out.push(DirEntry {
+        name: "..".into(),
+        kind: libc::S_IFDIR,
+        ino: parent_ino,
+    });
+    for name in order {
+        let Some(s) = seen.remove(&name) else {
+            continue;
+        };
+        let ino = entry_ino(layers, table, dir, &name, &s)?;
+        out.push(DirEntry {
+            name,
+            kind: s.kind,
+            ino,
+        });
+    }
+    Ok(out)
+}
+
+/// The number a lookup of this entry would return. Cheap from the listing
+/// itself except for an upper directory that may merge with a lower one:
+/// only a real lookup tells whether it is opaque.
+fn entry_ino(
+    layers: &LayerStack,
+    table: &NodeTable,
+    dir: &Node,
+    name: &OsStr,
+    seen: &Seen,
+) -> Result<u64> {
+    if seen.layer == UPPER && seen.dir_below {
+        if let Some(found) = lookup::resolve(layers, table, dir, name)? {
+            return Ok(found.ino);
+        }
+    }
+    Ok(table.ino_for(layers.get(seen.layer)?, seen.real_ino))
+}

@@ -1,0 +1,566 @@
+//! Every `unsafe` and raw libc call of the crate, as small safe wrappers.
+//!
+//! Layer access goes through a held directory fd plus a name or a relative
+//! path, never an absolute path, and never follows a symlink: names go to
+//! `*at` calls with `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`, relative paths to
+//! `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`. Each wrapper's doc
+//! line names the C call it makes.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::error::{Error, Result};
+
+/// The result of `fstatat(2)`.
+pub type Stat = libc::stat;
+
+fn cstr(name: &OsStr) -> Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Error::errno(libc::EINVAL))
+}
+
+fn check(ret: libc::c_int) -> Result<libc::c_int> {
+    if ret < 0 {
+        Err(Error::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> Result<usize> {
+    if ret < 0 {
+        Err(Error::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Repeats a call while it fails with EINTR.
+fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.is(libc::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Opening
+
+/// `openat2(dir, path, flags | O_NOFOLLOW | O_CLOEXEC, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`:
+/// opens a path relative to `dir` without following any symlink in it and
+/// without leaving `dir`. An empty path or "." opens `dir` itself.
+pub fn open_beneath(dir: BorrowedFd, path: &OsStr, flags: i32, mode: u32) -> Result<OwnedFd> {
+    let path = if path.is_empty() {
+        OsStr::new(".")
+    } else {
+        path
+    };
+    let c = cstr(path)?;
+    // SAFETY: open_how is plain data; all-zero is its "no options" value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        how.mode = mode as u64;
+    }
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let fd = retry(|| {
+        // SAFETY: `c` is a valid C string and `how` a valid open_how for the
+        // duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r < 0 {
+            Err(Error::last())
+        } else {
+            Ok(r as RawFd)
+        }
+    })?;
+    // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC, mode)`: one path component.
+pub fn openat(dir: BorrowedFd, name: &OsStr, flags: i32, mode: u32) -> Result<OwnedFd> {
+    let c = cstr(name)?;
+    let fd = retry(|| {
+        // SAFETY: valid C string; the fd is checked before use.
+        check(unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        })
+    })?;
+    // SAFETY: fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `open(path, O_DIRECTORY | O_RDONLY | O_CLOEXEC)`: opens a layer root given
+/// on the command line (symlinks were resolved once, at mount).
+pub fn open_dir_path(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string.
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    })
+    .map_err(|e| e.context(path.display()))?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `open("/proc/self/fd/N", flags)`: reopens an `O_PATH` fd with real access
+/// flags. The magic link leads to the very inode the fd holds, so no name
+/// is resolved again.
+pub fn reopen(fd: BorrowedFd, flags: i32) -> Result<OwnedFd> {
+    let path = proc_fd_path(fd);
+    let raw = retry(|| {
+        // SAFETY: valid C string.
+        check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })
+    })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn proc_fd_path(fd: BorrowedFd) -> CString {
+    // A formatted integer never contains NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Metadata
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn statat(dir: BorrowedFd, name: &OsStr) -> Result<Stat> {
+    let c = cstr(name)?;
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: st is written by the kernel before we read it (checked ret).
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so st is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat(fd)`.
+pub fn fstat(fd: BorrowedFd) -> Result<Stat> {
+    let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: as in statat.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatvfs(fd)`.
+pub fn fstatvfs(fd: BorrowedFd) -> Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: as in statat.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `readlinkat(dir, name)`.
+pub fn readlinkat(dir: BorrowedFd, name: &OsStr) -> Result<OsString> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: buf is writable for buf.len() bytes.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
+}
+
+// ---------------------------------------------------------------------------
+// Extended attributes. An fd opened with O_PATH cannot be used with f*xattr;
+// those go through its /proc/self/fd magic link, which names the same inode.
+
+/// `fgetxattr(fd, name)`; `None` when the attribute is absent.
+pub fn fgetxattr(fd: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        let r = xattr_call(fd, |path| {
+            // SAFETY: buf is writable for buf.len() bytes; c and path valid.
+            match path {
+                None => unsafe {
+                    libc::fgetxattr(
+                        fd.as_raw_fd(),
+                        c.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                },
+                Some(p) => unsafe {
+                    libc::getxattr(p.as_ptr(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                },
+            }
+        });
+        match r {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(e) if e.is(libc::ENODATA) => return Ok(None),
+            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 2 => {
+                buf.resize(buf.len() * 4, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `flistxattr(fd)`: the attribute names, each without its NUL.
+pub fn flistxattr(fd: BorrowedFd) -> Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let r = xattr_call(fd, |path| match path {
+            // SAFETY: buf is writable for buf.len() bytes.
+            None => unsafe {
+                libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+            },
+            // SAFETY: as above; p is a valid C string.
+            Some(p) => unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
+        });
+        match r {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf
+                    .split(|b| *b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| OsString::from_vec(n.to_vec()))
+                    .collect());
+            }
+            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 4 => {
+                buf.resize(buf.len() * 4, 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `fsetxattr(fd, name, value, flags)`.
+pub fn fsetxattr(fd: BorrowedFd, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    let c = cstr(name)?;
+    xattr_call(fd, |path| match path {
+        // SAFETY: value is readable for value.len() bytes.
+        None => unsafe {
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                c.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            ) as libc::ssize_t
+        },
+        // SAFETY: as above.
+        Some(p) => unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                c.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            ) as libc::ssize_t
+        },
+    })
+    .map(|_| ())
+}
+
+/// `fremovexattr(fd, name)`.
+pub fn fremovexattr(fd: BorrowedFd, name: &OsStr) -> Result<()> {
+    let c = cstr(name)?;
+    xattr_call(fd, |path| match path {
+        // SAFETY: valid fd and C string.
+        None => unsafe { libc::fremovexattr(fd.as_raw_fd(), c.as_ptr()) as libc::ssize_t },
+        // SAFETY: valid C strings.
+        Some(p) => unsafe { libc::removexattr(p.as_ptr(), c.as_ptr()) as libc::ssize_t },
+    })
+    .map(|_| ())
+}
+
+/// Runs an f*xattr call, retrying through /proc/self/fd when the fd is an
+/// `O_PATH` fd (EBADF).
+fn xattr_call(fd: BorrowedFd, mut f: impl FnMut(Option<&CStr>) -> libc::ssize_t) -> Result<usize> {
+    match retry(|| check_size(f(None))) {
+        Err(e) if e.is(libc::EBADF) => {
+            let path = proc_fd_path(fd);
+            retry(|| check_size(f(Some(&path))))
+        }
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Directories
+
+/// One entry read by `getdents64(2)`.
+#[derive(Debug, Clone)]
+pub struct RawDirEntry {
+    pub ino: u64,
+    /// `DT_*` type from the directory; `DT_UNKNOWN` on some filesystems.
+    pub d_type: u8,
+    pub name: OsString,
+}
+
+/// `getdents64(fd)` until the end: every entry but "." and "..".
+/// The fd's offset is rewound first, so a held fd can be read again.
+pub fn read_dir_all(fd: BorrowedFd) -> Result<Vec<RawDirEntry>> {
+    // SAFETY: plain lseek on a valid fd.
+    check(unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) } as libc::c_int)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = retry(|| {
+            // SAFETY: buf is writable for buf.len() bytes.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_getdents64,
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                )
+            };
+            if r < 0 {
+                Err(Error::last())
+            } else {
+                Ok(r as usize)
+            }
+        })?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut off = 0;
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        while off + 19 <= n {
+            let rec = &buf[off..n];
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            let d_type = rec[18];
+            if reclen < 19 || reclen > rec.len() {
+                return Err(Error::errno(libc::EIO).context("getdents64: bad record"));
+            }
+            let name_bytes = &rec[19..reclen];
+            let len = name_bytes
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(RawDirEntry {
+                    ino,
+                    d_type,
+                    name: OsString::from_vec(name.to_vec()),
+                });
+            }
+            off += reclen;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Data
+
+/// `pread(fd, buf, offset)`, reading until `buf` is full or end of file.
+pub fn pread(fd: BorrowedFd, buf: &mut [u8], offset: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: rest is writable for rest.len() bytes.
+        let n = retry(|| {
+            check_size(unsafe {
+                libc::pread(
+                    fd.as_raw_fd(),
+                    rest.as_mut_ptr().cast(),
+                    rest.len(),
+                    (offset + done as u64) as libc::off_t,
+                )
+            })
+        })?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+/// `pwrite(fd, buf, offset)`, writing all of `buf`.
+pub fn pwrite(fd: BorrowedFd, buf: &[u8], offset: u64) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        // SAFETY: rest is readable for rest.len() bytes.
+        let n = retry(|| {
+            check_size(unsafe {
+                libc::pwrite(
+                    fd.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    (offset + done as u64) as libc::off_t,
+                )
+            })
+        })?;
+        if n == 0 {
+            return Err(Error::errno(libc::EIO));
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+// ---------------------------------------------------------------------------
+// Mounting and process control
+
+/// `umount2(path, 0)`.
+pub fn umount(path: &std::path::Path) -> Result<()> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::umount2(c.as_ptr(), 0) }).map(|_| ())
+}
+
+/// `geteuid()`.
+pub fn geteuid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Which side of a `fork(2)` we are on.
+pub enum Forked {
+    Parent,
+    Child,
+}
+
+/// `fork()`. Only called before any thread is started.
+pub fn fork() -> Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded, so the
+    // child may run arbitrary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(Error::last()),
+        0 => Ok(Forked::Child),
+        _ => Ok(Forked::Parent),
+    }
+}
+
+/// `_exit(code)`: leaves without running destructors, so a parent that
+/// forked off the daemon does not unmount the daemon's mount on the way out.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// `setsid()` and `dup2(/dev/null or log, 0/1/2)`: detaches the daemon from
+/// the terminal and from the pipes of whoever ran `unionfs mount`, so they
+/// see end-of-file once the parent exits.
+pub fn detach_stdio(log_fd: Option<BorrowedFd>) -> Result<()> {
+    // SAFETY: setsid has no memory-safety preconditions.
+    unsafe { libc::setsid() };
+    let null = open_dir_free_null()?;
+    let out = log_fd.map(|f| f.as_raw_fd()).unwrap_or(null.as_raw_fd());
+    for (src, dst) in [(null.as_raw_fd(), 0), (out, 1), (out, 2)] {
+        // SAFETY: both fds are valid; dup2 atomically replaces dst.
+        check(unsafe { libc::dup2(src, dst) })?;
+    }
+    Ok(())
+}
+
+fn open_dir_free_null() -> Result<OwnedFd> {
+    // SAFETY: valid static C string.
+    let fd = check(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openlog(ident, LOG_PID, LOG_DAEMON)`.
+pub fn open_syslog() {
+    // openlog keeps the pointer, so the ident must live forever.
+    static IDENT: &CStr = c"unionfs";
+    // SAFETY: IDENT is 'static.
+    unsafe { libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+}
+
+/// `syslog(priority, "%s", message)`.
+pub fn syslog(priority: i32, message: &str) {
+    let msg = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: format string is a literal "%s" with one valid C string arg.
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), msg.as_ptr()) };
+}
+
+/// `setrlimit(RLIMIT_NOFILE, hard)`: the daemon holds fds for open files and
+/// directories, so it takes all it may.
+pub fn raise_nofile_limit() {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: lim is written by getrlimit before being read.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } == 0 {
+        // SAFETY: getrlimit succeeded.
+        let mut lim = unsafe { lim.assume_init() };
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid rlimit struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// `umount2(path, MNT_DETACH)`.
+pub fn umount_detach(path: &std::path::Path) -> Result<()> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }).map(|_| ())
+}
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset takes valid signals.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for s in signals {
+            libc::sigaddset(set.as_mut_ptr(), *s);
+        }
+        set.assume_init()
+    }
+}
+
+/// `pthread_sigmask(SIG_BLOCK, signals)`: threads started afterwards inherit
+/// the mask, so only the thread in [`wait_signal`] receives them.
+pub fn block_signals(signals: &[i32]) {
+    let set = sigset(signals);
+    // SAFETY: valid set; old mask not requested.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// `sigwait(signals)`: blocks until one arrives; returns it.
+pub fn wait_signal(signals: &[i32]) -> i32 {
+    let set = sigset(signals);
+    let mut sig: libc::c_int = 0;
+    loop {
+        // SAFETY: valid set and out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}

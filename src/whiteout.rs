@@ -1,0 +1,182 @@
+//! Whiteouts and opaque markers: how a layer says "deleted" or "hide what
+//! is below", in every format of DESIGN §2 (read from every layer, whatever
+//! the format the upper is written in).
+//!
+//! | marker | meaning |
+//! |---|---|
+//! | char device 0/0 `NAME` | `NAME` deleted (overlay) |
+//! | regular file `.wh.NAME` | `NAME` deleted (OCI/AUFS) |
+//! | regular file `NAME` with `*.overlay.whiteout`, parent `overlay.opaque=x` | `NAME` deleted (kernel 6.7+) |
+//! | dir with `*.overlay.opaque=y` or `user.fuseoverlayfs.opaque=y` | opaque |
+//! | dir containing `.wh..wh..opq` | opaque (OCI/AUFS) |
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::error::Result;
+use crate::sys;
+
+/// Prefix of OCI/AUFS whiteouts and of their private entries.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// The OCI/AUFS opaque marker file.
+pub const OCI_OPAQUE: &str = ".wh..wh..opq";
+
+/// Xattrs whose value `y` marks a dir opaque (`x`: holds xattr whiteouts).
+pub const OPAQUE_XATTRS: [&str; 3] = [
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+/// Xattrs that, on a regular file, make it a whiteout (kernel 6.7+).
+pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
+/// Xattrs from the first proposal of xattr whiteouts, on the parent dir.
+pub const WHITEOUTS_DIR_XATTRS: [&str; 2] = ["trusted.overlay.whiteouts", "user.overlay.whiteouts"];
+
+/// Xattr name prefixes that belong to the union itself. They are never shown
+/// through the mount, and a user may not set them (that would forge a
+/// whiteout or an opaque marker).
+pub const PRIVATE_XATTR_PREFIXES: [&[u8]; 4] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+    b"user.unionfs.",
+];
+
+/// True for an xattr name a user must neither see nor set.
+pub fn is_private_xattr(name: &OsStr) -> bool {
+    let n = name.as_bytes();
+    PRIVATE_XATTR_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+/// True for names that are format markers and never appear in the merged
+/// view (and cannot be created through it): anything starting `.wh.`.
+pub fn is_marker_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// For an OCI whiteout `.wh.NAME`, the hidden `NAME`. `None` for other
+/// names and for AUFS-private `.wh..wh.*` entries (the opaque marker among
+/// them), which hide nothing by name.
+pub fn oci_whited_out_name(name: &OsStr) -> Option<&OsStr> {
+    let n = name.as_bytes();
+    let rest = n.strip_prefix(WH_PREFIX)?;
+    if rest.starts_with(WH_PREFIX) || rest.is_empty() {
+        return None;
+    }
+    Some(OsStr::from_bytes(rest))
+}
+
+/// `.wh.NAME` for `NAME`.
+pub fn oci_whiteout_name(name: &OsStr) -> OsString {
+    let mut s = OsString::from(".wh.");
+    s.push(name);
+    s
+}
+
+/// True for an overlay-format whiteout: a character device numbered 0/0.
+pub fn is_whiteout_stat(st: &sys::Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// What a directory of one layer says about the layers below it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirMarks {
+    /// Lower dirs of the same name are hidden.
+    pub opaque: bool,
+    /// Regular files in it may be xattr whiteouts (`overlay.opaque=x`).
+    pub xattr_whiteouts: bool,
+}
+
+/// Reads the opaque markers of an open directory (xattrs and `.wh..wh..opq`).
+pub fn dir_marks(dir: BorrowedFd) -> Result<DirMarks> {
+    let mut marks = DirMarks::default();
+    for name in OPAQUE_XATTRS {
+        match sys::fgetxattr(dir, OsStr::new(name)) {
+            Ok(Some(v)) if v.as_slice() == b"y" => marks.opaque = true,
+            Ok(Some(v)) if v.as_slice() == b"x" => marks.xattr_whiteouts = true,
+            Ok(_) => {}
+            // Filesystems without xattrs, or trusted.* read without
+            // privilege: the marker just is not there.
+            Err(e) if is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for name in WHITEOUTS_DIR_XATTRS {
+        match sys::fgetxattr(dir, OsStr::new(name)) {
+            Ok(Some(_)) => marks.xattr_whiteouts = true,
+            Ok(None) => {}
+            Err(e) if is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !marks.opaque {
+        match sys::statat(dir, OsStr::new(OCI_OPAQUE)) {
+            Ok(_) => marks.opaque = true,
+            Err(e) if e.is(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(marks)
+}
+
+/// True when a regular file in a dir with xattr whiteouts is one.
+pub fn is_xattr_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+    let fd = sys::openat(dir, name, libc::O_PATH, 0)?;
+    for x in WHITEOUT_XATTRS {
+        match sys::fgetxattr(std::os::fd::AsFd::as_fd(&fd), OsStr::new(x)) {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => {}
+            Err(e) if is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Errnos meaning "this xattr cannot be here", not a failure.
+pub fn is_xattr_unsupported(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOTSUP | libc::EPERM | libc::EACCES | libc::ENODATA
+    )
+}
+
+/// True when `.wh.NAME` exists in `dir` (an OCI whiteout for `NAME`).
+pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+    let wh = oci_whiteout_name(name);
+    if wh.len() > 255 {
+        return Ok(false);
+    }
+    match sys::statat(dir, &wh) {
+        Ok(_) => Ok(true),
+        Err(e) if e.is(libc::ENOENT) || e.is(libc::ENAMETOOLONG) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_names() {
+        assert_eq!(
+            oci_whited_out_name(OsStr::new(".wh.foo")),
+            Some(OsStr::new("foo"))
+        );
+        assert_eq!(oci_whited_out_name(OsStr::new(OCI_OPAQUE)), None);
+        assert_eq!(oci_whited_out_name(OsStr::new(".wh.")), None);
+        assert_eq!(oci_whited_out_name(OsStr::new("foo")), None);
+        assert!(is_marker_name(OsStr::new(".wh.x")));
+        assert!(!is_marker_name(OsStr::new(".whx")));
+    }
+
+    #[test]
+    fn private_xattrs() {
+        assert!(is_private_xattr(OsStr::new("trusted.overlay.opaque")));
+        assert!(is_private_xattr(OsStr::new("user.unionfs.ino")));
+        assert!(!is_private_xattr(OsStr::new("user.comment")));
+        assert!(!is_private_xattr(OsStr::new("security.capability")));
+    }
+}

@@ -76,7 +76,9 @@ pub struct MountConfig {
     pub kernel_options: Vec<String>,
     /// `--threads` / `-o threads=`: FUSE worker threads, 1 to 1024.
     pub threads: Option<usize>,
-    /// One line per accepted but ignored option, for the caller to print.
+    /// One line per accepted but ignored option, e.g. "option 'noatime' has
+    /// no effect here; ignored", for the caller to print after its own
+    /// "unionfs: warning: " prefix.
     pub warnings: Vec<String>,
 }
 
@@ -174,6 +176,8 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(
     name = "unionfs",
+    // Not argv[0]: mount.fuse and container tools call us by full path.
+    bin_name = "unionfs",
     version,
     about = "A union filesystem in userspace: read-only lower layers under one writable upper",
     override_usage = USAGE,
@@ -238,18 +242,14 @@ fn parse_format(value: &str) -> Result<WriteFormat, String> {
         "overlay" => Ok(WriteFormat::Overlay),
         "oci" => Ok(WriteFormat::Oci),
         "auto" => Ok(WriteFormat::Auto),
-        _ => Err(format!(
-            "unknown format '{value}' (expected overlay, oci or auto)"
-        )),
+        _ => Err("expected overlay, oci or auto".to_owned()),
     }
 }
 
 fn parse_threads(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "threads '{value}': expected a number from 1 to {MAX_THREADS}"
-        )),
+        _ => Err(format!("expected a number from 1 to {MAX_THREADS}")),
     }
 }
 
@@ -258,7 +258,11 @@ fn version_line() -> String {
 }
 
 fn help_text() -> String {
-    Cli::command().render_help().to_string().trim_end().to_owned()
+    Cli::command()
+        .render_help()
+        .to_string()
+        .trim_end()
+        .to_owned()
 }
 
 /// Turns a clap outcome that is not a parse into ours: help and version
@@ -266,9 +270,9 @@ fn help_text() -> String {
 /// without its usage block).
 fn from_clap(e: clap::Error) -> Result<Command, CliError> {
     match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        // Subcommands would say "unionfs-mount 0.1.0"; tools probe for ours.
+        ErrorKind::DisplayVersion => Ok(Command::Print(version_line())),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             Ok(Command::Print(e.to_string().trim_end().to_owned()))
         }
         _ => {
@@ -376,10 +380,14 @@ fn parse_compat(args: &[OsString]) -> Result<Command, CliError> {
                 };
                 match name {
                     b"--format" => {
-                        raw.format = Some(parse_format(&utf8(&value("--format")?)?).map_err(usage_error)?)
+                        let v = utf8(&value("--format")?)?;
+                        raw.format =
+                            Some(parse_format(&v).map_err(|e| bad_value("--format", &v, e))?);
                     }
                     b"--threads" => {
-                        raw.threads = Some(parse_threads(&utf8(&value("--threads")?)?).map_err(usage_error)?)
+                        let v = utf8(&value("--threads")?)?;
+                        raw.threads =
+                            Some(parse_threads(&v).map_err(|e| bad_value("--threads", &v, e))?);
                     }
                     b"--log-file" => raw.log_file = Some(value("--log-file")?),
                     _ => {
@@ -407,6 +415,10 @@ fn parse_compat(args: &[OsString]) -> Result<Command, CliError> {
         }
     }
     resolve(raw).map(Command::Mount)
+}
+
+fn bad_value(option: &str, value: &str, expected: String) -> CliError {
+    usage_error(format!("invalid value '{value}' for {option}: {expected}"))
 }
 
 fn flag_value<'a>(
@@ -513,12 +525,21 @@ const REFUSED: &[(&str, &str)] = &[
     ("squash_to_root", "unionfs does not remap file owners"),
     ("squash_to_uid", "unionfs does not remap file owners"),
     ("squash_to_gid", "unionfs does not remap file owners"),
-    ("metacopy", "unionfs always copies data up with the metadata"),
+    (
+        "metacopy",
+        "unionfs always copies data up with the metadata",
+    ),
     ("plugins", "unionfs has no layer plugins"),
     ("ino32_t", "unionfs inode numbers are 64-bit"),
     ("nfs_export", "unionfs does not support NFS export"),
-    ("noxattrs", "unionfs always passes extended attributes through"),
-    ("xattr_permissions", "unionfs does not keep ownership in xattrs"),
+    (
+        "noxattrs",
+        "unionfs always passes extended attributes through",
+    ),
+    (
+        "xattr_permissions",
+        "unionfs does not keep ownership in xattrs",
+    ),
     ("nonempty", "unionfs mounts only on an empty directory"),
 ];
 
@@ -578,12 +599,12 @@ impl MountOptions {
             }
             "format" => {
                 let v = text_value(name, value)?;
-                self.format = Some(parse_format(&v).map_err(usage_error)?);
+                self.format = Some(parse_format(&v).map_err(|e| bad_value(name, &v, e))?);
                 Ok(())
             }
             "threads" => {
                 let v = text_value(name, value)?;
-                self.threads = Some(parse_threads(&v).map_err(usage_error)?);
+                self.threads = Some(parse_threads(&v).map_err(|e| bad_value(name, &v, e))?);
                 Ok(())
             }
             "fsname" => {
@@ -628,7 +649,7 @@ impl MountOptions {
     }
 
     fn warn(&mut self, shown: &str) {
-        let line = format!("unionfs: warning: option '{shown}' has no effect here; ignored");
+        let line = format!("option '{shown}' has no effect here; ignored");
         if !self.warnings.contains(&line) {
             self.warnings.push(line);
         }
@@ -674,7 +695,9 @@ fn set_once(slot: &mut Option<OsString>, name: &str, value: OsString) -> Result<
 fn path_value(name: &str, value: Option<&[u8]>) -> Result<OsString, CliError> {
     match value {
         Some(v) if !v.is_empty() => Ok(os(v)),
-        _ => Err(usage_error(format!("option '{name}' needs a value ({name}=...)"))),
+        _ => Err(usage_error(format!(
+            "option '{name}' needs a value ({name}=...)"
+        ))),
     }
 }
 
@@ -770,7 +793,7 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         &mountpoint,
     )?;
     if let (Some(upper), Some(work)) = (&upper, &work) {
-        check_same_filesystem(upper, work)?;
+        check_same_filesystem(upper, work, work_is_default)?;
     }
 
     let fsname = match (opts.fsname, raw.source) {
@@ -874,7 +897,9 @@ fn resolve_work(path: &Path) -> Result<Work, CliError> {
     match fs::symlink_metadata(path) {
         Ok(_) => {
             let resolved = existing_dir("work dir", path)?;
-            let dev = fs::metadata(&resolved).map_err(|e| fail(describe(&e)))?.dev();
+            let dev = fs::metadata(&resolved)
+                .map_err(|e| fail(describe(&e)))?
+                .dev();
             return Ok(Work {
                 path: resolved,
                 dev,
@@ -998,13 +1023,20 @@ fn check_layout(
 
 /// Copy-up renames from the work dir into the upper, which only works within
 /// one filesystem.
-fn check_same_filesystem(upper: &Path, work: &Work) -> Result<(), CliError> {
+fn check_same_filesystem(upper: &Path, work: &Work, is_default: bool) -> Result<(), CliError> {
     let upper_dev = fs::metadata(upper)
         .map_err(|e| invalid(format!("upper dir {}: {}", upper.display(), describe(&e))))?
         .dev();
     if upper_dev != work.dev {
+        // The default sits next to the upper, so this means the upper is the
+        // root of a mount: no work dir can be both outside it and on it.
+        let hint = if is_default {
+            " (the upper is a mount point: use a directory inside it as the upper, and -w)"
+        } else {
+            ""
+        };
         return Err(invalid(format!(
-            "work dir {} is not on the same filesystem as the upper dir {} (is the upper a mount point? pick a work dir next to it with -w)",
+            "work dir {} is not on the same filesystem as the upper dir {}{hint}",
             work.path.display(),
             upper.display()
         )));

@@ -12,15 +12,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request, Session, SessionACL,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
 };
 use log::{debug, error, info, warn};
 
 use crate::cli::MountConfig;
 use crate::error::Error;
 use crate::layer::LayerStack;
-use crate::ops::{Attr, Options, UnionFs};
+use crate::ops::{Attr, Caller, NewObject, Options, SetAttr, UnionFs};
+use crate::sys::SetTime;
 use crate::sys;
 
 /// How long the kernel may cache names and attributes. Lowers never change
@@ -104,16 +105,41 @@ fn reply_xattr(reply: ReplyXattr, r: Result<Vec<u8>, Error>, size: u32, op: &str
     }
 }
 
-/// A change the union does not make: refused with the errno ops gives.
-fn refuse_entry(fs: &UnionFs, reply: ReplyEntry, op: &str) {
-    reply_entry(reply, fs.refuse_change(), op)
-}
-
-fn refuse_empty(fs: &UnionFs, reply: ReplyEmpty, op: &str) {
-    match fs.refuse_change() {
-        Ok(_) => reply.ok(),
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Error>, op: &str) {
+    match r {
+        Ok(()) => reply.ok(),
         Err(e) => reply.error(failed(op, e)),
     }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if nsec < 0 {
+                    sec -= 1;
+                    nsec += 1_000_000_000;
+                }
+                SetTime::At(sec, nsec)
+            }
+        },
+    })
+}
+
+fn entry_of(fs: &UnionFs, r: Result<(Attr, Option<u64>), Error>) -> Result<Attr, Error> {
+    let _ = fs;
+    r.map(|(a, _)| a)
 }
 
 impl Filesystem for FuseFs {
@@ -124,6 +150,8 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_READ,
+            // O_TRUNC reaches open(), so a truncating open copies no data up.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ];
         for flag in wanted {
             if config.add_capabilities(flag).is_err() {
@@ -144,7 +172,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        match self.fs.getattr(ino.0, _fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(failed("getattr", e)),
         }
@@ -153,22 +181,30 @@ impl Filesystem for FuseFs {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.fs.refuse_change() {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        match self.fs.setattr(ino.0, fh.map(|f| f.0), set) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(failed("setattr", e)),
         }
@@ -183,70 +219,88 @@ impl Filesystem for FuseFs {
 
     fn mknod(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        refuse_entry(&self.fs, reply, "mknod");
+        let what = if mode & libc::S_IFMT == libc::S_IFREG {
+            NewObject::File { mode, flags: libc::O_WRONLY }
+        } else {
+            NewObject::Special { mode, rdev: rdev as u64 }
+        };
+        let r = self.fs.create(caller(req), parent.0, name, what);
+        // mknod of a regular file opens nothing for the caller.
+        if let Ok((_, Some(fh))) = &r {
+            self.fs.release(*fh);
+        }
+        reply_entry(reply, entry_of(&self.fs, r), "mknod");
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        refuse_entry(&self.fs, reply, "mkdir");
+        let r = self.fs.create(caller(req), parent.0, name, NewObject::Dir { mode });
+        reply_entry(reply, entry_of(&self.fs, r), "mkdir");
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        refuse_empty(&self.fs, reply, "unlink");
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.remove(parent.0, name, false), "unlink");
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        refuse_empty(&self.fs, reply, "rmdir");
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.remove(parent.0, name, true), "rmdir");
     }
 
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        refuse_entry(&self.fs, reply, "symlink");
+        let what = NewObject::Symlink {
+            target: target.as_os_str().to_os_string(),
+        };
+        let r = self.fs.create(caller(req), parent.0, link_name, what);
+        reply_entry(reply, entry_of(&self.fs, r), "symlink");
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: fuser::RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        refuse_empty(&self.fs, reply, "rename");
+        let r = self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty(reply, r, "rename");
     }
 
     fn link(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        refuse_entry(&self.fs, reply, "link");
+        reply_entry(reply, self.fs.link(ino.0, newparent.0, newname), "link");
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -270,6 +324,60 @@ impl Filesystem for FuseFs {
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(failed("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(failed("write", e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.fsync(fh.0, datasync), "fsync");
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.fsyncdir(ino.0, datasync), "fsyncdir");
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fallocate(fh.0, mode, offset, length), "fallocate");
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(off) => reply.offset(off),
+            Err(e) => reply.error(failed("lseek", e)),
         }
     }
 
@@ -391,14 +499,14 @@ impl Filesystem for FuseFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        refuse_empty(&self.fs, reply, "setxattr");
+        reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags), "setxattr");
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -409,8 +517,8 @@ impl Filesystem for FuseFs {
         reply_xattr(reply, self.fs.listxattr(ino.0), size, "listxattr");
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        refuse_empty(&self.fs, reply, "removexattr");
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.removexattr(ino.0, name), "removexattr");
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -422,16 +530,24 @@ impl Filesystem for FuseFs {
 
     fn create(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        match self.fs.refuse_change() {
-            Ok(_) => reply.error(Errno::EROFS),
+        let what = NewObject::File { mode, flags };
+        match self.fs.create(caller(req), parent.0, name, what) {
+            Ok((a, Some(fh))) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(failed("create", e)),
         }
     }
@@ -450,7 +566,10 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         read_only: config.read_only || config.upper.is_none(),
         format: config.format,
     };
-    let fs = Arc::new(UnionFs::new(layers, opts));
+    // Modes arrive with the caller's umask applied; ours must not apply twice.
+    sys::set_umask(0);
+    let fs = UnionFs::new(layers, config.work.as_deref(), opts).map_err(|e| e.to_string())?;
+    let fs = Arc::new(fs);
 
     let is_root = sys::geteuid() == 0;
     let allow_other = config.allow_other.unwrap_or(is_root);

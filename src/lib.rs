@@ -16,6 +16,7 @@
 //! union rule, and [`sys`] makes the system calls.
 
 pub mod cli;
+pub mod copy_up;
 pub mod error;
 pub mod fuse;
 pub mod handles;
@@ -26,6 +27,8 @@ pub mod node;
 pub mod ops;
 pub mod readdir;
 pub mod sys;
+pub mod upper;
 pub mod whiteout;
+pub mod workdir;
 
 pub use error::{Error, Result};

@@ -138,3 +138,19 @@ pub fn resolve(
         dirs,
     }))
 }
+
+/// True when a lower layer of `parent` still has `name` (what the upper
+/// hides): removing or renaming it away then needs a whiteout, and a new
+/// directory there must be opaque.
+pub fn in_lowers(layers: &LayerStack, table: &NodeTable, parent: &Node, name: &OsStr) -> Result<bool> {
+    let pstack = parent.stack();
+    for &layer in &pstack.lowers {
+        let dir = table.dir(layers, parent, layer)?;
+        match probe(&dir, name)? {
+            InLayer::Absent => continue,
+            InLayer::WhiteOut => return Ok(false),
+            InLayer::Object(_) => return Ok(true),
+        }
+    }
+    Ok(false)
+}

@@ -84,6 +84,19 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node outside the table, for a look at an object the kernel has not
+    /// looked up (e.g. whether a directory about to be removed is empty).
+    pub fn detached(ino: u64, kind: u32, stack: Stack, parent: u64, name: &OsStr) -> Node {
+        Node {
+            ino,
+            kind,
+            stack: RwLock::new(stack),
+            place: RwLock::new((parent, name.to_os_string())),
+            lookups: AtomicU64::new(0),
+            lock: Mutex::new(()),
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }

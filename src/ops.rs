@@ -8,15 +8,22 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use std::path::Path;
+
 use crate::cli::WriteFormat;
+use crate::copy_up::{self, Data};
+use crate::sys::SetTime;
+use crate::upper::{Leave, Upper};
+use crate::workdir::WorkDir;
 use crate::error::{fail, Error, Result};
 use crate::handles::{self, Handles};
-use crate::layer::{LayerStack, UPPER};
+use crate::layer::{join_path, LayerStack, UPPER};
 use crate::lookup;
-use crate::node::{Node, NodeTable, ROOT_INO};
+use crate::node::{Node, NodeTable, Stack, ROOT_INO};
 use crate::readdir::{self, DirEntry};
 use crate::sys::{self, Stat};
 use crate::whiteout;
+use log::debug;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -41,22 +48,80 @@ pub struct UnionFs {
     pub nodes: NodeTable,
     pub handles: Handles,
     pub opts: Options,
+    /// The work dir and write format; `None` for a lowers-only mount.
+    upper: Option<Upper>,
+}
+
+/// Who asks: new objects belong to the caller (its fsuid/fsgid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub enum NewObject {
+    /// A regular file, opened with these flags.
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Symlink { target: OsString },
+    /// A fifo, socket or device.
+    Special { mode: u32, rdev: u64 },
+}
+
+/// The attribute changes of a setattr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
 }
 
 /// Open flags that ask to change the file.
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
+/// The flags to open a layer's file with for a caller's open. O_APPEND is
+/// dropped: the kernel already passes the end of file as the offset, and
+/// pwrite(2) on an O_APPEND fd would ignore offsets. Creation flags were
+/// handled by the union.
+fn real_open_flags(flags: i32) -> i32 {
+    let keep = libc::O_ACCMODE
+        | libc::O_TRUNC
+        | libc::O_NONBLOCK
+        | libc::O_NOATIME
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_DIRECT;
+    flags & keep
+}
+
 impl UnionFs {
-    pub fn new(layers: LayerStack, mut opts: Options) -> UnionFs {
-        if layers.upper().is_none() {
+    /// A union over `layers`. With an upper, `work` is its work dir
+    /// (created, locked and cleaned here); errors name the problem.
+    pub fn new(layers: LayerStack, work: Option<&Path>, mut opts: Options) -> Result<UnionFs> {
+        let upper = match (layers.upper(), work) {
+            (Some(layer), Some(work)) => {
+                let work = WorkDir::open(work, layer)?;
+                let format = work.choose_format(opts.format);
+                Some(Upper { work, format })
+            }
+            (Some(_), None) => return fail(libc::EINVAL).map_err(|e: Error| e.context("upper without work dir")),
+            _ => None,
+        };
+        if upper.is_none() {
             opts.read_only = true;
         }
-        UnionFs {
+        Ok(UnionFs {
             nodes: NodeTable::new(&layers),
             layers,
             handles: Handles::default(),
             opts,
-        }
+            upper,
+        })
     }
 
     /// EROFS when nothing may change.
@@ -65,6 +130,12 @@ impl UnionFs {
             return fail(libc::EROFS);
         }
         Ok(())
+    }
+
+    /// The writable side; EROFS for a read-only mount.
+    pub fn upper(&self) -> Result<&Upper> {
+        self.check_writable()?;
+        self.upper.as_ref().ok_or_else(|| Error::errno(libc::EROFS))
     }
 
     /// The attributes of a node, read from its top layer.
@@ -80,7 +151,7 @@ impl UnionFs {
     /// Puts the union's inode number into a layer's `lstat`; a merged
     /// directory reports one link, as overlayfs does, since its real count
     /// would miss the subdirectories of the other layers.
-    fn finish_attr(&self, ino: u64, stack: &crate::node::Stack, st: &mut Stat) -> Attr {
+    fn finish_attr(&self, ino: u64, stack: &Stack, st: &mut Stat) -> Attr {
         st.st_ino = ino;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR && stack.is_merged() {
             st.st_nlink = 1;
@@ -117,8 +188,15 @@ impl UnionFs {
         self.nodes.forget(ino, n);
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+    /// Attributes of `ino`; through the open file `fh` when given, so an
+    /// open file that was unlinked still answers fstat(2).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         let node = self.nodes.get(ino)?;
+        if let Some(h) = fh.and_then(|fh| self.handles.file(fh).ok()) {
+            let real = h.real();
+            let mut st = sys::fstat(handles::fd_of(&real))?;
+            return Ok(self.finish_attr(ino, &node.stack(), &mut st));
+        }
         self.attr_of(&node)
     }
 
@@ -196,16 +274,17 @@ impl UnionFs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let node = self.nodes.get(ino)?;
         if flags & WRITE_FLAGS != 0 {
-            self.check_writable()?;
-            return fail(libc::EROFS);
+            self.upper()?;
+            let data = if flags & libc::O_TRUNC != 0 {
+                Data::Skip
+            } else {
+                Data::All
+            };
+            copy_up::copy_up(self, &node, data)?;
         }
         let stack = node.stack();
         let (layer, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
-        let keep = flags & (libc::O_NONBLOCK | libc::O_NOATIME);
-        let fd = self
-            .layers
-            .get(layer)?
-            .open(path, libc::O_RDONLY | keep)?;
+        let fd = self.layers.get(layer)?.open(path, real_open_flags(flags))?;
         Ok(self.handles.open_file(ino, layer, fd, flags))
     }
 
@@ -264,18 +343,419 @@ impl UnionFs {
     /// lookup like `lookup` does ("." and ".." are not counted by the kernel).
     pub fn entry_attr(&self, dir: u64, entry: &DirEntry) -> Result<Attr> {
         if entry.name == "." || entry.name == ".." {
-            return self.getattr(if entry.name == "." { dir } else { entry.ino });
+            return self.getattr(if entry.name == "." { dir } else { entry.ino }, None);
         }
         self.lookup(dir, &entry.name)
     }
 
     // -----------------------------------------------------------------------
-    // Changes: the writable upper comes with copy-up; until then a change is
-    // refused, never pretended.
+    // Changes to the tree. Each copies up what it touches, then changes the
+    // upper through `upper.rs`.
 
-    pub fn refuse_change(&self) -> Result<Attr> {
-        self.check_writable()?;
-        fail(libc::EROFS)
+    /// EPERM for a name that would forge a whiteout (`.wh.*`).
+    fn check_new_name(name: &OsStr) -> Result<()> {
+        if whiteout::is_marker_name(name) {
+            return Err(Error::errno(libc::EPERM).context("names starting .wh. are reserved"));
+        }
+        if name.len() > 255 {
+            return fail(libc::ENAMETOOLONG);
+        }
+        Ok(())
+    }
+
+    /// The parent directory of a change: a directory, copied up.
+    fn dir_for_change(&self, parent: u64) -> Result<Arc<Node>> {
+        let pnode = self.nodes.get(parent)?;
+        if !pnode.is_dir() {
+            return fail(libc::ENOTDIR);
+        }
+        copy_up::copy_up(self, &pnode, Data::All)?;
+        Ok(pnode)
+    }
+
+    /// The upper directory of `node` and the node's name in it.
+    fn upper_parent(&self, node: &Node) -> Result<(std::os::fd::OwnedFd, OsString)> {
+        let stack = node.stack();
+        let (dir, name) = crate::layer::split_path(&stack.path);
+        let fd = self
+            .layers
+            .get(UPPER)?
+            .open(dir, libc::O_PATH | libc::O_DIRECTORY)?;
+        Ok((fd, name.to_os_string()))
+    }
+
+    /// Creates a file, directory, symlink or special file owned by the
+    /// caller. Returns its attributes and, for a file, its open handle.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        what: NewObject,
+    ) -> Result<(Attr, Option<u64>)> {
+        let upper = self.upper()?;
+        Self::check_new_name(name)?;
+        if let NewObject::Special { mode, rdev } = what {
+            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                return Err(Error::errno(libc::EPERM).context("a 0/0 device is a whiteout"));
+            }
+        }
+        let pnode = self.dir_for_change(parent)?;
+        if lookup::resolve(&self.layers, &self.nodes, &pnode, name)?.is_some() {
+            return fail(libc::EEXIST);
+        }
+        let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
+        let pst = sys::fstat(pdir.fd())?;
+        // A setgid directory hands its group down (and, to directories, the bit).
+        let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if setgid_parent { pst.st_gid } else { caller.gid };
+        let work = upper.work.tmp();
+        let tmp = upper.work.temp_name();
+        let built = (|| -> Result<()> {
+            match &what {
+                NewObject::File { mode, .. } => {
+                    let fd = sys::openat(work, &tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                    sys::fchown(fd.as_fd(), caller.uid, gid)?;
+                    sys::fchmod(fd.as_fd(), mode & 0o7777)
+                }
+                NewObject::Dir { mode } => {
+                    sys::mkdirat(work, &tmp, 0o700)?;
+                    let fd = sys::openat(work, &tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                    sys::fchown(fd.as_fd(), caller.uid, gid)?;
+                    let extra = if setgid_parent { libc::S_ISGID } else { 0 };
+                    sys::fchmod(fd.as_fd(), (mode & 0o7777) | extra)?;
+                    // Over a name a lower still has, the new directory must
+                    // not merge with it: it starts empty.
+                    if lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)? {
+                        upper.make_opaque(fd.as_fd())?;
+                    }
+                    Ok(())
+                }
+                NewObject::Symlink { target } => {
+                    sys::symlinkat(target, work, &tmp)?;
+                    sys::lchownat(work, &tmp, caller.uid, gid)
+                }
+                NewObject::Special { mode, rdev } => {
+                    sys::mknodat(work, &tmp, (mode & libc::S_IFMT) | 0o600, *rdev)?;
+                    sys::lchownat(work, &tmp, caller.uid, gid)?;
+                    sys::fchmodat(work, &tmp, mode & 0o7777)
+                }
+            }
+        })();
+        if let Err(e) = built {
+            upper.work.remove(&tmp);
+            return Err(e);
+        }
+        let is_dir = matches!(what, NewObject::Dir { .. });
+        upper.place(&tmp, &pdir, name, is_dir)?;
+
+        let mut st = sys::statat(pdir.fd(), name)?;
+        let ino = self.nodes.ino_for(self.layers.get(UPPER)?, st.st_ino);
+        let pstack = pnode.stack();
+        let stack = Stack {
+            path: join_path(&pstack.path, name),
+            upper: true,
+            lowers: Vec::new(),
+            lower_path: join_path(&pstack.lower_path, name),
+        };
+        let attr = self.finish_attr(ino, &stack, &mut st);
+        let kind = st.st_mode & libc::S_IFMT;
+        let node = self.nodes.remember(ino, kind, stack.clone(), parent, name);
+        node.set_stack(stack);
+        let fh = match what {
+            NewObject::File { flags, .. } => {
+                let fd = self.layers.get(UPPER)?.open(&node.stack().path, real_open_flags(flags) & !libc::O_TRUNC)?;
+                Some(self.handles.open_file(ino, UPPER, fd, flags))
+            }
+            _ => None,
+        };
+        Ok((attr, fh))
+    }
+
+    /// A hard link `newname` in `newparent` to `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        let upper = self.upper()?;
+        Self::check_new_name(newname)?;
+        let node = self.nodes.get(ino)?;
+        if node.is_dir() {
+            return fail(libc::EPERM);
+        }
+        let pnode = self.dir_for_change(newparent)?;
+        if lookup::resolve(&self.layers, &self.nodes, &pnode, newname)?.is_some() {
+            return fail(libc::EEXIST);
+        }
+        copy_up::copy_up(self, &node, Data::All)?;
+        let (sdir, sname) = self.upper_parent(&node)?;
+        let tmp = upper.work.temp_name();
+        debug!("link {} -> {}", sname.to_string_lossy(), newname.to_string_lossy());
+        sys::linkat(sdir.as_fd(), &sname, upper.work.tmp(), &tmp)?;
+        let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
+        upper.place(&tmp, &pdir, newname, false)?;
+        let attr = self.attr_of(&node)?;
+        self.nodes
+            .remember(ino, node.kind, node.stack(), newparent, newname);
+        Ok(attr)
+    }
+
+    /// unlink(2) (`dir` false) or rmdir(2) (`dir` true).
+    pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        let upper = self.upper()?;
+        let pnode = self.nodes.get(parent)?;
+        let found = lookup::resolve(&self.layers, &self.nodes, &pnode, name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let is_dir = found.kind == libc::S_IFDIR;
+        match (dir, is_dir) {
+            (true, false) => return fail(libc::ENOTDIR),
+            (false, true) => return fail(libc::EISDIR),
+            _ => {}
+        }
+        if is_dir {
+            let probe = Node::detached(found.ino, found.kind, found.stack.clone(), parent, name);
+            if readdir::snapshot(&self.layers, &self.nodes, &probe)?.len() > 2 {
+                return fail(libc::ENOTEMPTY);
+            }
+        }
+        let pnode = self.dir_for_change(parent)?;
+        let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
+        let leave = if lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)? {
+            Leave::Whiteout
+        } else {
+            Leave::Nothing
+        };
+        if found.stack.upper {
+            upper.remove(&pdir, name, is_dir, leave)?;
+        } else {
+            upper.whiteout(&pdir, name)?;
+        }
+        if let Ok(node) = self.nodes.get(found.ino) {
+            if is_dir {
+                self.nodes.forget_dir_fds(&node);
+            }
+        }
+        Ok(())
+    }
+
+    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let upper = self.upper()?;
+        Self::check_new_name(newname)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+            return fail(libc::EINVAL);
+        }
+        let pnode = self.nodes.get(parent)?;
+        let npnode = self.nodes.get(newparent)?;
+        let src = lookup::resolve(&self.layers, &self.nodes, &pnode, name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let dst = lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?;
+        if src.ino == dst.as_ref().map_or(0, |d| d.ino) {
+            return Ok(()); // same object (or hard links of it): nothing to do
+        }
+        match &dst {
+            None if exchange => return fail(libc::ENOENT),
+            Some(_) if noreplace => return fail(libc::EEXIST),
+            _ => {}
+        }
+        // Directories from lowers move with the next issue's subtree copy-up.
+        let lower_dir = |f: &lookup::Found| f.kind == libc::S_IFDIR && !f.stack.lowers.is_empty();
+        if lower_dir(&src) || (exchange && dst.as_ref().is_some_and(lower_dir)) {
+            return fail(libc::EXDEV);
+        }
+        if let Some(d) = dst.as_ref().filter(|d| !exchange && d.kind == libc::S_IFDIR) {
+            if src.kind != libc::S_IFDIR {
+                return fail(libc::EISDIR);
+            }
+            let probe = Node::detached(d.ino, d.kind, d.stack.clone(), newparent, newname);
+            if readdir::snapshot(&self.layers, &self.nodes, &probe)?.len() > 2 {
+                return fail(libc::ENOTEMPTY);
+            }
+            if !d.stack.lowers.is_empty() {
+                return fail(libc::EXDEV);
+            }
+        }
+        let snode = self.nodes.get(src.ino)?;
+        copy_up::copy_up(self, &snode, Data::All)?;
+        let npnode = self.dir_for_change(newparent)?;
+        let dnode = match (&dst, exchange) {
+            (Some(d), true) => {
+                let n = self.nodes.get(d.ino)?;
+                copy_up::copy_up(self, &n, Data::All)?;
+                Some(n)
+            }
+            _ => None,
+        };
+        let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
+        let npdir = self.nodes.dir(&self.layers, &npnode, UPPER)?;
+        let leave = if !exchange && lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)? {
+            Leave::Whiteout
+        } else {
+            Leave::Nothing
+        };
+        // A directory landing where a lower has the name must not merge with it.
+        let opaque_src = src.kind == libc::S_IFDIR
+            && lookup::in_lowers(&self.layers, &self.nodes, &npnode, newname)?;
+        let opaque_dst = dnode.as_ref().is_some_and(|n| n.is_dir())
+            && lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)?;
+        upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
+        if opaque_src {
+            let fd = self.layers.get(UPPER)?.open(&join_path(&npnode.stack().path, newname), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            upper.make_opaque(fd.as_fd())?;
+        }
+        if opaque_dst {
+            let fd = self.layers.get(UPPER)?.open(&join_path(&pnode.stack().path, name), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            upper.make_opaque(fd.as_fd())?;
+        }
+
+        // The nodes follow their objects.
+        self.moved(&snode, newparent, newname, &npnode);
+        if let Some(d) = dnode {
+            self.moved(&d, parent, name, &pnode);
+        }
+        Ok(())
+    }
+
+    /// Records that `node` now sits at `name` in `parent` (in the upper),
+    /// and moves the paths of everything the kernel knows below it.
+    fn moved(&self, node: &Node, parent: u64, name: &OsStr, pnode: &Node) {
+        let old = node.stack();
+        let mut stack = old.clone();
+        stack.path = join_path(&pnode.stack().path, name);
+        stack.upper = true;
+        if !node.is_dir() {
+            stack.lowers.clear();
+        }
+        node.set_place(parent, name.to_os_string());
+        node.set_stack(stack.clone());
+        if node.is_dir() {
+            let mut prefix = old.path.as_bytes().to_vec();
+            prefix.push(b'/');
+            for n in self.nodes.all() {
+                let mut s = n.stack();
+                if let Some(rest) = s.path.as_bytes().strip_prefix(prefix.as_slice()) {
+                    s.path = join_path(&stack.path, OsStr::from_bytes(rest));
+                    n.set_stack(s);
+                }
+            }
+        }
+    }
+
+    /// setattr: truncate, chmod, chown, utimes (after copy-up).
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+        self.upper()?;
+        let node = self.nodes.get(ino)?;
+        let data = if set.size == Some(0) { Data::Skip } else { Data::All };
+        copy_up::copy_up(self, &node, data)?;
+        let (dir, name) = self.upper_parent(&node)?;
+        if let Some(size) = set.size {
+            if node.is_dir() {
+                return fail(libc::EISDIR);
+            }
+            match fh.and_then(|fh| self.handles.file(fh).ok()) {
+                Some(h) if h.real().0 == UPPER && h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                    sys::ftruncate(handles::fd_of(&h.real()), size)?
+                }
+                _ => {
+                    let fd = self.layers.get(UPPER)?.open(&node.stack().path, libc::O_WRONLY)?;
+                    sys::ftruncate(fd.as_fd(), size)?;
+                }
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::lchownat(dir.as_fd(), &name, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = set.mode {
+            if node.kind != libc::S_IFLNK {
+                sys::fchmodat(dir.as_fd(), &name, mode & 0o7777)?;
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::utimensat(
+                dir.as_fd(),
+                &name,
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        self.attr_of(&node)
+    }
+
+    /// Writes through an open handle (always on the upper copy).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        if real.0 != UPPER {
+            return fail(libc::EBADF);
+        }
+        sys::pwrite(handles::fd_of(&real), data, offset)
+    }
+
+    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        if real.0 != UPPER {
+            return fail(libc::EBADF);
+        }
+        sys::fallocate(handles::fd_of(&real), mode, offset, len)
+    }
+
+    pub fn fsync(&self, fh: u64, data_only: bool) -> Result<()> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        if real.0 != UPPER {
+            return Ok(()); // nothing of ours to flush in a lower
+        }
+        sys::fsync(handles::fd_of(&real), data_only)
+    }
+
+    pub fn fsyncdir(&self, ino: u64, data_only: bool) -> Result<()> {
+        let node = self.nodes.get(ino)?;
+        if !node.stack().upper || self.upper.is_none() {
+            return Ok(());
+        }
+        let dir = self.nodes.dir(&self.layers, &node, UPPER)?;
+        sys::fsync(dir.fd(), data_only)
+    }
+
+    /// lseek for SEEK_DATA / SEEK_HOLE (the kernel does the others).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        sys::lseek(handles::fd_of(&real), offset, whence)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.upper()?;
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::errno(libc::EPERM).context("private xattr"));
+        }
+        let node = self.nodes.get(ino)?;
+        copy_up::copy_up(self, &node, Data::All)?;
+        let fd = self.top_path_fd(&node)?;
+        sys::fsetxattr(fd.as_fd(), name, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        self.upper()?;
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::errno(libc::EPERM).context("private xattr"));
+        }
+        let node = self.nodes.get(ino)?;
+        let fd = self.top_path_fd(&node)?;
+        // Nothing to copy up for an attribute that is not there.
+        if sys::fgetxattr(fd.as_fd(), name)?.is_none() {
+            return fail(libc::ENODATA);
+        }
+        copy_up::copy_up(self, &node, Data::All)?;
+        let fd = self.top_path_fd(&node)?;
+        sys::fremovexattr(fd.as_fd(), name)
     }
 
     /// The root node, for tests.

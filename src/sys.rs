@@ -564,3 +564,242 @@ pub fn wait_signal(signals: &[i32]) -> i32 {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Changing a layer (only ever the upper or the work dir)
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat(dir: BorrowedFd, name: &OsStr, mode: u32) -> Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(|_| ())
+}
+
+/// `mknodat(dir, name, mode, rdev)`.
+pub fn mknodat(dir: BorrowedFd, name: &OsStr, mode: u32, rdev: u64) -> Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    // SAFETY: valid C strings.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(|_| ())
+}
+
+/// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink.
+pub fn linkat(olddir: BorrowedFd, oldname: &OsStr, newdir: BorrowedFd, newname: &OsStr) -> Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings.
+    check(unsafe {
+        libc::linkat(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `unlinkat(dir, name, flags)` (`AT_REMOVEDIR` for a directory).
+pub fn unlinkat(dir: BorrowedFd, name: &OsStr, flags: i32) -> Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(|_| ())
+}
+
+/// `renameat2(olddir, oldname, newdir, newname, flags)`.
+pub fn renameat2(
+    olddir: BorrowedFd,
+    oldname: &OsStr,
+    newdir: BorrowedFd,
+    newname: &OsStr,
+    flags: u32,
+) -> Result<()> {
+    let o = cstr(oldname)?;
+    let n = cstr(newname)?;
+    // SAFETY: valid C strings.
+    check(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            o.as_ptr(),
+            newdir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` keeps a value.
+pub fn lchownat(dir: BorrowedFd, name: &OsStr, uid: u32, gid: u32) -> Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `fchmodat(dir, name, mode, 0)`. Never called on a symlink (Linux keeps
+/// no mode there), so following is not a concern; callers check the type.
+pub fn fchmodat(dir: BorrowedFd, name: &OsStr, mode: u32) -> Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) })
+        .map(|_| ())
+}
+
+/// `fchown(fd, uid, gid)`.
+pub fn fchown(fd: BorrowedFd, uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(|_| ())
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(fd: BorrowedFd, mode: u32) -> Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(|_| ())
+}
+
+/// A time for [`utimensat`]: a value, "now", or "leave as is".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    Omit,
+    Now,
+    At(i64, i64),
+}
+
+fn timespec(t: SetTime) -> libc::timespec {
+    let (sec, nsec) = match t {
+        SetTime::Omit => (0, libc::UTIME_OMIT),
+        SetTime::Now => (0, libc::UTIME_NOW),
+        SetTime::At(s, n) => (s, n),
+    };
+    libc::timespec {
+        tv_sec: sec as libc::time_t,
+        tv_nsec: nsec as libc::c_long,
+    }
+}
+
+/// `utimensat(dir, name, [atime, mtime], AT_SYMLINK_NOFOLLOW)`.
+pub fn utimensat(dir: BorrowedFd, name: &OsStr, atime: SetTime, mtime: SetTime) -> Result<()> {
+    let c = cstr(name)?;
+    let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: valid C string and a two-element timespec array.
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `futimens(fd, [atime, mtime])`.
+pub fn futimens(fd: BorrowedFd, atime: SetTime, mtime: SetTime) -> Result<()> {
+    let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: a two-element timespec array.
+    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(|_| ())
+}
+
+/// `ftruncate(fd, len)`.
+pub fn ftruncate(fd: BorrowedFd, len: u64) -> Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    retry(|| check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })).map(|_| ())
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub fn fallocate(fd: BorrowedFd, mode: i32, offset: u64, len: u64) -> Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    retry(|| {
+        check(unsafe {
+            libc::fallocate(
+                fd.as_raw_fd(),
+                mode,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        })
+    })
+    .map(|_| ())
+}
+
+/// `fsync(fd)`, or `fdatasync(fd)` when `data_only`.
+pub fn fsync(fd: BorrowedFd, data_only: bool) -> Result<()> {
+    // SAFETY: plain syscalls on a valid fd.
+    retry(|| {
+        check(unsafe {
+            if data_only {
+                libc::fdatasync(fd.as_raw_fd())
+            } else {
+                libc::fsync(fd.as_raw_fd())
+            }
+        })
+    })
+    .map(|_| ())
+}
+
+/// `lseek(fd, offset, whence)`.
+pub fn lseek(fd: BorrowedFd, offset: i64, whence: i32) -> Result<i64> {
+    // SAFETY: plain syscall on a valid fd.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        Err(Error::last())
+    } else {
+        Ok(r as i64)
+    }
+}
+
+/// `ioctl(dst, FICLONE, src)`: shares all of `src`'s blocks with `dst`.
+pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> Result<()> {
+    // SAFETY: FICLONE takes the source fd as its argument.
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) }).map(|_| ())
+}
+
+/// `copy_file_range(src, &off_in, dst, &off_out, len, 0)`; returns bytes copied.
+pub fn copy_file_range(src: BorrowedFd, off_in: u64, dst: BorrowedFd, off_out: u64, len: usize) -> Result<usize> {
+    let mut i = off_in as libc::loff_t;
+    let mut o = off_out as libc::loff_t;
+    // SAFETY: the offsets are valid pointers for the call's duration.
+    retry(|| {
+        check_size(unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut i, dst.as_raw_fd(), &mut o, len, 0)
+        })
+    })
+}
+
+/// `flock(fd, op)`.
+pub fn flock(fd: BorrowedFd, op: i32) -> Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(|_| ())
+}
+
+/// `umask(mask)`: the daemon creates with exact modes (the kernel has
+/// already applied the caller's umask).
+pub fn set_umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}

@@ -155,6 +155,111 @@ pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     }
 }
 
+/// How whiteouts and opaque markers are written into the upper (DESIGN §2),
+/// decided once at mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpperFormat {
+    /// Char device 0/0 whiteouts and an `overlay.opaque=y` xattr, in the
+    /// `trusted.` namespace when we may write it, else `user.` (as kernel
+    /// overlayfs's `userxattr`).
+    Overlay { trusted: bool },
+    /// `.wh.NAME` files and a `.wh..wh..opq` file.
+    Oci,
+}
+
+impl UpperFormat {
+    fn opaque_xattr(self) -> &'static str {
+        match self {
+            UpperFormat::Overlay { trusted: true } => OPAQUE_XATTRS[0],
+            _ => OPAQUE_XATTRS[1],
+        }
+    }
+}
+
+/// Marks an open directory opaque.
+pub fn write_opaque(format: UpperFormat, dir: BorrowedFd) -> Result<()> {
+    match format {
+        UpperFormat::Overlay { .. } => {
+            sys::fsetxattr(dir, OsStr::new(format.opaque_xattr()), b"y", 0)
+        }
+        UpperFormat::Oci => {
+            match sys::openat(
+                dir,
+                OsStr::new(OCI_OPAQUE),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o600,
+            ) {
+                Ok(_) => Ok(()),
+                Err(e) if e.is(libc::EEXIST) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Makes a whiteout for `name` in `dir`, where nothing stands at `name`.
+pub fn write_whiteout(format: UpperFormat, dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    match format {
+        UpperFormat::Overlay { .. } => sys::mknodat(dir, name, libc::S_IFCHR, 0),
+        UpperFormat::Oci => write_oci_whiteout(dir, name),
+    }
+}
+
+/// Creates the empty file `.wh.NAME` in `dir` (kept if already there).
+pub fn write_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    match sys::openat(
+        dir,
+        &oci_whiteout_name(name),
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o600,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the upper holds at a name, for a change that puts something there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpperSlot {
+    /// A whiteout occupies the name itself (0/0 device or xattr whiteout).
+    pub whiteout_at_name: bool,
+    /// `.wh.NAME` exists beside it.
+    pub oci_whiteout: bool,
+    /// A real object occupies the name.
+    pub object: bool,
+}
+
+impl UpperSlot {
+    pub fn is_whiteout(&self) -> bool {
+        self.whiteout_at_name || self.oci_whiteout
+    }
+}
+
+/// Reads what the upper directory `dir` holds at `name`.
+pub fn upper_slot(dir: BorrowedFd, marks: DirMarks, name: &OsStr) -> Result<UpperSlot> {
+    let mut slot = UpperSlot {
+        whiteout_at_name: false,
+        oci_whiteout: has_oci_whiteout(dir, name)?,
+        object: false,
+    };
+    match sys::statat(dir, name) {
+        Ok(st) => {
+            let xattr_wh = marks.xattr_whiteouts
+                && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && is_xattr_whiteout(dir, name)?;
+            if is_whiteout_stat(&st) || xattr_wh {
+                slot.whiteout_at_name = true;
+            } else {
+                slot.object = true;
+            }
+        }
+        Err(e) if e.is(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(slot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

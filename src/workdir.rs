@@ -1,0 +1,183 @@
+//! The work dir: where copy-ups and whiteouts are built before one rename
+//! puts them in place, and the lock that keeps a second live mount off the
+//! same upper. It sits on the upper's filesystem (a rename cannot cross
+//! filesystems) and is never shown through the mount.
+//!
+//! Layout: `WORK/unionfs.lock` (flock held while mounted) and `WORK/tmp/`
+//! (temporaries; whatever is left there from a crash is removed at mount).
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use log::{debug, info, warn};
+
+use crate::cli::WriteFormat;
+use crate::error::{Error, Result};
+use crate::layer::Layer;
+use crate::sys;
+use crate::whiteout::UpperFormat;
+
+const TMP: &str = "tmp";
+const LOCK: &str = "unionfs.lock";
+
+/// The open work dir of a mount.
+#[derive(Debug)]
+pub struct WorkDir {
+    pub path: PathBuf,
+    tmp: OwnedFd,
+    _lock: OwnedFd,
+    counter: AtomicU64,
+}
+
+impl WorkDir {
+    /// Creates (if needed), checks, locks and cleans the work dir for
+    /// `upper`. Errors are for the user: they name the problem.
+    pub fn open(path: &Path, upper: &Layer) -> Result<WorkDir> {
+        // Only the daemon looks inside; the umask is 0 here, so say so.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| Error::from(e).context(format!("creating work dir {}", path.display())))?;
+        let root = sys::open_dir_path(path)?;
+        let dev = sys::fstat(root.as_fd())?.st_dev;
+        if dev != upper.dev {
+            return Err(Error::errno(libc::EXDEV).context(format!(
+                "work dir {} is not on the upper's filesystem",
+                path.display()
+            )));
+        }
+        // Two locks: the one in the work dir keeps two mounts off one work
+        // dir, the one on the upper root keeps two mounts off one upper
+        // whatever work dirs they were given.
+        let lock = sys::openat(
+            root.as_fd(),
+            OsStr::new(LOCK),
+            libc::O_CREAT | libc::O_RDWR,
+            0o600,
+        )?;
+        let busy = |e: Error| {
+            if e.is(libc::EWOULDBLOCK) {
+                Error::errno(libc::EBUSY).context(format!(
+                    "upper {} is already used by a live mount (lock in {})",
+                    upper.path.display(),
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        };
+        sys::flock(lock.as_fd(), libc::LOCK_EX | libc::LOCK_NB).map_err(busy)?;
+        sys::flock(upper.root(), libc::LOCK_EX | libc::LOCK_NB).map_err(busy)?;
+
+        match sys::mkdirat(root.as_fd(), OsStr::new(TMP), 0o700) {
+            Err(e) if !e.is(libc::EEXIST) => return Err(e.context("creating work/tmp")),
+            _ => {}
+        }
+        let tmp = sys::openat(
+            root.as_fd(),
+            OsStr::new(TMP),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
+        let work = WorkDir {
+            path: path.to_path_buf(),
+            tmp,
+            _lock: lock,
+            counter: AtomicU64::new(0),
+        };
+        work.remove_stale()?;
+        Ok(work)
+    }
+
+    /// The temporaries directory.
+    pub fn tmp(&self) -> BorrowedFd<'_> {
+        self.tmp.as_fd()
+    }
+
+    /// A fresh name for a temporary.
+    pub fn temp_name(&self) -> OsString {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#{}-{n}", std::process::id()))
+    }
+
+    /// Removes a temporary, recursively if it is a directory.
+    pub fn remove(&self, name: &OsStr) {
+        if let Err(e) = remove_tree(self.tmp(), name) {
+            warn!("cannot remove temporary {}: {e}", name.to_string_lossy());
+        }
+    }
+
+    /// Removes what a crashed mount left in tmp/.
+    fn remove_stale(&self) -> Result<()> {
+        let entries = sys::read_dir_all(self.tmp())?;
+        if !entries.is_empty() {
+            info!(
+                "removing {} stale temporaries from {}",
+                entries.len(),
+                self.path.display()
+            );
+        }
+        for e in entries {
+            remove_tree(self.tmp(), &e.name)?;
+        }
+        Ok(())
+    }
+
+    /// Decides how whiteouts and opaque markers are written to the upper:
+    /// `auto` takes the overlay format where a 0/0 device can be made there.
+    pub fn choose_format(&self, requested: WriteFormat) -> UpperFormat {
+        let trusted = self.can_set_xattr("trusted.overlay.probe");
+        let overlay = UpperFormat::Overlay { trusted };
+        let format = match requested {
+            WriteFormat::Oci => UpperFormat::Oci,
+            WriteFormat::Overlay => overlay,
+            WriteFormat::Auto => {
+                let name = self.temp_name();
+                match sys::mknodat(self.tmp(), &name, libc::S_IFCHR, 0) {
+                    Ok(()) => {
+                        self.remove(&name);
+                        overlay
+                    }
+                    Err(e) => {
+                        debug!("no 0/0 device in the upper ({e}): oci format");
+                        UpperFormat::Oci
+                    }
+                }
+            }
+        };
+        info!("upper format: {format:?}");
+        format
+    }
+
+    fn can_set_xattr(&self, name: &str) -> bool {
+        let tmp = self.temp_name();
+        if sys::mkdirat(self.tmp(), &tmp, 0o700).is_err() {
+            return false;
+        }
+        let ok = sys::openat(self.tmp(), &tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .and_then(|fd| sys::fsetxattr(fd.as_fd(), OsStr::new(name), b"y", 0))
+            .is_ok();
+        self.remove(&tmp);
+        ok
+    }
+}
+
+/// Removes `name` in `dir`, and everything below it when it is a directory.
+/// Never follows a symlink.
+pub fn remove_tree(dir: BorrowedFd, name: &OsStr) -> Result<()> {
+    match sys::unlinkat(dir, name, 0) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.is(libc::EISDIR) || e.is(libc::EPERM) => {}
+        Err(e) if e.is(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    for e in sys::read_dir_all(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &e.name)?;
+    }
+    sys::unlinkat(dir, name, libc::AT_REMOVEDIR)
+}

@@ -48,9 +48,7 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
     if stack.upper {
         return Ok(()); // another writer copied it up while we waited
     }
-    let (layer_id, lower_path) = stack
-        .top()
-        .ok_or_else(|| Error::errno(libc::ESTALE))?;
+    let (layer_id, lower_path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
     let layer = fs.layers.get(layer_id)?;
     let src = layer.stat(lower_path)?;
     let pdir = fs.nodes.dir(&fs.layers, &parent, UPPER)?;
@@ -64,7 +62,12 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
         upper.work.remove(&tmp);
         return Err(e.context(format!("copy-up of {}", lower_path.to_string_lossy())));
     }
-    upper.place(&tmp, &pdir, &name, src.st_mode & libc::S_IFMT == libc::S_IFDIR)?;
+    upper.place(
+        &tmp,
+        &pdir,
+        &name,
+        src.st_mode & libc::S_IFMT == libc::S_IFDIR,
+    )?;
 
     stack.upper = true;
     stack.path = join_path(&parent.stack().path, &name);
@@ -81,13 +84,25 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
 }
 
 /// Builds the copy of `src` (at `path` in `layer`) as `tmp` in the work dir.
-fn build(fs: &UnionFs, layer: &Layer, path: &OsStr, src: &Stat, tmp: &OsStr, data: Data) -> Result<()> {
+fn build(
+    fs: &UnionFs,
+    layer: &Layer,
+    path: &OsStr,
+    src: &Stat,
+    tmp: &OsStr,
+    data: Data,
+) -> Result<()> {
     let work = fs.upper()?.work.tmp();
     let mode = src.st_mode & 0o7777;
     match src.st_mode & libc::S_IFMT {
         libc::S_IFREG => {
             let from = layer.open(path, libc::O_RDONLY)?;
-            let to = sys::openat(work, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+            let to = sys::openat(
+                work,
+                tmp,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o600,
+            )?;
             if data == Data::All {
                 copy_data(from.as_fd(), to.as_fd(), src.st_size as u64)?;
             }
@@ -193,7 +208,12 @@ fn copy_range(from: BorrowedFd, to: BorrowedFd, start: u64, end: u64) -> Result<
         match sys::copy_file_range(from, off, to, off, want) {
             Ok(0) => break,
             Ok(n) => off += n as u64,
-            Err(e) if matches!(e.raw(), libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            Err(e)
+                if matches!(
+                    e.raw(),
+                    libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP
+                ) =>
+            {
                 return copy_by_read(from, to, off, end);
             }
             Err(e) => return Err(e),

@@ -26,7 +26,11 @@ impl Error {
 
     /// An error from the calling thread's `errno`.
     pub fn last() -> Error {
-        Error::errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        Error::errno(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
     }
 
     /// Adds what we were doing, for logs and CLI messages.

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
 };
 use log::{debug, error, info, warn};
 
@@ -21,8 +21,8 @@ use crate::cli::MountConfig;
 use crate::error::Error;
 use crate::layer::LayerStack;
 use crate::ops::{Attr, Caller, NewObject, Options, SetAttr, UnionFs};
-use crate::sys::SetTime;
 use crate::sys;
+use crate::sys::SetTime;
 
 /// How long the kernel may cache names and attributes. Lowers never change
 /// under a mount and the upper changes only through us, so this can be long.
@@ -228,9 +228,15 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
-            NewObject::File { mode, flags: libc::O_WRONLY }
+            NewObject::File {
+                mode,
+                flags: libc::O_WRONLY,
+            }
         } else {
-            NewObject::Special { mode, rdev: rdev as u64 }
+            NewObject::Special {
+                mode,
+                rdev: rdev as u64,
+            }
         };
         let r = self.fs.create(caller(req), parent.0, name, what);
         // mknod of a regular file opens nothing for the caller.
@@ -249,7 +255,9 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.fs.create(caller(req), parent.0, name, NewObject::Dir { mode });
+        let r = self
+            .fs
+            .create(caller(req), parent.0, name, NewObject::Dir { mode });
         reply_entry(reply, entry_of(&self.fs, r), "mkdir");
     }
 
@@ -345,11 +353,25 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(reply, self.fs.fsync(fh.0, datasync), "fsync");
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply_empty(reply, self.fs.fsyncdir(ino.0, datasync), "fsyncdir");
     }
 
@@ -363,7 +385,11 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fallocate(fh.0, mode, offset, length), "fallocate");
+        reply_empty(
+            reply,
+            self.fs.fallocate(fh.0, mode, offset, length),
+            "fallocate",
+        );
     }
 
     fn lseek(
@@ -457,7 +483,14 @@ impl Filesystem for FuseFs {
                 }
             };
             let counted = e.name != "." && e.name != "..";
-            if reply.add(INodeNo(attr.ino), next, &e.name, &TTL, &file_attr(&attr), Generation(0)) {
+            if reply.add(
+                INodeNo(attr.ino),
+                next,
+                &e.name,
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+            ) {
                 // Did not fit: the kernel never sees it, so it holds no lookup.
                 if counted {
                     self.fs.forget(attr.ino, 1);
@@ -506,7 +539,11 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags), "setxattr");
+        reply_empty(
+            reply,
+            self.fs.setxattr(ino.0, name, value, flags),
+            "setxattr",
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -679,7 +716,8 @@ fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), Error> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::errno(libc::EPERM).context(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(Error::errno(libc::EPERM)
+            .context(String::from_utf8_lossy(&out.stderr).trim().to_string()))
     }
 }
 

@@ -142,7 +142,12 @@ pub fn resolve(
 /// True when a lower layer of `parent` still has `name` (what the upper
 /// hides): removing or renaming it away then needs a whiteout, and a new
 /// directory there must be opaque.
-pub fn in_lowers(layers: &LayerStack, table: &NodeTable, parent: &Node, name: &OsStr) -> Result<bool> {
+pub fn in_lowers(
+    layers: &LayerStack,
+    table: &NodeTable,
+    parent: &Node,
+    name: &OsStr,
+) -> Result<bool> {
     let pstack = parent.stack();
     for &layer in &pstack.lowers {
         let dir = table.dir(layers, parent, layer)?;

@@ -5,15 +5,19 @@ use std::process::ExitCode;
 use unionfs::cli::{self, Command};
 
 fn run() -> Result<(), (String, u8)> {
-    let command = cli::parse_args(std::env::args_os()).map_err(|e| (e.message, e.exit_code.clamp(1, 255) as u8))?;
+    let command = cli::parse_args(std::env::args_os())
+        .map_err(|e| (e.message, e.exit_code.clamp(1, 255) as u8))?;
     match command {
         Command::Print(text) => {
             println!("{text}");
             Ok(())
         }
-        Command::Umount(mnt) => unionfs::fuse::unmount(&mnt).map_err(|m| (format!("unionfs: {m}"), 1)),
+        Command::Umount(mnt) => {
+            unionfs::fuse::unmount(&mnt).map_err(|m| (format!("unionfs: {m}"), 1))
+        }
         Command::Mount(config) => {
-            unionfs::logging::init(config.log_file.as_deref()).map_err(|m| (format!("unionfs: {m}"), 1))?;
+            unionfs::logging::init(config.log_file.as_deref())
+                .map_err(|m| (format!("unionfs: {m}"), 1))?;
             for w in &config.warnings {
                 eprintln!("unionfs: warning: {w}");
             }

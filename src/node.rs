@@ -48,7 +48,9 @@ impl Stack {
         if self.upper {
             Some((UPPER, &self.path))
         } else {
-            self.lowers.first().map(|l| (*l, self.lower_path.as_os_str()))
+            self.lowers
+                .first()
+                .map(|l| (*l, self.lower_path.as_os_str()))
         }
     }
 

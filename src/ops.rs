@@ -12,17 +12,17 @@ use std::path::Path;
 
 use crate::cli::WriteFormat;
 use crate::copy_up::{self, Data};
-use crate::sys::SetTime;
-use crate::upper::{Leave, Upper};
-use crate::workdir::WorkDir;
 use crate::error::{fail, Error, Result};
 use crate::handles::{self, Handles};
 use crate::layer::{join_path, LayerStack, UPPER};
 use crate::lookup;
 use crate::node::{Node, NodeTable, Stack, ROOT_INO};
 use crate::readdir::{self, DirEntry};
+use crate::sys::SetTime;
 use crate::sys::{self, Stat};
+use crate::upper::{Leave, Upper};
 use crate::whiteout;
+use crate::workdir::WorkDir;
 use log::debug;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
@@ -63,11 +63,21 @@ pub struct Caller {
 #[derive(Debug, Clone)]
 pub enum NewObject {
     /// A regular file, opened with these flags.
-    File { mode: u32, flags: i32 },
-    Dir { mode: u32 },
-    Symlink { target: OsString },
+    File {
+        mode: u32,
+        flags: i32,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: OsString,
+    },
     /// A fifo, socket or device.
-    Special { mode: u32, rdev: u64 },
+    Special {
+        mode: u32,
+        rdev: u64,
+    },
 }
 
 /// The attribute changes of a setattr.
@@ -109,7 +119,9 @@ impl UnionFs {
                 let format = work.choose_format(opts.format);
                 Some(Upper { work, format })
             }
-            (Some(_), None) => return fail(libc::EINVAL).map_err(|e: Error| e.context("upper without work dir")),
+            (Some(_), None) => {
+                return fail(libc::EINVAL).map_err(|e: Error| e.context("upper without work dir"))
+            }
             _ => None,
         };
         if upper.is_none() {
@@ -408,13 +420,22 @@ impl UnionFs {
         let pst = sys::fstat(pdir.fd())?;
         // A setgid directory hands its group down (and, to directories, the bit).
         let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
-        let gid = if setgid_parent { pst.st_gid } else { caller.gid };
+        let gid = if setgid_parent {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
         let work = upper.work.tmp();
         let tmp = upper.work.temp_name();
         let built = (|| -> Result<()> {
             match &what {
                 NewObject::File { mode, .. } => {
-                    let fd = sys::openat(work, &tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                    let fd = sys::openat(
+                        work,
+                        &tmp,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                        0o600,
+                    )?;
                     sys::fchown(fd.as_fd(), caller.uid, gid)?;
                     sys::fchmod(fd.as_fd(), mode & 0o7777)
                 }
@@ -464,7 +485,10 @@ impl UnionFs {
         node.set_stack(stack);
         let fh = match what {
             NewObject::File { flags, .. } => {
-                let fd = self.layers.get(UPPER)?.open(&node.stack().path, real_open_flags(flags) & !libc::O_TRUNC)?;
+                let fd = self
+                    .layers
+                    .get(UPPER)?
+                    .open(&node.stack().path, real_open_flags(flags) & !libc::O_TRUNC)?;
                 Some(self.handles.open_file(ino, UPPER, fd, flags))
             }
             _ => None,
@@ -487,7 +511,11 @@ impl UnionFs {
         copy_up::copy_up(self, &node, Data::All)?;
         let (sdir, sname) = self.upper_parent(&node)?;
         let tmp = upper.work.temp_name();
-        debug!("link {} -> {}", sname.to_string_lossy(), newname.to_string_lossy());
+        debug!(
+            "link {} -> {}",
+            sname.to_string_lossy(),
+            newname.to_string_lossy()
+        );
         sys::linkat(sdir.as_fd(), &sname, upper.work.tmp(), &tmp)?;
         let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
         upper.place(&tmp, &pdir, newname, false)?;
@@ -548,7 +576,8 @@ impl UnionFs {
         Self::check_new_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
+        {
             return fail(libc::EINVAL);
         }
         let pnode = self.nodes.get(parent)?;
@@ -569,7 +598,10 @@ impl UnionFs {
         if lower_dir(&src) || (exchange && dst.as_ref().is_some_and(lower_dir)) {
             return fail(libc::EXDEV);
         }
-        if let Some(d) = dst.as_ref().filter(|d| !exchange && d.kind == libc::S_IFDIR) {
+        if let Some(d) = dst
+            .as_ref()
+            .filter(|d| !exchange && d.kind == libc::S_IFDIR)
+        {
             if src.kind != libc::S_IFDIR {
                 return fail(libc::EISDIR);
             }
@@ -606,11 +638,17 @@ impl UnionFs {
             && lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)?;
         upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
         if opaque_src {
-            let fd = self.layers.get(UPPER)?.open(&join_path(&npnode.stack().path, newname), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            let fd = self.layers.get(UPPER)?.open(
+                &join_path(&npnode.stack().path, newname),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )?;
             upper.make_opaque(fd.as_fd())?;
         }
         if opaque_dst {
-            let fd = self.layers.get(UPPER)?.open(&join_path(&pnode.stack().path, name), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            let fd = self.layers.get(UPPER)?.open(
+                &join_path(&pnode.stack().path, name),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            )?;
             upper.make_opaque(fd.as_fd())?;
         }
 
@@ -651,7 +689,11 @@ impl UnionFs {
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
         self.upper()?;
         let node = self.nodes.get(ino)?;
-        let data = if set.size == Some(0) { Data::Skip } else { Data::All };
+        let data = if set.size == Some(0) {
+            Data::Skip
+        } else {
+            Data::All
+        };
         copy_up::copy_up(self, &node, data)?;
         let (dir, name) = self.upper_parent(&node)?;
         if let Some(size) = set.size {
@@ -663,13 +705,21 @@ impl UnionFs {
                     sys::ftruncate(handles::fd_of(&h.real()), size)?
                 }
                 _ => {
-                    let fd = self.layers.get(UPPER)?.open(&node.stack().path, libc::O_WRONLY)?;
+                    let fd = self
+                        .layers
+                        .get(UPPER)?
+                        .open(&node.stack().path, libc::O_WRONLY)?;
                     sys::ftruncate(fd.as_fd(), size)?;
                 }
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::lchownat(dir.as_fd(), &name, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+            sys::lchownat(
+                dir.as_fd(),
+                &name,
+                set.uid.unwrap_or(u32::MAX),
+                set.gid.unwrap_or(u32::MAX),
+            )?;
         }
         if let Some(mode) = set.mode {
             if node.kind != libc::S_IFLNK {

@@ -61,7 +61,12 @@ pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Ve
         let ldir = table.dir(layers, dir, layer_id)?;
         // A fresh fd: the cached one may be read by another listing at the
         // same time, and a directory fd carries one read offset.
-        let fd = sys::openat(ldir.fd(), OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let fd = sys::openat(
+            ldir.fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
         let mut whited_here: Vec<OsString> = Vec::new();
         for raw in sys::read_dir_all(fd.as_fd())? {
             if let Some(target) = whiteout::oci_whited_out_name(&raw.name) {

@@ -242,9 +242,7 @@ pub fn flistxattr(fd: BorrowedFd) -> Result<Vec<OsString>> {
     loop {
         let r = xattr_call(fd, |path| match path {
             // SAFETY: buf is writable for buf.len() bytes.
-            None => unsafe {
-                libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-            },
+            None => unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) },
             // SAFETY: as above; p is a valid C string.
             Some(p) => unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
         });
@@ -599,7 +597,12 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd, name: &OsStr) -> Result<()> {
 }
 
 /// `linkat(olddir, oldname, newdir, newname, 0)`: never follows a symlink.
-pub fn linkat(olddir: BorrowedFd, oldname: &OsStr, newdir: BorrowedFd, newname: &OsStr) -> Result<()> {
+pub fn linkat(
+    olddir: BorrowedFd,
+    oldname: &OsStr,
+    newdir: BorrowedFd,
+    newname: &OsStr,
+) -> Result<()> {
     let o = cstr(oldname)?;
     let n = cstr(newname)?;
     // SAFETY: valid C strings.
@@ -780,7 +783,13 @@ pub fn ficlone(dst: BorrowedFd, src: BorrowedFd) -> Result<()> {
 }
 
 /// `copy_file_range(src, &off_in, dst, &off_out, len, 0)`; returns bytes copied.
-pub fn copy_file_range(src: BorrowedFd, off_in: u64, dst: BorrowedFd, off_out: u64, len: usize) -> Result<usize> {
+pub fn copy_file_range(
+    src: BorrowedFd,
+    off_in: u64,
+    dst: BorrowedFd,
+    off_out: u64,
+    len: usize,
+) -> Result<usize> {
     let mut i = off_in as libc::loff_t;
     let mut o = off_out as libc::loff_t;
     // SAFETY: the offsets are valid pointers for the call's duration.

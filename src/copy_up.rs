@@ -10,9 +10,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 use log::debug;
 
 use crate::error::{Error, Result};
+use crate::index;
 use crate::layer::{join_path, split_path, Layer, UPPER};
-use crate::node::{Node, ROOT_INO};
+use crate::node::{Node, Stack, ROOT_INO};
+use crate::lookup;
 use crate::ops::UnionFs;
+use crate::readdir;
+use std::sync::Arc;
 use crate::sys::{self, SetTime, Stat};
 use crate::whiteout;
 
@@ -33,7 +37,7 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
     if node.stack().upper {
         return Ok(());
     }
-    let upper = fs.upper()?;
+    fs.upper()?;
     // Parents first, each under its own lock: no thread ever holds two
     // node locks here, so copy-ups cannot deadlock each other.
     let (parent_ino, name) = node.place();
@@ -44,43 +48,163 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
     copy_up(fs, &parent, Data::All)?;
 
     let _guard = node.lock.lock();
-    let mut stack = node.stack();
+    let stack = node.stack();
     if stack.upper {
         return Ok(()); // another writer copied it up while we waited
     }
-    let (layer_id, lower_path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
-    let layer = fs.layers.get(layer_id)?;
-    let src = layer.stat(lower_path)?;
-    let pdir = fs.nodes.dir(&fs.layers, &parent, UPPER)?;
-    let tmp = upper.work.temp_name();
-    debug!(
-        "copy_up {} from layer {layer_id} ({:?})",
-        lower_path.to_string_lossy(),
-        data
-    );
-    if let Err(e) = build(fs, layer, lower_path, &src, &tmp, data) {
-        upper.work.remove(&tmp);
-        return Err(e.context(format!("copy-up of {}", lower_path.to_string_lossy())));
-    }
-    upper.place(
-        &tmp,
-        &pdir,
-        &name,
-        src.st_mode & libc::S_IFMT == libc::S_IFDIR,
-    )?;
-
-    stack.upper = true;
-    stack.path = join_path(&parent.stack().path, &name);
-    node.set_stack(stack.clone());
+    let new = copy_up_name(fs, &parent, &name, node.ino, &stack, data)?;
+    node.set_stack(new.clone());
     // A file opened before the copy-up now reads the copy, so it sees what
     // writers write from here on (kernel overlayfs does the same).
     if node.kind == libc::S_IFREG {
-        for h in fs.handles.files_of(node.ino) {
-            let fd = fs.layers.get(UPPER)?.open(&stack.path, libc::O_RDONLY)?;
-            h.set_real(UPPER, fd);
+        if let Some((layer, path)) = new.top() {
+            for h in fs.handles.files_of(node.ino) {
+                if h.real().0 != layer {
+                    h.set_real(layer, fs.layers.get(layer)?.open(path, libc::O_RDONLY)?);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Copies up the directory `dir` (at `name` in `parent`, which is in the
+/// upper) and everything shown below it: a directory rename moves the whole
+/// tree into the upper before it is made opaque.
+pub fn copy_up_tree(fs: &UnionFs, parent: &Node, name: &OsStr, dir: &Node) -> Result<()> {
+    {
+        let _guard = dir.lock.lock();
+        let stack = dir.stack();
+        if !stack.upper {
+            let new = copy_up_name(fs, parent, name, dir.ino, &stack, Data::All)?;
+            dir.set_stack(new);
+        }
+    }
+    for entry in readdir::snapshot(&fs.layers, &fs.nodes, dir)?.iter().skip(2) {
+        let Some(found) = lookup::resolve(&fs.layers, &fs.nodes, dir, &entry.name)? else {
+            continue;
+        };
+        let live = fs
+            .nodes
+            .get(found.ino)
+            .ok()
+            .filter(|n| n.place() == (dir.ino, entry.name.clone()));
+        if found.kind == libc::S_IFDIR {
+            let child = live.unwrap_or_else(|| {
+                Arc::new(Node::detached(
+                    found.ino,
+                    found.kind,
+                    found.stack.clone(),
+                    dir.ino,
+                    &entry.name,
+                ))
+            });
+            copy_up_tree(fs, dir, &entry.name, &child)?;
+        } else if !found.stack.upper {
+            let _guard = live.as_ref().map(|n| n.lock.lock());
+            let new = copy_up_name(fs, dir, &entry.name, found.ino, &found.stack, Data::All)?;
+            if let Some(n) = &live {
+                n.set_stack(new);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives `name` in `parent` (already in the upper) an upper copy of the
+/// object `ino`, whose stack is `stack`; returns the object's new stack.
+/// The caller holds the object's node lock if the kernel knows it.
+pub fn copy_up_name(
+    fs: &UnionFs,
+    parent: &Node,
+    name: &OsStr,
+    ino: u64,
+    stack: &Stack,
+    data: Data,
+) -> Result<Stack> {
+    let upper = fs.upper()?;
+    let pdir = fs.nodes.dir(&fs.layers, parent, UPPER)?;
+    let mut new = stack.clone();
+    new.upper = true;
+    new.path = join_path(&parent.stack().path, name);
+    let tmp = upper.work.temp_name();
+
+    if let Some(key) = &stack.index {
+        // Another name of the object already has the upper copy: this name
+        // becomes one more link of it, so all names stay one inode.
+        debug!("copy_up_link {} from index {}", show(name), show(key));
+        sys::linkat(fs.index()?.layer.root(), key, upper.work.tmp(), &tmp)?;
+        upper.place(&tmp, &pdir, name, false)?;
+        fs.index()?.lower_name_gone(ino)?;
+        return Ok(new);
+    }
+
+    let hardlinked = build_copy(fs, stack, ino, &tmp, data)?;
+    if hardlinked.is_some() {
+        new.index = Some(index::key(ino));
+    }
+    let is_dir = stack_kind(fs, stack)? == libc::S_IFDIR;
+    upper.place(&tmp, &pdir, name, is_dir)?;
+    Ok(new)
+}
+
+/// Copies a hard-linked object into the index only, with no name in the
+/// upper tree: one of its lower names is going away, and the others must
+/// then count one link fewer.
+pub fn copy_up_to_index(fs: &UnionFs, ino: u64, stack: &Stack) -> Result<Stack> {
+    let upper = fs.upper()?;
+    let tmp = upper.work.temp_name();
+    let mut new = stack.clone();
+    let hardlinked = build_copy(fs, stack, ino, &tmp, Data::All)?;
+    // The index entry (if any) keeps the inode; the temporary name goes.
+    upper.work.remove(&tmp);
+    if hardlinked.is_some() {
+        new.index = Some(index::key(ino));
+    }
+    Ok(new)
+}
+
+fn stack_kind(fs: &UnionFs, stack: &Stack) -> Result<u32> {
+    let (layer, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
+    Ok(fs.layers.get(layer)?.stat(path)?.st_mode & libc::S_IFMT)
+}
+
+/// Builds the copy of the object's top layer as `tmp` in the work dir,
+/// records its origin, and enters it in the index when it has several
+/// names in the lower (returns the lower link count then).
+fn build_copy(fs: &UnionFs, stack: &Stack, ino: u64, tmp: &OsStr, data: Data) -> Result<Option<u64>> {
+    let upper = fs.upper()?;
+    let (layer_id, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
+    let layer = fs.layers.get(layer_id)?;
+    let src = layer.stat(path)?;
+    debug!("copy_up {} from layer {layer_id} ({data:?})", show(path));
+    let built = build(fs, layer, path, &src, tmp, data).and_then(|()| {
+        let fd = sys::openat(upper.work.tmp(), tmp, libc::O_PATH, 0)?;
+        match fs.nodes.write_origin(fd.as_fd(), ino) {
+            // user.* xattrs cannot sit on symlinks and devices; their
+            // numbers are only promised stable while mounted.
+            Err(e) if e.is(libc::EPERM) => Ok(()),
+            other => other,
+        }
+    });
+    let links = src.st_nlink as u64;
+    let hardlinked = src.st_mode & libc::S_IFMT != libc::S_IFDIR && links > 1;
+    let indexed = built.and_then(|()| {
+        if hardlinked {
+            // This name is now copied (or going away): the others remain.
+            fs.index()?.add(upper.work.tmp(), tmp, ino, links - 1)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = indexed {
+        upper.work.remove(tmp);
+        return Err(e.context(format!("copy-up of {}", show(path))));
+    }
+    Ok(hardlinked.then_some(links))
+}
+
+fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
+    name.to_string_lossy()
 }
 
 /// Builds the copy of `src` (at `path` in `layer`) as `tmp` in the work dir.

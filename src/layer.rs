@@ -15,6 +15,10 @@ pub type LayerId = u16;
 /// The upper's index; a lowers-only mount has no layer there.
 pub const UPPER: LayerId = 0;
 
+/// The hard-link index (`WORK/index`, on the upper's filesystem), reached
+/// like a layer so that a node can read and write through its entry.
+pub const INDEX: LayerId = LayerId::MAX;
+
 /// One layer: a directory held open.
 #[derive(Debug)]
 pub struct Layer {
@@ -31,6 +35,16 @@ pub struct Layer {
 }
 
 impl Layer {
+    pub fn new(id: LayerId, path: PathBuf, root: OwnedFd, dev: u64, fs_index: u16) -> Layer {
+        Layer {
+            id,
+            path,
+            root,
+            dev,
+            fs_index,
+        }
+    }
+
     /// The layer's root directory fd.
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
@@ -85,6 +99,7 @@ pub fn join_path(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {
 pub struct LayerStack {
     upper: Option<Layer>,
     lowers: Vec<Layer>,
+    index: Option<Layer>,
 }
 
 impl LayerStack {
@@ -119,7 +134,11 @@ impl LayerStack {
         if lowers.is_empty() {
             return Err(Error::errno(libc::EINVAL).context("no lower layer"));
         }
-        Ok(LayerStack { upper, lowers })
+        Ok(LayerStack {
+            upper,
+            lowers,
+            index: None,
+        })
     }
 
     /// The upper layer, if the mount has one.
@@ -132,10 +151,17 @@ impl LayerStack {
     pub fn get(&self, id: LayerId) -> Result<&Layer> {
         let layer = if id == UPPER {
             self.upper.as_ref()
+        } else if id == INDEX {
+            self.index.as_ref()
         } else {
             self.lowers.get(id as usize - 1)
         };
         layer.ok_or_else(|| Error::errno(libc::EIO).context(format!("no layer {id}")))
+    }
+
+    /// Installs the hard-link index (once the work dir is open).
+    pub fn set_index(&mut self, index: Layer) {
+        self.index = Some(index);
     }
 
     /// The lowers, top first.

@@ -20,6 +20,7 @@ pub mod copy_up;
 pub mod error;
 pub mod fuse;
 pub mod handles;
+pub mod index;
 pub mod layer;
 pub mod logging;
 pub mod lookup;

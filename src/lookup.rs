@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::layer::{join_path, LayerId, LayerStack, UPPER};
+use crate::layer::{join_path, LayerId, LayerStack, INDEX, UPPER};
 use crate::node::{LayerDir, Node, NodeTable, Stack};
 use crate::sys::{self, Stat};
 use crate::whiteout;
@@ -77,6 +77,7 @@ pub fn resolve(
         upper: false,
         lowers: Vec::new(),
         lower_path,
+        index: None,
     };
     let mut top: Option<Stat> = None;
     let mut origin: Option<(LayerId, Stat)> = None;
@@ -126,13 +127,26 @@ pub fn resolve(
     let Some(stat) = top else {
         return Ok(None);
     };
+    let kind = stat.st_mode & libc::S_IFMT;
     let ino = match origin {
         Some((layer, st)) => table.ino_for(layers.get(layer)?, st.st_ino),
-        None => table.ino_for(layers.get(UPPER)?, stat.st_ino),
+        None => {
+            let pdir = table.dir(layers, parent, UPPER)?;
+            table.upper_ino(layers, pdir.fd(), name, stat.st_ino)?
+        }
     };
+    // An object with several names may have its upper copy in the index.
+    if kind != libc::S_IFDIR && stat.st_nlink > 1 {
+        if let Ok(index) = layers.get(INDEX) {
+            let key = crate::index::key(ino);
+            if sys::statat(index.root(), &key).is_ok() {
+                stack.index = Some(key);
+            }
+        }
+    }
     Ok(Some(Found {
         ino,
-        kind: stat.st_mode & libc::S_IFMT,
+        kind,
         stack,
         stat,
         dirs,

@@ -17,8 +17,11 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerId, LayerStack, UPPER};
+use crate::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
 use crate::whiteout::{self, DirMarks};
+
+/// The xattr (after the metadata prefix) naming an upper copy's origin.
+const ORIGIN: &str = "origin";
 
 /// The FUSE root node id.
 pub const ROOT_INO: u64 = 1;
@@ -40,12 +43,18 @@ pub struct Stack {
     pub lowers: Vec<LayerId>,
     /// Where the lowers hold it (differs from `path` once renamed).
     pub lower_path: OsString,
+    /// The object has more than one name: its upper copy is reached through
+    /// this entry of the hard-link index (see `index.rs`).
+    pub index: Option<OsString>,
 }
 
 impl Stack {
-    /// The layer that answers reads and metadata: the upper, else the top lower.
+    /// The layer that answers reads and metadata: the index entry, else the
+    /// upper, else the top lower.
     pub fn top(&self) -> Option<(LayerId, &OsStr)> {
-        if self.upper {
+        if let Some(key) = &self.index {
+            Some((INDEX, key.as_os_str()))
+        } else if self.upper {
             Some((UPPER, &self.path))
         } else {
             self.lowers
@@ -62,6 +71,11 @@ impl Stack {
                 .iter()
                 .map(|l| (*l, self.lower_path.as_os_str())),
         )
+    }
+
+    /// True when the object has an upper copy (in the tree or the index).
+    pub fn has_upper_copy(&self) -> bool {
+        self.upper || self.index.is_some()
     }
 
     /// True when more than one layer contributes (a merged directory).
@@ -133,6 +147,9 @@ pub struct NodeTable {
     /// instead of walking the path again. Bounded, so a huge tree does not
     /// exhaust fds.
     dir_fds: Mutex<lru::LruCache<(u64, LayerId), Arc<LayerDir>>>,
+    /// `trusted.unionfs.` or `user.unionfs.`: where an upper copy records
+    /// the number of the object it was copied from.
+    pub meta_prefix: &'static str,
 }
 
 /// A directory of one layer, held open, with its markers read once.
@@ -164,7 +181,7 @@ const DIR_FD_CACHE: usize = 4096;
 
 impl NodeTable {
     /// A table holding the root, merged over every layer.
-    pub fn new(layers: &LayerStack) -> NodeTable {
+    pub fn new(layers: &LayerStack, meta_prefix: &'static str) -> NodeTable {
         let root = Node {
             ino: ROOT_INO,
             kind: libc::S_IFDIR,
@@ -173,6 +190,7 @@ impl NodeTable {
                 upper: layers.upper().is_some(),
                 lowers: layers.lowers().iter().map(|l| l.id).collect(),
                 lower_path: OsString::new(),
+                index: None,
             }),
             place: RwLock::new((ROOT_INO, OsString::new())),
             // The kernel never forgets the root.
@@ -185,6 +203,7 @@ impl NodeTable {
             nodes,
             synthetic: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            meta_prefix,
             dir_fds: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(DIR_FD_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
             )),
@@ -209,6 +228,31 @@ impl NodeTable {
             .synthetic
             .entry((layer.fs_index, real_ino))
             .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The number recorded in an upper copy (`<prefix>origin`) at copy-up.
+    pub fn read_origin(&self, fd: std::os::fd::BorrowedFd) -> Option<u64> {
+        let name = format!("{}{ORIGIN}", self.meta_prefix);
+        let v = crate::sys::fgetxattr(fd, OsStr::new(&name)).ok()??;
+        String::from_utf8(v).ok()?.parse().ok()
+    }
+
+    /// Records in an upper copy the number of the object it copies, so the
+    /// number survives the copy-up and remounts.
+    pub fn write_origin(&self, fd: std::os::fd::BorrowedFd, ino: u64) -> Result<()> {
+        let name = format!("{}{ORIGIN}", self.meta_prefix);
+        crate::sys::fsetxattr(fd, OsStr::new(&name), ino.to_string().as_bytes(), 0)
+    }
+
+    /// The number of an upper object: its recorded origin, else its own.
+    pub fn upper_ino(&self, layers: &LayerStack, dir: std::os::fd::BorrowedFd, name: &OsStr, real_ino: u64) -> Result<u64> {
+        let origin = crate::sys::openat(dir, name, libc::O_PATH, 0)
+            .ok()
+            .and_then(|fd| self.read_origin(std::os::fd::AsFd::as_fd(&fd)));
+        match origin {
+            Some(ino) => Ok(ino),
+            None => Ok(self.ino_for(layers.get(UPPER)?, real_ino)),
+        }
     }
 
     /// Records one kernel lookup of the object `ino`, creating its node from

@@ -14,7 +14,8 @@ use crate::cli::WriteFormat;
 use crate::copy_up::{self, Data};
 use crate::error::{fail, Error, Result};
 use crate::handles::{self, Handles};
-use crate::layer::{join_path, LayerStack, UPPER};
+use crate::index::{self, Index};
+use crate::layer::{join_path, LayerId, LayerStack, INDEX, UPPER};
 use crate::lookup;
 use crate::node::{Node, NodeTable, Stack, ROOT_INO};
 use crate::readdir::{self, DirEntry};
@@ -94,6 +95,12 @@ pub struct SetAttr {
 /// Open flags that ask to change the file.
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
+/// True for the layers holding upper copies: the upper and the index
+/// (where a hard-linked object's copy is reached).
+fn is_upper_copy(layer: LayerId) -> bool {
+    layer == UPPER || layer == INDEX
+}
+
 /// The flags to open a layer's file with for a caller's open. O_APPEND is
 /// dropped: the kernel already passes the end of file as the offset, and
 /// pwrite(2) on an O_APPEND fd would ignore offsets. Creation flags were
@@ -112,27 +119,34 @@ fn real_open_flags(flags: i32) -> i32 {
 impl UnionFs {
     /// A union over `layers`. With an upper, `work` is its work dir
     /// (created, locked and cleaned here); errors name the problem.
-    pub fn new(layers: LayerStack, work: Option<&Path>, mut opts: Options) -> Result<UnionFs> {
-        let upper = match (layers.upper(), work) {
-            (Some(layer), Some(work)) => {
-                let work = WorkDir::open(work, layer)?;
-                let format = work.choose_format(opts.format);
-                Some(Upper { work, format })
-            }
-            (Some(_), None) => {
-                return fail(libc::EINVAL).map_err(|e: Error| e.context("upper without work dir"))
-            }
-            _ => None,
-        };
-        if upper.is_none() {
+    pub fn new(mut layers: LayerStack, work: Option<&Path>, mut opts: Options) -> Result<UnionFs> {
+        let mut meta_prefix = "user.unionfs.";
+        let mut upper = None;
+        if let Some(layer) = layers.upper() {
+            let work = work.ok_or_else(|| Error::errno(libc::EINVAL).context("upper without work dir"))?;
+            let work = WorkDir::open(work, layer)?;
+            let format = work.choose_format(opts.format);
+            meta_prefix = work.meta_prefix();
+            let index = index::open_layer(work.root(), layer)?;
+            upper = Some(Upper { work, format });
+            layers.set_index(index);
+        } else {
             opts.read_only = true;
         }
         Ok(UnionFs {
-            nodes: NodeTable::new(&layers),
+            nodes: NodeTable::new(&layers, meta_prefix),
             layers,
             handles: Handles::default(),
             opts,
             upper,
+        })
+    }
+
+    /// The hard-link index (mounts with an upper only).
+    pub fn index(&self) -> Result<Index<'_>> {
+        Ok(Index {
+            layer: self.layers.get(INDEX)?,
+            meta_prefix: self.nodes.meta_prefix,
         })
     }
 
@@ -164,6 +178,14 @@ impl UnionFs {
     /// directory reports one link, as overlayfs does, since its real count
     /// would miss the subdirectories of the other layers.
     fn finish_attr(&self, ino: u64, stack: &Stack, st: &mut Stat) -> Attr {
+        // A hard-linked object answers from its index entry, which every
+        // name shares, and counts its names across layers.
+        if let (Some(key), Ok(index)) = (&stack.index, self.index()) {
+            if let Ok(ist) = index.layer.stat(key) {
+                *st = ist;
+                st.st_nlink = index.nlink(ino, ist.st_nlink).unwrap_or(ist.st_nlink);
+            }
+        }
         st.st_ino = ino;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR && stack.is_merged() {
             st.st_nlink = 1;
@@ -478,6 +500,7 @@ impl UnionFs {
             upper: true,
             lowers: Vec::new(),
             lower_path: join_path(&pstack.lower_path, name),
+            index: None,
         };
         let attr = self.finish_attr(ino, &stack, &mut st);
         let kind = st.st_mode & libc::S_IFMT;
@@ -509,14 +532,20 @@ impl UnionFs {
             return fail(libc::EEXIST);
         }
         copy_up::copy_up(self, &node, Data::All)?;
-        let (sdir, sname) = self.upper_parent(&node)?;
+        // From now on the object has several names: give it an index entry
+        // (if it has none yet) and read and write through that.
+        let _guard = node.lock.lock();
+        let mut stack = node.stack();
+        if stack.index.is_none() {
+            let (sdir, sname) = self.upper_parent(&node)?;
+            self.index()?.add(sdir.as_fd(), &sname, ino, 0)?;
+            stack.index = Some(index::key(ino));
+            node.set_stack(stack.clone());
+        }
+        let key = stack.index.clone().unwrap_or_default();
         let tmp = upper.work.temp_name();
-        debug!(
-            "link {} -> {}",
-            sname.to_string_lossy(),
-            newname.to_string_lossy()
-        );
-        sys::linkat(sdir.as_fd(), &sname, upper.work.tmp(), &tmp)?;
+        debug!("link {} as {}", key.to_string_lossy(), newname.to_string_lossy());
+        sys::linkat(self.index()?.layer.root(), &key, upper.work.tmp(), &tmp)?;
         let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
         upper.place(&tmp, &pdir, newname, false)?;
         let attr = self.attr_of(&node)?;
@@ -550,6 +579,9 @@ impl UnionFs {
         } else {
             Leave::Nothing
         };
+        if !is_dir && !found.stack.upper && found.stat.st_nlink > 1 {
+            self.lower_name_gone(found.ino, &found.stack)?;
+        }
         if found.stack.upper {
             upper.remove(&pdir, name, is_dir, leave)?;
         } else {
@@ -563,7 +595,52 @@ impl UnionFs {
         Ok(())
     }
 
-    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
+    /// A lower name of a hard-linked object goes away (unlink, or rename
+    /// after which the name is copied): the object's other names must count
+    /// one link fewer, which only an index entry can record.
+    fn lower_name_gone(&self, ino: u64, stack: &Stack) -> Result<()> {
+        let live = self.nodes.get(ino).ok();
+        let _guard = live.as_ref().map(|n| n.lock.lock());
+        let current = live.as_ref().map(|n| n.stack());
+        let indexed = current.as_ref().and_then(|s| s.index.clone()).or(stack.index.clone());
+        if indexed.is_some() {
+            return self.index()?.lower_name_gone(ino);
+        }
+        let new = copy_up::copy_up_to_index(self, ino, stack)?;
+        if let (Some(node), Some(key)) = (&live, new.index) {
+            let mut s = node.stack();
+            s.index = Some(key);
+            node.set_stack(s);
+        }
+        Ok(())
+    }
+
+    /// Gives the entry `name` of `parent` an upper copy (per name, not per
+    /// node: two names of one hard-linked object are one node).
+    fn copy_up_entry(&self, parent: &Node, name: &OsStr, found: &lookup::Found) -> Result<()> {
+        copy_up::copy_up(self, parent, Data::All)?;
+        let live = self.nodes.get(found.ino).ok();
+        let _guard = live.as_ref().map(|n| n.lock.lock());
+        // Re-check under the lock: a racing writer may have done it.
+        let Some(now) = lookup::resolve(&self.layers, &self.nodes, parent, name)? else {
+            return fail(libc::ENOENT);
+        };
+        if now.stack.upper {
+            return Ok(());
+        }
+        let new = copy_up::copy_up_name(self, parent, name, found.ino, &now.stack, Data::All)?;
+        if let Some(node) = &live {
+            if !node.stack().upper || node.place() == (parent.ino, name.to_os_string()) {
+                node.set_stack(new);
+            }
+        }
+        Ok(())
+    }
+
+    /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE, for every type,
+    /// directories from lowers included (never EXDEV): the source is copied
+    /// up (a directory with everything below it, then made opaque), renamed
+    /// in the upper, and a whiteout left at the old name if a lower has it.
     pub fn rename(
         &self,
         parent: u64,
@@ -576,54 +653,44 @@ impl UnionFs {
         Self::check_new_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
-        {
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
             return fail(libc::EINVAL);
         }
-        let pnode = self.nodes.get(parent)?;
-        let npnode = self.nodes.get(newparent)?;
+        let pnode = self.dir_for_change(parent)?;
+        let npnode = self.dir_for_change(newparent)?;
         let src = lookup::resolve(&self.layers, &self.nodes, &pnode, name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let dst = lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?;
-        if src.ino == dst.as_ref().map_or(0, |d| d.ino) {
-            return Ok(()); // same object (or hard links of it): nothing to do
-        }
         match &dst {
             None if exchange => return fail(libc::ENOENT),
             Some(_) if noreplace => return fail(libc::EEXIST),
+            // Two names of one object: rename(2) does nothing.
+            Some(d) if d.ino == src.ino && !exchange => return Ok(()),
             _ => {}
         }
-        // Directories from lowers move with the next issue's subtree copy-up.
-        let lower_dir = |f: &lookup::Found| f.kind == libc::S_IFDIR && !f.stack.lowers.is_empty();
-        if lower_dir(&src) || (exchange && dst.as_ref().is_some_and(lower_dir)) {
-            return fail(libc::EXDEV);
-        }
-        if let Some(d) = dst
-            .as_ref()
-            .filter(|d| !exchange && d.kind == libc::S_IFDIR)
-        {
-            if src.kind != libc::S_IFDIR {
-                return fail(libc::EISDIR);
-            }
-            let probe = Node::detached(d.ino, d.kind, d.stack.clone(), newparent, newname);
-            if readdir::snapshot(&self.layers, &self.nodes, &probe)?.len() > 2 {
-                return fail(libc::ENOTEMPTY);
-            }
-            if !d.stack.lowers.is_empty() {
-                return fail(libc::EXDEV);
+        let src_dir = src.kind == libc::S_IFDIR;
+        if let Some(d) = dst.as_ref().filter(|_| !exchange) {
+            match (src_dir, d.kind == libc::S_IFDIR) {
+                (false, true) => return fail(libc::EISDIR),
+                (true, false) => return fail(libc::ENOTDIR),
+                (true, true) => {
+                    let probe = Node::detached(d.ino, d.kind, d.stack.clone(), newparent, newname);
+                    if readdir::snapshot(&self.layers, &self.nodes, &probe)?.len() > 2 {
+                        return fail(libc::ENOTEMPTY);
+                    }
+                }
+                (false, false) => {}
             }
         }
-        let snode = self.nodes.get(src.ino)?;
-        copy_up::copy_up(self, &snode, Data::All)?;
-        let npnode = self.dir_for_change(newparent)?;
-        let dnode = match (&dst, exchange) {
-            (Some(d), true) => {
-                let n = self.nodes.get(d.ino)?;
-                copy_up::copy_up(self, &n, Data::All)?;
-                Some(n)
-            }
-            _ => None,
-        };
+        if !exchange && !src.stack.upper && src.kind != libc::S_IFDIR && src.stat.st_nlink > 1 {
+            // The lower name is about to be whited out.
+            self.lower_name_gone(src.ino, &src.stack)?;
+        }
+        let src = self.prepare_rename_source(&pnode, name, src, &npnode, newname)?;
+        if let Some(d) = dst.filter(|_| exchange) {
+            self.prepare_rename_source(&npnode, newname, d, &pnode, name)?;
+        }
+
         let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
         let npdir = self.nodes.dir(&self.layers, &npnode, UPPER)?;
         let leave = if !exchange && lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)? {
@@ -631,33 +698,62 @@ impl UnionFs {
         } else {
             Leave::Nothing
         };
-        // A directory landing where a lower has the name must not merge with it.
-        let opaque_src = src.kind == libc::S_IFDIR
-            && lookup::in_lowers(&self.layers, &self.nodes, &npnode, newname)?;
-        let opaque_dst = dnode.as_ref().is_some_and(|n| n.is_dir())
-            && lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)?;
+        let dnode = if exchange {
+            lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?
+                .and_then(|d| self.nodes.get(d.ino).ok())
+        } else {
+            None
+        };
         upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
-        if opaque_src {
-            let fd = self.layers.get(UPPER)?.open(
-                &join_path(&npnode.stack().path, newname),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-            )?;
-            upper.make_opaque(fd.as_fd())?;
-        }
-        if opaque_dst {
-            let fd = self.layers.get(UPPER)?.open(
-                &join_path(&pnode.stack().path, name),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-            )?;
-            upper.make_opaque(fd.as_fd())?;
-        }
 
         // The nodes follow their objects.
-        self.moved(&snode, newparent, newname, &npnode);
+        if let Ok(snode) = self.nodes.get(src.ino) {
+            self.moved(&snode, newparent, newname, &npnode);
+        }
         if let Some(d) = dnode {
             self.moved(&d, parent, name, &pnode);
         }
         Ok(())
+    }
+
+    /// Readies one side of a rename: its upper copy exists (a directory's
+    /// whole tree, then opaque), and a directory landing where a lower has
+    /// the name is opaque before it lands, so the lower never shows in it.
+    fn prepare_rename_source(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        found: lookup::Found,
+        to_parent: &Node,
+        to_name: &OsStr,
+    ) -> Result<lookup::Found> {
+        let is_dir = found.kind == libc::S_IFDIR;
+        let had_lowers = !found.stack.lowers.is_empty();
+        if is_dir {
+            let node = match self.nodes.get(found.ino) {
+                Ok(n) => n,
+                Err(_) => Arc::new(Node::detached(
+                    found.ino,
+                    found.kind,
+                    found.stack.clone(),
+                    parent.ino,
+                    name,
+                )),
+            };
+            copy_up::copy_up_tree(self, parent, name, &node)?;
+        } else {
+            self.copy_up_entry(parent, name, &found)?;
+        }
+        let now = lookup::resolve(&self.layers, &self.nodes, parent, name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        if is_dir && (had_lowers || lookup::in_lowers(&self.layers, &self.nodes, to_parent, to_name)?) {
+            let fd = self
+                .layers
+                .get(UPPER)?
+                .open(&now.stack.path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            self.upper()?.make_opaque(fd.as_fd())?;
+        }
+        Ok(now)
     }
 
     /// Records that `node` now sits at `name` in `parent` (in the upper),
@@ -667,18 +763,23 @@ impl UnionFs {
         let mut stack = old.clone();
         stack.path = join_path(&pnode.stack().path, name);
         stack.upper = true;
-        if !node.is_dir() {
-            stack.lowers.clear();
-        }
+        // A moved directory is opaque (or had no lowers): nothing below it
+        // merges with a lower any more.
+        stack.lowers.clear();
         node.set_place(parent, name.to_os_string());
         node.set_stack(stack.clone());
         if node.is_dir() {
+            self.nodes.forget_dir_fds(node);
             let mut prefix = old.path.as_bytes().to_vec();
             prefix.push(b'/');
             for n in self.nodes.all() {
                 let mut s = n.stack();
                 if let Some(rest) = s.path.as_bytes().strip_prefix(prefix.as_slice()) {
                     s.path = join_path(&stack.path, OsStr::from_bytes(rest));
+                    if n.is_dir() {
+                        self.nodes.forget_dir_fds(&n);
+                    }
+                    s.lowers.clear();
                     n.set_stack(s);
                 }
             }
@@ -701,7 +802,7 @@ impl UnionFs {
                 return fail(libc::EISDIR);
             }
             match fh.and_then(|fh| self.handles.file(fh).ok()) {
-                Some(h) if h.real().0 == UPPER && h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                Some(h) if is_upper_copy(h.real().0) && h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
                     sys::ftruncate(handles::fd_of(&h.real()), size)?
                 }
                 _ => {
@@ -741,7 +842,7 @@ impl UnionFs {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let h = self.handles.file(fh)?;
         let real = h.real();
-        if real.0 != UPPER {
+        if !is_upper_copy(real.0) {
             return fail(libc::EBADF);
         }
         sys::pwrite(handles::fd_of(&real), data, offset)
@@ -750,7 +851,7 @@ impl UnionFs {
     pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {
         let h = self.handles.file(fh)?;
         let real = h.real();
-        if real.0 != UPPER {
+        if !is_upper_copy(real.0) {
             return fail(libc::EBADF);
         }
         sys::fallocate(handles::fd_of(&real), mode, offset, len)
@@ -759,7 +860,7 @@ impl UnionFs {
     pub fn fsync(&self, fh: u64, data_only: bool) -> Result<()> {
         let h = self.handles.file(fh)?;
         let real = h.real();
-        if real.0 != UPPER {
+        if !is_upper_copy(real.0) {
             return Ok(()); // nothing of ours to flush in a lower
         }
         sys::fsync(handles::fd_of(&real), data_only)

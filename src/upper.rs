@@ -160,7 +160,10 @@ impl Upper {
         if slot.object && src_is_dir {
             // The caller checked the target is empty in the merged view; in
             // the upper it may still hold whiteouts, which rename(2) refuses.
-            self.remove_upper(d, dname, true)?;
+            // Swap the two, then take the old target away from the old name.
+            debug!("rename_over_dir {} -> {}", show(sname), show(dname));
+            sys::renameat2(s, sname, d, dname, libc::RENAME_EXCHANGE)?;
+            return self.remove(sdir, sname, true, leave);
         }
         debug!(
             "rename_upper {} -> {} (leave {:?}, {:?})",

@@ -36,11 +36,12 @@ pub const WHITEOUTS_DIR_XATTRS: [&str; 2] = ["trusted.overlay.whiteouts", "user.
 /// Xattr name prefixes that belong to the union itself. They are never shown
 /// through the mount, and a user may not set them (that would forge a
 /// whiteout or an opaque marker).
-pub const PRIVATE_XATTR_PREFIXES: [&[u8]; 4] = [
+pub const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
     b"user.unionfs.",
+    b"trusted.unionfs.",
 ];
 
 /// True for an xattr name a user must neither see nor set.

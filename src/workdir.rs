@@ -27,6 +27,7 @@ const LOCK: &str = "unionfs.lock";
 #[derive(Debug)]
 pub struct WorkDir {
     pub path: PathBuf,
+    root: OwnedFd,
     tmp: OwnedFd,
     _lock: OwnedFd,
     counter: AtomicU64,
@@ -85,12 +86,29 @@ impl WorkDir {
         )?;
         let work = WorkDir {
             path: path.to_path_buf(),
+            root,
             tmp,
             _lock: lock,
             counter: AtomicU64::new(0),
         };
         work.remove_stale()?;
         Ok(work)
+    }
+
+    /// The work dir itself.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// Where private metadata goes: `trusted.unionfs.` when we may write
+    /// trusted xattrs (hidden from users even when the upper is mounted by
+    /// kernel overlayfs), else `user.unionfs.`.
+    pub fn meta_prefix(&self) -> &'static str {
+        if self.can_set_xattr("trusted.unionfs.probe") {
+            "trusted.unionfs."
+        } else {
+            "user.unionfs."
+        }
     }
 
     /// The temporaries directory.

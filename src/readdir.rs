@@ -150,8 +150,9 @@ pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Ve
 }
 
 /// The number a lookup of this entry would return. Cheap from the listing
-/// itself except for an upper directory that may merge with a lower one:
-/// only a real lookup tells whether it is opaque.
+/// for a lower entry; an upper one may carry its origin's number, and an
+/// upper directory that may merge with a lower one needs a real lookup to
+/// tell whether it is opaque.
 fn entry_ino(
     layers: &LayerStack,
     table: &NodeTable,
@@ -159,10 +160,15 @@ fn entry_ino(
     name: &OsStr,
     seen: &Seen,
 ) -> Result<u64> {
-    if seen.layer == UPPER && seen.dir_below {
-        if let Some(found) = lookup::resolve(layers, table, dir, name)? {
-            return Ok(found.ino);
+    if seen.layer == UPPER {
+        if seen.dir_below {
+            if let Some(found) = lookup::resolve(layers, table, dir, name)? {
+                return Ok(found.ino);
+            }
         }
+        // A copied-up object keeps the number of its origin.
+        let udir = table.dir(layers, dir, UPPER)?;
+        return table.upper_ino(layers, udir.fd(), name, seen.real_ino);
     }
     Ok(table.ino_for(layers.get(seen.layer)?, seen.real_ino))
 }

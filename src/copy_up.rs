@@ -12,13 +12,13 @@ use log::debug;
 use crate::error::{Error, Result};
 use crate::index;
 use crate::layer::{join_path, split_path, Layer, UPPER};
-use crate::node::{Node, Stack, ROOT_INO};
 use crate::lookup;
+use crate::node::{Node, Stack, ROOT_INO};
 use crate::ops::UnionFs;
 use crate::readdir;
-use std::sync::Arc;
 use crate::sys::{self, SetTime, Stat};
 use crate::whiteout;
+use std::sync::Arc;
 
 /// Whether the file's bytes come along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +33,12 @@ pub enum Data {
 const CAPABILITY: &str = "security.capability";
 
 /// Makes sure `node` has its upper copy, copying its ancestors up first.
+///
+/// A hard-linked object whose copy is already in the index needs nothing
+/// more: its data and metadata live there, whatever name it was reached by
+/// (giving it an upper name here could bring back a name since unlinked).
 pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
-    if node.stack().upper {
+    if node.stack().has_upper_copy() {
         return Ok(());
     }
     fs.upper()?;
@@ -49,7 +53,7 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
 
     let _guard = node.lock.lock();
     let stack = node.stack();
-    if stack.upper {
+    if stack.has_upper_copy() {
         return Ok(()); // another writer copied it up while we waited
     }
     let new = copy_up_name(fs, &parent, &name, node.ino, &stack, data)?;
@@ -80,7 +84,10 @@ pub fn copy_up_tree(fs: &UnionFs, parent: &Node, name: &OsStr, dir: &Node) -> Re
             dir.set_stack(new);
         }
     }
-    for entry in readdir::snapshot(&fs.layers, &fs.nodes, dir)?.iter().skip(2) {
+    for entry in readdir::snapshot(&fs.layers, &fs.nodes, dir)?
+        .iter()
+        .skip(2)
+    {
         let Some(found) = lookup::resolve(&fs.layers, &fs.nodes, dir, &entry.name)? else {
             continue;
         };
@@ -172,7 +179,13 @@ fn stack_kind(fs: &UnionFs, stack: &Stack) -> Result<u32> {
 /// Builds the copy of the object's top layer as `tmp` in the work dir,
 /// records its origin, and enters it in the index when it has several
 /// names in the lower (returns the lower link count then).
-fn build_copy(fs: &UnionFs, stack: &Stack, ino: u64, tmp: &OsStr, data: Data) -> Result<Option<u64>> {
+fn build_copy(
+    fs: &UnionFs,
+    stack: &Stack,
+    ino: u64,
+    tmp: &OsStr,
+    data: Data,
+) -> Result<Option<u64>> {
     let upper = fs.upper()?;
     let (layer_id, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
     let layer = fs.layers.get(layer_id)?;

@@ -245,7 +245,13 @@ impl NodeTable {
     }
 
     /// The number of an upper object: its recorded origin, else its own.
-    pub fn upper_ino(&self, layers: &LayerStack, dir: std::os::fd::BorrowedFd, name: &OsStr, real_ino: u64) -> Result<u64> {
+    pub fn upper_ino(
+        &self,
+        layers: &LayerStack,
+        dir: std::os::fd::BorrowedFd,
+        name: &OsStr,
+        real_ino: u64,
+    ) -> Result<u64> {
         let origin = crate::sys::openat(dir, name, libc::O_PATH, 0)
             .ok()
             .and_then(|fd| self.read_origin(std::os::fd::AsFd::as_fd(&fd)));
@@ -278,6 +284,11 @@ impl NodeTable {
             })
         });
         entry.lookups.fetch_add(1, Ordering::Relaxed);
+        // Several names of one object are one node: it sits where it was
+        // last found, a name the kernel surely still holds.
+        if kind != libc::S_IFDIR {
+            *entry.place.write() = (parent, name.to_os_string());
+        }
         entry.clone()
     }
 

@@ -123,7 +123,8 @@ impl UnionFs {
         let mut meta_prefix = "user.unionfs.";
         let mut upper = None;
         if let Some(layer) = layers.upper() {
-            let work = work.ok_or_else(|| Error::errno(libc::EINVAL).context("upper without work dir"))?;
+            let work =
+                work.ok_or_else(|| Error::errno(libc::EINVAL).context("upper without work dir"))?;
             let work = WorkDir::open(work, layer)?;
             let format = work.choose_format(opts.format);
             meta_prefix = work.meta_prefix();
@@ -407,13 +408,15 @@ impl UnionFs {
         Ok(pnode)
     }
 
-    /// The upper directory of `node` and the node's name in it.
-    fn upper_parent(&self, node: &Node) -> Result<(std::os::fd::OwnedFd, OsString)> {
+    /// The directory holding `node`'s top object (its upper copy after a
+    /// copy-up, or its index entry) and the object's name in it.
+    fn top_parent(&self, node: &Node) -> Result<(std::os::fd::OwnedFd, OsString)> {
         let stack = node.stack();
-        let (dir, name) = crate::layer::split_path(&stack.path);
+        let (layer, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
+        let (dir, name) = crate::layer::split_path(path);
         let fd = self
             .layers
-            .get(UPPER)?
+            .get(layer)?
             .open(dir, libc::O_PATH | libc::O_DIRECTORY)?;
         Ok((fd, name.to_os_string()))
     }
@@ -537,14 +540,18 @@ impl UnionFs {
         let _guard = node.lock.lock();
         let mut stack = node.stack();
         if stack.index.is_none() {
-            let (sdir, sname) = self.upper_parent(&node)?;
+            let (sdir, sname) = self.top_parent(&node)?;
             self.index()?.add(sdir.as_fd(), &sname, ino, 0)?;
             stack.index = Some(index::key(ino));
             node.set_stack(stack.clone());
         }
         let key = stack.index.clone().unwrap_or_default();
         let tmp = upper.work.temp_name();
-        debug!("link {} as {}", key.to_string_lossy(), newname.to_string_lossy());
+        debug!(
+            "link {} as {}",
+            key.to_string_lossy(),
+            newname.to_string_lossy()
+        );
         sys::linkat(self.index()?.layer.root(), &key, upper.work.tmp(), &tmp)?;
         let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
         upper.place(&tmp, &pdir, newname, false)?;
@@ -602,7 +609,10 @@ impl UnionFs {
         let live = self.nodes.get(ino).ok();
         let _guard = live.as_ref().map(|n| n.lock.lock());
         let current = live.as_ref().map(|n| n.stack());
-        let indexed = current.as_ref().and_then(|s| s.index.clone()).or(stack.index.clone());
+        let indexed = current
+            .as_ref()
+            .and_then(|s| s.index.clone())
+            .or(stack.index.clone());
         if indexed.is_some() {
             return self.index()?.lower_name_gone(ino);
         }
@@ -653,7 +663,8 @@ impl UnionFs {
         Self::check_new_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+        if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 || (exchange && noreplace)
+        {
             return fail(libc::EINVAL);
         }
         let pnode = self.dir_for_change(parent)?;
@@ -746,7 +757,9 @@ impl UnionFs {
         }
         let now = lookup::resolve(&self.layers, &self.nodes, parent, name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
-        if is_dir && (had_lowers || lookup::in_lowers(&self.layers, &self.nodes, to_parent, to_name)?) {
+        if is_dir
+            && (had_lowers || lookup::in_lowers(&self.layers, &self.nodes, to_parent, to_name)?)
+        {
             let fd = self
                 .layers
                 .get(UPPER)?
@@ -796,13 +809,15 @@ impl UnionFs {
             Data::All
         };
         copy_up::copy_up(self, &node, data)?;
-        let (dir, name) = self.upper_parent(&node)?;
+        let (dir, name) = self.top_parent(&node)?;
         if let Some(size) = set.size {
             if node.is_dir() {
                 return fail(libc::EISDIR);
             }
             match fh.and_then(|fh| self.handles.file(fh).ok()) {
-                Some(h) if is_upper_copy(h.real().0) && h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                Some(h)
+                    if is_upper_copy(h.real().0) && h.flags & libc::O_ACCMODE != libc::O_RDONLY =>
+                {
                     sys::ftruncate(handles::fd_of(&h.real()), size)?
                 }
                 _ => {

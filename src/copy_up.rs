@@ -200,7 +200,7 @@ fn build_copy(
             other => other,
         }
     });
-    let links = src.st_nlink as u64;
+    let links = src.st_nlink;
     let hardlinked = src.st_mode & libc::S_IFMT != libc::S_IFDIR && links > 1;
     let indexed = built.and_then(|()| {
         if hardlinked {

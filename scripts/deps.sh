@@ -10,7 +10,7 @@ command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${UNIONFS_BENCH:-0}" = 1 ]; then
   command -v fuse-overlayfs >/dev/null 2>&1 || missing+=(fuse-overlayfs)
-  command -v hyperfine >/dev/null 2>&1 || missing+=(hyperfine)
+  command -v bc >/dev/null 2>&1 || missing+=(bc)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -2,6 +2,7 @@
 //! [`ops`](crate::ops), and replies. Also mounting, daemonizing, signals and
 //! unmounting.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -10,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
 };
 use log::{debug, error, info, warn};
+use parking_lot::Mutex;
 
 use crate::cli::MountConfig;
 use crate::error::Error;
@@ -31,6 +33,56 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// The filesystem handed to fuser.
 pub struct FuseFs {
     fs: Arc<UnionFs>,
+    /// Reads of open files go straight to the layer's file in the kernel
+    /// (FUSE passthrough, kernel 6.9+, needs CAP_SYS_ADMIN). Only for
+    /// lowers-only mounts: a file that may be copied up must keep reading
+    /// through us, so that it follows its copy.
+    passthrough: bool,
+    /// One backing id per inode, shared by its open handles (as the kernel
+    /// requires), with the number of handles using it.
+    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+}
+
+impl FuseFs {
+    pub fn new(fs: Arc<UnionFs>) -> FuseFs {
+        FuseFs {
+            fs,
+            passthrough: false,
+            backing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers (or reuses) the backing file of `ino` for passthrough.
+    fn backing_for(&self, reply: &ReplyOpen, ino: u64, fh: u64) -> Option<Arc<BackingId>> {
+        let mut map = self.backing.lock();
+        if let Some((id, n)) = map.get_mut(&ino) {
+            *n += 1;
+            return Some(id.clone());
+        }
+        let h = self.fs.handles.file(fh).ok()?;
+        let real = h.real();
+        match reply.open_backing(crate::handles::fd_of(&real)) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                map.insert(ino, (id.clone(), 1));
+                Some(id)
+            }
+            Err(e) => {
+                debug!("no passthrough for inode {ino}: {e}");
+                None
+            }
+        }
+    }
+
+    fn release_backing(&self, ino: u64) {
+        let mut map = self.backing.lock();
+        if let Some((_, n)) = map.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
 }
 
 fn errno(e: &Error) -> Errno {
@@ -157,6 +209,12 @@ impl Filesystem for FuseFs {
             if config.add_capabilities(flag).is_err() {
                 debug!("kernel lacks {flag:?}");
             }
+        }
+        if self.fs.opts.read_only && sys::geteuid() == 0 {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            self.passthrough = ok;
+            info!("passthrough reads: {}", if ok { "on" } else { "off" });
         }
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
@@ -312,10 +370,16 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(failed("open", e)),
+        let fh = match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(failed("open", e)),
+        };
+        if self.passthrough {
+            if let Some(id) = self.backing_for(&reply, ino.0, fh) {
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+            }
         }
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
     }
 
     fn read(
@@ -429,6 +493,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         self.fs.release(fh.0);
+        if self.passthrough {
+            self.release_backing(_ino.0);
+        }
         reply.ok();
     }
 
@@ -637,7 +704,7 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;
 
-    let session = Session::new(FuseFs { fs: fs.clone() }, &config.mountpoint, &fuse_config)
+    let session = Session::new(FuseFs::new(fs.clone()), &config.mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;
 
     // The mount is live (the kernel handshake is done): now detach, so that

@@ -1,6 +1,7 @@
 //! Where log lines go: `--log-file` when given; else stderr until the
 //! daemon detaches from the terminal, then syslog, so a daemonized mount
-//! never loses its errors. `RUST_LOG` sets the level (default: warn).
+//! never loses its errors. `RUST_LOG` sets the level (default: warn; fuser
+//! itself only errors, as it warns about our own unmount on signals).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -29,7 +30,7 @@ pub fn init(log_file: Option<&Path>) -> Result<(), String> {
         let _ = LOG_FILE.set(f);
         MODE.store(TO_FILE, Ordering::Relaxed);
     }
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
         .target(env_logger::Target::Pipe(Box::new(Sink)))
         .format(|buf, record| {
             writeln!(

@@ -143,7 +143,7 @@ fn file_attr(a: &Attr) -> FileAttr {
 
 fn reply_entry(reply: ReplyEntry, r: Result<Attr, Error>, op: &str) {
     match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(a.generation)),
         Err(e) => reply.error(failed(op, e)),
     }
 }
@@ -556,7 +556,7 @@ impl Filesystem for FuseFs {
                 &e.name,
                 &TTL,
                 &file_attr(&attr),
-                Generation(0),
+                Generation(attr.generation),
             ) {
                 // Did not fit: the kernel never sees it, so it holds no lookup.
                 if counted {
@@ -647,7 +647,7 @@ impl Filesystem for FuseFs {
             Ok((a, Some(fh))) => reply.created(
                 &TTL,
                 &file_attr(&a),
-                Generation(0),
+                Generation(a.generation),
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),

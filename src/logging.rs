@@ -30,19 +30,21 @@ pub fn init(log_file: Option<&Path>) -> Result<(), String> {
         let _ = LOG_FILE.set(f);
         MODE.store(TO_FILE, Ordering::Relaxed);
     }
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
-        .target(env_logger::Target::Pipe(Box::new(Sink)))
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "unionfs[{}] {} {}: {}",
-                std::process::id(),
-                record.level(),
-                record.target(),
-                record.args()
-            )
-        })
-        .try_init();
+    let _ = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,fuser=error"),
+    )
+    .target(env_logger::Target::Pipe(Box::new(Sink)))
+    .format(|buf, record| {
+        writeln!(
+            buf,
+            "unionfs[{}] {} {}: {}",
+            std::process::id(),
+            record.level(),
+            record.target(),
+            record.args()
+        )
+    })
+    .try_init();
     Ok(())
 }
 

@@ -97,20 +97,45 @@ pub struct Node {
     lookups: AtomicU64,
     /// Serialises copy-up and other changes of this node's stack.
     pub lock: Mutex<()>,
+    /// Tells this object from an earlier one that had the same number (a
+    /// filesystem reuses the inode number of a deleted file); the kernel
+    /// then drops its old inode instead of mixing the two up.
+    pub generation: u64,
+    /// The object's last name is gone, so its number may be reused.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
     /// A node outside the table, for a look at an object the kernel has not
     /// looked up (e.g. whether a directory about to be removed is empty).
     pub fn detached(ino: u64, kind: u32, stack: Stack, parent: u64, name: &OsStr) -> Node {
+        Node::new(ino, kind, stack, parent, name, 0, 0)
+    }
+
+    fn new(
+        ino: u64,
+        kind: u32,
+        stack: Stack,
+        parent: u64,
+        name: &OsStr,
+        generation: u64,
+        lookups: u64,
+    ) -> Node {
         Node {
             ino,
             kind,
             stack: RwLock::new(stack),
             place: RwLock::new((parent, name.to_os_string())),
-            lookups: AtomicU64::new(0),
+            lookups: AtomicU64::new(lookups),
             lock: Mutex::new(()),
+            generation,
+            dead: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the object deleted (its last name was removed).
+    pub fn set_dead(&self) {
+        self.dead.store(true, Ordering::Relaxed);
     }
 
     pub fn is_dir(&self) -> bool {
@@ -182,21 +207,22 @@ const DIR_FD_CACHE: usize = 4096;
 impl NodeTable {
     /// A table holding the root, merged over every layer.
     pub fn new(layers: &LayerStack, meta_prefix: &'static str) -> NodeTable {
-        let root = Node {
-            ino: ROOT_INO,
-            kind: libc::S_IFDIR,
-            stack: RwLock::new(Stack {
+        let root = Node::new(
+            ROOT_INO,
+            libc::S_IFDIR,
+            Stack {
                 path: OsString::new(),
                 upper: layers.upper().is_some(),
                 lowers: layers.lowers().iter().map(|l| l.id).collect(),
                 lower_path: OsString::new(),
                 index: None,
-            }),
-            place: RwLock::new((ROOT_INO, OsString::new())),
+            },
+            ROOT_INO,
+            OsStr::new(""),
+            0,
             // The kernel never forgets the root.
-            lookups: AtomicU64::new(1),
-            lock: Mutex::new(()),
-        };
+            1,
+        );
         let nodes = DashMap::new();
         nodes.insert(ROOT_INO, Arc::new(root));
         NodeTable {
@@ -273,22 +299,37 @@ impl NodeTable {
     ) -> Arc<Node> {
         // The count is raised under the table's shard lock, so a concurrent
         // `forget` cannot drop the node between our insert and increment.
-        let entry = self.nodes.entry(ino).or_insert_with(|| {
-            Arc::new(Node {
+        let mut entry = self
+            .nodes
+            .entry(ino)
+            .or_insert_with(|| Arc::new(Node::new(ino, kind, stack.clone(), parent, name, 0, 0)));
+        let old = entry.value().clone();
+        if old.dead.load(Ordering::Relaxed) || old.kind != kind {
+            // A new object with a deleted one's number: a new generation.
+            // It inherits the count, since the kernel's FORGET of the old
+            // inode names only the number.
+            let lookups = old.lookups.load(Ordering::Relaxed);
+            *entry.value_mut() = Arc::new(Node::new(
                 ino,
                 kind,
-                stack: RwLock::new(stack.clone()),
-                place: RwLock::new((parent, name.to_os_string())),
-                lookups: AtomicU64::new(0),
-                lock: Mutex::new(()),
-            })
-        });
-        entry.lookups.fetch_add(1, Ordering::Relaxed);
-        // Several names of one object are one node: it sits where it was
-        // last found, a name the kernel surely still holds.
-        if kind != libc::S_IFDIR {
-            *entry.place.write() = (parent, name.to_os_string());
+                stack,
+                parent,
+                name,
+                old.generation + 1,
+                lookups,
+            ));
+        } else if kind != libc::S_IFDIR {
+            // Several names of one object are one node: it sits where it
+            // was last found, a name the kernel surely still holds.
+            *old.place.write() = (parent, name.to_os_string());
+            if stack.upper {
+                let mut s = old.stack.write();
+                if s.upper {
+                    s.path = stack.path;
+                }
+            }
         }
+        entry.lookups.fetch_add(1, Ordering::Relaxed);
         entry.clone()
     }
 

@@ -32,6 +32,8 @@ use log::debug;
 pub struct Attr {
     pub ino: u64,
     pub st: Stat,
+    /// Tells the object from an earlier one with the same number.
+    pub generation: u64,
 }
 
 /// How a mount behaves, beyond its layers.
@@ -94,6 +96,11 @@ pub struct SetAttr {
 
 /// Open flags that ask to change the file.
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
+
+/// What stands at the target of a rename just before it happens.
+fn dst_now(fs: &UnionFs, parent: &Node, name: &OsStr) -> Result<Option<lookup::Found>> {
+    lookup::resolve(&fs.layers, &fs.nodes, parent, name)
+}
 
 /// True for the layers holding upper copies: the upper and the index
 /// (where a hard-linked object's copy is reached).
@@ -191,7 +198,11 @@ impl UnionFs {
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR && stack.is_merged() {
             st.st_nlink = 1;
         }
-        Attr { ino, st: *st }
+        Attr {
+            ino,
+            st: *st,
+            generation: 0,
+        }
     }
 
     // -----------------------------------------------------------------------
@@ -206,10 +217,11 @@ impl UnionFs {
         let found = lookup::resolve(&self.layers, &self.nodes, &pnode, name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let mut st = found.stat;
-        let attr = self.finish_attr(found.ino, &found.stack, &mut st);
+        let mut attr = self.finish_attr(found.ino, &found.stack, &mut st);
         let node = self
             .nodes
             .remember(found.ino, found.kind, found.stack, parent, name);
+        attr.generation = node.generation;
         if node.is_dir() {
             for (layer, dir) in found.dirs {
                 self.nodes.cache_dir(node.ino, layer, dir);
@@ -505,10 +517,11 @@ impl UnionFs {
             lower_path: join_path(&pstack.lower_path, name),
             index: None,
         };
-        let attr = self.finish_attr(ino, &stack, &mut st);
+        let mut attr = self.finish_attr(ino, &stack, &mut st);
         let kind = st.st_mode & libc::S_IFMT;
         let node = self.nodes.remember(ino, kind, stack.clone(), parent, name);
         node.set_stack(stack);
+        attr.generation = node.generation;
         let fh = match what {
             NewObject::File { flags, .. } => {
                 let fd = self
@@ -535,29 +548,24 @@ impl UnionFs {
             return fail(libc::EEXIST);
         }
         copy_up::copy_up(self, &node, Data::All)?;
-        // From now on the object has several names: give it an index entry
-        // (if it has none yet) and read and write through that.
-        let _guard = node.lock.lock();
-        let mut stack = node.stack();
-        if stack.index.is_none() {
-            let (sdir, sname) = self.top_parent(&node)?;
-            self.index()?.add(sdir.as_fd(), &sname, ino, 0)?;
-            stack.index = Some(index::key(ino));
-            node.set_stack(stack.clone());
-        }
-        let key = stack.index.clone().unwrap_or_default();
+        // A plain hard link in the upper, of the upper copy (or of the index
+        // entry, for an object that already has one), so the upper stays a
+        // layer kernel overlayfs reads with the same link counts.
+        let (sdir, sname) = self.top_parent(&node)?;
         let tmp = upper.work.temp_name();
         debug!(
             "link {} as {}",
-            key.to_string_lossy(),
+            sname.to_string_lossy(),
             newname.to_string_lossy()
         );
-        sys::linkat(self.index()?.layer.root(), &key, upper.work.tmp(), &tmp)?;
+        sys::linkat(sdir.as_fd(), &sname, upper.work.tmp(), &tmp)?;
         let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
         upper.place(&tmp, &pdir, newname, false)?;
-        let attr = self.attr_of(&node)?;
-        self.nodes
+        let mut attr = self.attr_of(&node)?;
+        let node = self
+            .nodes
             .remember(ino, node.kind, node.stack(), newparent, newname);
+        attr.generation = node.generation;
         Ok(attr)
     }
 
@@ -594,12 +602,24 @@ impl UnionFs {
         } else {
             upper.whiteout(&pdir, name)?;
         }
-        if let Ok(node) = self.nodes.get(found.ino) {
-            if is_dir {
-                self.nodes.forget_dir_fds(&node);
-            }
-        }
+        self.gone(&found);
         Ok(())
+    }
+
+    /// The name `found` was reached by is gone. If it was the object's
+    /// last, the filesystem may give its number to a new object: the node is
+    /// marked so that the next one gets a new generation.
+    fn gone(&self, found: &lookup::Found) {
+        let Ok(node) = self.nodes.get(found.ino) else {
+            return;
+        };
+        if node.is_dir() {
+            self.nodes.forget_dir_fds(&node);
+        }
+        let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
+        if found.stack.upper && found.stack.index.is_none() && last_name {
+            node.set_dead();
+        }
     }
 
     /// A lower name of a hard-linked object goes away (unlink, or rename
@@ -709,6 +729,11 @@ impl UnionFs {
         } else {
             Leave::Nothing
         };
+        let replaced = if exchange {
+            None
+        } else {
+            dst_now(self, &npnode, newname)?
+        };
         let dnode = if exchange {
             lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?
                 .and_then(|d| self.nodes.get(d.ino).ok())
@@ -716,6 +741,9 @@ impl UnionFs {
             None
         };
         upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
+        if let Some(d) = replaced.as_ref() {
+            self.gone(d);
+        }
 
         // The nodes follow their objects.
         if let Ok(snode) = self.nodes.get(src.ino) {

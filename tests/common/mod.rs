@@ -758,7 +758,18 @@ impl Mount {
         let mut problems = Vec::new();
         match self.kind {
             MountKind::Unionfs => {
-                let out = unionfs([OsStr::new("umount"), self.mnt.as_os_str()]);
+                // Parallel tests fork children (setpriv, lock tests) that
+                // hold every fd of this process until they exec or exit, so
+                // a mount can be busy for a moment: retry briefly. A test
+                // that really leaks an open file still fails.
+                let mut out = unionfs([OsStr::new("umount"), self.mnt.as_os_str()]);
+                for _ in 0..30 {
+                    if out.success() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                    out = unionfs([OsStr::new("umount"), self.mnt.as_os_str()]);
+                }
                 if !out.success() {
                     problems.push(format!(
                         "`unionfs umount` failed (EBUSY? a test still holds a file or dir \

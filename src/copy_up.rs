@@ -58,15 +58,18 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
     }
     let new = copy_up_name(fs, &parent, &name, node.ino, &stack, data)?;
     node.set_stack(new.clone());
-    // A file opened before the copy-up now reads the copy, so it sees what
-    // writers write from here on (kernel overlayfs does the same).
-    if node.kind == libc::S_IFREG {
-        if let Some((layer, path)) = new.top() {
-            for h in fs.handles.files_of(node.ino) {
-                if h.real().0 != layer {
-                    h.set_real(layer, fs.layers.get(layer)?.open(path, libc::O_RDONLY)?);
-                }
-            }
+    follow_copy(fs, node.ino, &new)
+}
+
+/// Points the files opened before a copy-up at the copy, so they see what
+/// writers write from here on (kernel overlayfs does the same).
+pub fn follow_copy(fs: &UnionFs, ino: u64, stack: &Stack) -> Result<()> {
+    let Some((layer, path)) = stack.top() else {
+        return Ok(());
+    };
+    for h in fs.handles.files_of(ino) {
+        if h.real().0 != layer {
+            h.set_real(layer, fs.layers.get(layer)?.open(path, libc::O_RDONLY)?);
         }
     }
     Ok(())
@@ -110,6 +113,7 @@ pub fn copy_up_tree(fs: &UnionFs, parent: &Node, name: &OsStr, dir: &Node) -> Re
         } else if !found.stack.upper {
             let _guard = live.as_ref().map(|n| n.lock.lock());
             let new = copy_up_name(fs, dir, &entry.name, found.ino, &found.stack, Data::All)?;
+            follow_copy(fs, found.ino, &new)?;
             if let Some(n) = &live {
                 n.set_stack(new);
             }

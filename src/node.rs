@@ -390,11 +390,17 @@ impl NodeTable {
     /// Drops cached fds of a directory (it was removed, renamed, copied up
     /// or forgotten).
     pub fn forget_dir_fds(&self, node: &Node) {
-        let stack = node.stack();
+        self.forget_dir_fds_of(node.ino, &node.stack());
+    }
+
+    /// Drops cached fds of the directory `ino` whose stack is `stack`. A
+    /// removed directory's fds must go even if the kernel never looked it
+    /// up: its number may come back with a new directory.
+    pub fn forget_dir_fds_of(&self, ino: u64, stack: &Stack) {
         let mut cache = self.dir_fds.lock();
-        cache.pop(&(node.ino, UPPER));
+        cache.pop(&(ino, UPPER));
         for layer in &stack.lowers {
-            cache.pop(&(node.ino, *layer));
+            cache.pop(&(ino, *layer));
         }
     }
 }

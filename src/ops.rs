@@ -610,12 +610,12 @@ impl UnionFs {
     /// last, the filesystem may give its number to a new object: the node is
     /// marked so that the next one gets a new generation.
     fn gone(&self, found: &lookup::Found) {
+        if found.kind == libc::S_IFDIR {
+            self.nodes.forget_dir_fds_of(found.ino, &found.stack);
+        }
         let Ok(node) = self.nodes.get(found.ino) else {
             return;
         };
-        if node.is_dir() {
-            self.nodes.forget_dir_fds(&node);
-        }
         let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
         if found.stack.upper && found.stack.index.is_none() && last_name {
             node.set_dead();
@@ -659,6 +659,7 @@ impl UnionFs {
             return Ok(());
         }
         let new = copy_up::copy_up_name(self, parent, name, found.ino, &now.stack, Data::All)?;
+        copy_up::follow_copy(self, found.ino, &new)?;
         if let Some(node) = &live {
             if !node.stack().upper || node.place() == (parent.ino, name.to_os_string()) {
                 node.set_stack(new);
@@ -713,10 +714,6 @@ impl UnionFs {
                 (false, false) => {}
             }
         }
-        if !exchange && !src.stack.upper && src.kind != libc::S_IFDIR && src.stat.st_nlink > 1 {
-            // The lower name is about to be whited out.
-            self.lower_name_gone(src.ino, &src.stack)?;
-        }
         let src = self.prepare_rename_source(&pnode, name, src, &npnode, newname)?;
         if let Some(d) = dst.filter(|_| exchange) {
             self.prepare_rename_source(&npnode, newname, d, &pnode, name)?;
@@ -745,13 +742,21 @@ impl UnionFs {
             self.gone(d);
         }
 
-        // The nodes follow their objects.
+        // The nodes follow their objects (both at once for an exchange, so
+        // one move's new paths are not taken for the other's old ones).
+        let mut moves = Vec::new();
         if let Ok(snode) = self.nodes.get(src.ino) {
-            self.moved(&snode, newparent, newname, &npnode);
+            moves.push((
+                snode,
+                newparent,
+                newname.to_os_string(),
+                npnode.stack().path,
+            ));
         }
         if let Some(d) = dnode {
-            self.moved(&d, parent, name, &pnode);
+            moves.push((d, parent, name.to_os_string(), pnode.stack().path));
         }
+        self.moved(&moves);
         Ok(())
     }
 
@@ -792,37 +797,59 @@ impl UnionFs {
                 .layers
                 .get(UPPER)?
                 .open(&now.stack.path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            // Opaque, it no longer takes its number from the lowers: record
+            // the number it had (an upper dir we did not copy up lacks it).
+            if had_lowers && self.nodes.read_origin(fd.as_fd()).is_none() {
+                self.nodes.write_origin(fd.as_fd(), found.ino)?;
+            }
             self.upper()?.make_opaque(fd.as_fd())?;
         }
         Ok(now)
     }
 
-    /// Records that `node` now sits at `name` in `parent` (in the upper),
-    /// and moves the paths of everything the kernel knows below it.
-    fn moved(&self, node: &Node, parent: u64, name: &OsStr, pnode: &Node) {
-        let old = node.stack();
-        let mut stack = old.clone();
-        stack.path = join_path(&pnode.stack().path, name);
-        stack.upper = true;
-        // A moved directory is opaque (or had no lowers): nothing below it
-        // merges with a lower any more.
-        stack.lowers.clear();
-        node.set_place(parent, name.to_os_string());
-        node.set_stack(stack.clone());
-        if node.is_dir() {
-            self.nodes.forget_dir_fds(node);
-            let mut prefix = old.path.as_bytes().to_vec();
-            prefix.push(b'/');
-            for n in self.nodes.all() {
-                let mut s = n.stack();
-                if let Some(rest) = s.path.as_bytes().strip_prefix(prefix.as_slice()) {
-                    s.path = join_path(&stack.path, OsStr::from_bytes(rest));
-                    if n.is_dir() {
-                        self.nodes.forget_dir_fds(&n);
-                    }
-                    s.lowers.clear();
-                    n.set_stack(s);
+    /// Records that each node now sits at a name in a parent (whose upper
+    /// path is given), and moves the paths of everything the kernel knows
+    /// below the directories among them.
+    fn moved(&self, moves: &[(Arc<Node>, u64, OsString, OsString)]) {
+        let mut prefixes = Vec::new();
+        for (node, parent, name, parent_path) in moves {
+            let old = node.stack();
+            let mut stack = old.clone();
+            stack.path = join_path(parent_path, name);
+            stack.upper = true;
+            // A moved directory is opaque (or had no lowers): nothing below
+            // it merges with a lower any more.
+            stack.lowers.clear();
+            node.set_place(*parent, name.clone());
+            node.set_stack(stack.clone());
+            if node.is_dir() {
+                let mut prefix = old.path.as_bytes().to_vec();
+                prefix.push(b'/');
+                prefixes.push((prefix, stack.path));
+            }
+        }
+        if prefixes.is_empty() {
+            return;
+        }
+        let moved: Vec<u64> = moves.iter().map(|m| m.0.ino).collect();
+        for n in self.nodes.all() {
+            if moved.contains(&n.ino) {
+                continue;
+            }
+            let mut s = n.stack();
+            let hit = prefixes.iter().find_map(|(prefix, to)| {
+                s.path
+                    .as_bytes()
+                    .strip_prefix(prefix.as_slice())
+                    .map(|rest| join_path(to, OsStr::from_bytes(rest)))
+            });
+            if let Some(path) = hit {
+                s.path = path;
+                s.lowers.clear();
+                if n.is_dir() {
+                    self.nodes.forget_dir_fds(&n);
                 }
+                n.set_stack(s);
             }
         }
     }

@@ -189,8 +189,8 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn entry_of(fs: &UnionFs, r: Result<(Attr, Option<u64>), Error>) -> Result<Attr, Error> {
-    let _ = fs;
+/// The entry of a create-like reply (mknod, mkdir, symlink open nothing).
+fn entry_of(r: Result<(Attr, Option<u64>), Error>) -> Result<Attr, Error> {
     r.map(|(a, _)| a)
 }
 
@@ -301,7 +301,7 @@ impl Filesystem for FuseFs {
         if let Ok((_, Some(fh))) = &r {
             self.fs.release(*fh);
         }
-        reply_entry(reply, entry_of(&self.fs, r), "mknod");
+        reply_entry(reply, entry_of(r), "mknod");
     }
 
     fn mkdir(
@@ -316,7 +316,7 @@ impl Filesystem for FuseFs {
         let r = self
             .fs
             .create(caller(req), parent.0, name, NewObject::Dir { mode });
-        reply_entry(reply, entry_of(&self.fs, r), "mkdir");
+        reply_entry(reply, entry_of(r), "mkdir");
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -339,7 +339,7 @@ impl Filesystem for FuseFs {
             target: target.as_os_str().to_os_string(),
         };
         let r = self.fs.create(caller(req), parent.0, link_name, what);
-        reply_entry(reply, entry_of(&self.fs, r), "symlink");
+        reply_entry(reply, entry_of(r), "symlink");
     }
 
     fn rename(

@@ -97,11 +97,6 @@ pub struct SetAttr {
 /// Open flags that ask to change the file.
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
-/// What stands at the target of a rename just before it happens.
-fn dst_now(fs: &UnionFs, parent: &Node, name: &OsStr) -> Result<Option<lookup::Found>> {
-    lookup::resolve(&fs.layers, &fs.nodes, parent, name)
-}
-
 /// True for the layers holding upper copies: the upper and the index
 /// (where a hard-linked object's copy is reached).
 fn is_upper_copy(layer: LayerId) -> bool {
@@ -726,10 +721,11 @@ impl UnionFs {
         } else {
             Leave::Nothing
         };
+        // What the rename replaces, as it stands now (after the copy-ups).
         let replaced = if exchange {
             None
         } else {
-            dst_now(self, &npnode, newname)?
+            lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?
         };
         let dnode = if exchange {
             lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?

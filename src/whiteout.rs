@@ -92,24 +92,30 @@ pub struct DirMarks {
 /// Reads the opaque markers of an open directory (xattrs and `.wh..wh..opq`).
 pub fn dir_marks(dir: BorrowedFd) -> Result<DirMarks> {
     let mut marks = DirMarks::default();
-    for name in OPAQUE_XATTRS {
-        match sys::fgetxattr(dir, OsStr::new(name)) {
+    // One listing first: most directories carry no marker xattr at all.
+    let names = match sys::flistxattr(dir) {
+        Ok(names) => names,
+        Err(e) if is_xattr_unsupported(e.raw()) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for name in names.iter().filter(|n| n.as_bytes().ends_with(b"opaque")) {
+        if !OPAQUE_XATTRS.iter().any(|x| name == x) {
+            continue;
+        }
+        match sys::fgetxattr(dir, name) {
             Ok(Some(v)) if v.as_slice() == b"y" => marks.opaque = true,
             Ok(Some(v)) if v.as_slice() == b"x" => marks.xattr_whiteouts = true,
             Ok(_) => {}
-            // Filesystems without xattrs, or trusted.* read without
-            // privilege: the marker just is not there.
+            // trusted.* read without privilege: the marker just is not there.
             Err(e) if is_xattr_unsupported(e.raw()) => {}
             Err(e) => return Err(e),
         }
     }
-    for name in WHITEOUTS_DIR_XATTRS {
-        match sys::fgetxattr(dir, OsStr::new(name)) {
-            Ok(Some(_)) => marks.xattr_whiteouts = true,
-            Ok(None) => {}
-            Err(e) if is_xattr_unsupported(e.raw()) => {}
-            Err(e) => return Err(e),
-        }
+    if names
+        .iter()
+        .any(|n| WHITEOUTS_DIR_XATTRS.iter().any(|x| n == x))
+    {
+        marks.xattr_whiteouts = true;
     }
     if !marks.opaque {
         match sys::statat(dir, OsStr::new(OCI_OPAQUE)) {

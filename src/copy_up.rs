@@ -41,6 +41,11 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
     if node.stack().has_upper_copy() {
         return Ok(());
     }
+    if node.is_dead() {
+        // Its last name was removed: there is nowhere to copy it to, and
+        // copying it to its old name would bring a deleted file back.
+        return Err(Error::errno(libc::ENOENT).context("object was deleted"));
+    }
     fs.upper()?;
     // Parents first, each under its own lock: no thread ever holds two
     // node locks here, so copy-ups cannot deadlock each other.

@@ -101,7 +101,8 @@ pub struct Node {
     /// filesystem reuses the inode number of a deleted file); the kernel
     /// then drops its old inode instead of mixing the two up.
     pub generation: u64,
-    /// The object's last name is gone, so its number may be reused.
+    /// The object's last name is gone (it may still be open): it must not
+    /// be copied up to a name, and its number may come back for a new one.
     dead: std::sync::atomic::AtomicBool,
 }
 
@@ -136,6 +137,11 @@ impl Node {
     /// Marks the object deleted (its last name was removed).
     pub fn set_dead(&self) {
         self.dead.store(true, Ordering::Relaxed);
+    }
+
+    /// True once the object's last name was removed.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
     }
 
     pub fn is_dir(&self) -> bool {
@@ -320,14 +326,9 @@ impl NodeTable {
             ));
         } else if kind != libc::S_IFDIR {
             // Several names of one object are one node: it sits where it
-            // was last found, a name the kernel surely still holds.
+            // was last found, a name the kernel surely still holds. (Its
+            // upper path stays put: `ops` keeps that one valid.)
             *old.place.write() = (parent, name.to_os_string());
-            if stack.upper {
-                let mut s = old.stack.write();
-                if s.upper {
-                    s.path = stack.path;
-                }
-            }
         }
         entry.lookups.fetch_add(1, Ordering::Relaxed);
         entry.clone()

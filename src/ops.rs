@@ -170,6 +170,11 @@ impl UnionFs {
     /// The attributes of a node, read from its top layer.
     fn attr_of(&self, node: &Node) -> Result<Attr> {
         let stack = node.stack();
+        if node.is_dead() {
+            let (_, fd) = self.fd_of_dead(node, libc::O_RDONLY)?;
+            let mut st = sys::fstat(fd.as_fd())?;
+            return Ok(self.finish_attr(node.ino, &stack, &mut st));
+        }
         let (layer, path) = stack
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE).context("node with no layer"))?;
@@ -281,6 +286,9 @@ impl UnionFs {
 
     /// The fd to read a node's xattrs from: its top layer's object.
     fn top_path_fd(&self, node: &Node) -> Result<std::os::fd::OwnedFd> {
+        if node.is_dead() {
+            return Ok(self.fd_of_dead(node, libc::O_RDONLY)?.1);
+        }
         let stack = node.stack();
         let (layer, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
         self.layers.get(layer)?.open(path, libc::O_PATH)
@@ -315,6 +323,11 @@ impl UnionFs {
     /// Opens a regular file; returns the handle number.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let node = self.nodes.get(ino)?;
+        if node.is_dead() {
+            // Reopened through /proc/PID/fd after its last name was removed.
+            let (layer, fd) = self.fd_of_dead(&node, real_open_flags(flags) & !libc::O_TRUNC)?;
+            return Ok(self.handles.open_file(ino, layer, fd, flags));
+        }
         if flags & WRITE_FLAGS != 0 {
             self.upper()?;
             let data = if flags & libc::O_TRUNC != 0 {
@@ -592,6 +605,7 @@ impl UnionFs {
         if !is_dir && !found.stack.upper && found.stat.st_nlink > 1 {
             self.lower_name_gone(found.ino, &found.stack)?;
         }
+        self.keep_reachable(&pnode, name, &found)?;
         if found.stack.upper {
             upper.remove(&pdir, name, is_dir, leave)?;
         } else {
@@ -602,8 +616,9 @@ impl UnionFs {
     }
 
     /// The name `found` was reached by is gone. If it was the object's
-    /// last, the filesystem may give its number to a new object: the node is
-    /// marked so that the next one gets a new generation.
+    /// last, the node is marked dead: an open file of it must not be copied
+    /// up to a name again, and a new object given its number (a filesystem
+    /// reuses numbers) gets a new node.
     fn gone(&self, found: &lookup::Found) {
         if found.kind == libc::S_IFDIR {
             self.nodes.forget_dir_fds_of(found.ino, &found.stack);
@@ -612,9 +627,48 @@ impl UnionFs {
             return;
         };
         let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
-        if found.stack.upper && found.stack.index.is_none() && last_name {
+        if found.stack.index.is_none() && last_name {
             node.set_dead();
         }
+    }
+
+    /// Before the upper name `name` (in `parent`) of a hard-linked object is
+    /// removed or replaced: if the node reaches its upper copy by that very
+    /// name, give it an index entry to reach it by from now on.
+    fn keep_reachable(&self, parent: &Node, name: &OsStr, found: &lookup::Found) -> Result<()> {
+        if !found.stack.upper || found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1 {
+            return Ok(());
+        }
+        let Ok(node) = self.nodes.get(found.ino) else {
+            return Ok(());
+        };
+        let _guard = node.lock.lock();
+        let mut stack = node.stack();
+        if stack.index.is_some() || stack.path != join_path(&parent.stack().path, name) {
+            return Ok(());
+        }
+        let pdir = self.nodes.dir(&self.layers, parent, UPPER)?;
+        self.index()?.add(pdir.fd(), name, found.ino, 0)?;
+        stack.index = Some(index::key(found.ino));
+        node.set_stack(stack);
+        Ok(())
+    }
+
+    /// An fd on the object of a node whose last name is gone, reopened from
+    /// one of its open files (the only way left to reach it).
+    fn fd_of_dead(&self, node: &Node, flags: i32) -> Result<(LayerId, std::os::fd::OwnedFd)> {
+        let h = self
+            .handles
+            .files_of(node.ino)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::errno(libc::ENOENT).context("object was deleted"))?;
+        let (layer, fd) = h.real();
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && !is_upper_copy(layer) {
+            // Its bytes are still a lower's, and it has no name to copy to.
+            return fail(libc::ENOENT);
+        }
+        Ok((layer, sys::reopen(fd.as_fd(), flags)?))
     }
 
     /// A lower name of a hard-linked object goes away (unlink, or rename
@@ -733,6 +787,12 @@ impl UnionFs {
         } else {
             None
         };
+        if let Some(d) = replaced.as_ref().filter(|d| d.kind != libc::S_IFDIR) {
+            if !d.stack.upper && d.stat.st_nlink > 1 {
+                self.lower_name_gone(d.ino, &d.stack)?;
+            }
+            self.keep_reachable(&npnode, newname, d)?;
+        }
         upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
         if let Some(d) = replaced.as_ref() {
             self.gone(d);
@@ -854,6 +914,9 @@ impl UnionFs {
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
         self.upper()?;
         let node = self.nodes.get(ino)?;
+        if node.is_dead() {
+            return self.setattr_dead(&node, set);
+        }
         let data = if set.size == Some(0) {
             Data::Skip
         } else {
@@ -872,10 +935,7 @@ impl UnionFs {
                     sys::ftruncate(handles::fd_of(&h.real()), size)?
                 }
                 _ => {
-                    let fd = self
-                        .layers
-                        .get(UPPER)?
-                        .open(&node.stack().path, libc::O_WRONLY)?;
+                    let fd = sys::openat(dir.as_fd(), &name, libc::O_WRONLY, 0)?;
                     sys::ftruncate(fd.as_fd(), size)?;
                 }
             }
@@ -902,6 +962,38 @@ impl UnionFs {
             )?;
         }
         self.attr_of(&node)
+    }
+
+    /// setattr of an object whose last name is gone, through one of its
+    /// open files (fchmod(2) on an fd of an unlinked file).
+    fn setattr_dead(&self, node: &Node, set: SetAttr) -> Result<Attr> {
+        let flags = if set.size.is_some() {
+            libc::O_WRONLY
+        } else {
+            libc::O_RDONLY
+        };
+        let (layer, fd) = self.fd_of_dead(node, flags)?;
+        if !is_upper_copy(layer) {
+            return fail(libc::ENOENT);
+        }
+        let fd = fd.as_fd();
+        if let Some(size) = set.size {
+            sys::ftruncate(fd, size)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::fchown(fd, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = set.mode {
+            sys::fchmod(fd, mode & 0o7777)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::futimens(
+                fd,
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        self.attr_of(node)
     }
 
     /// Writes through an open handle (always on the upper copy).

@@ -158,12 +158,7 @@ impl Upper {
         let src_is_dir = sys::statat(s, sname)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let slot = whiteout::upper_slot(d, ddir.marks, dname)?;
         if slot.object && src_is_dir {
-            // The caller checked the target is empty in the merged view; in
-            // the upper it may still hold whiteouts, which rename(2) refuses.
-            // Swap the two, then take the old target away from the old name.
-            debug!("rename_over_dir {} -> {}", show(sname), show(dname));
-            sys::renameat2(s, sname, d, dname, libc::RENAME_EXCHANGE)?;
-            return self.remove(sdir, sname, true, leave);
+            return self.rename_over_dir(s, sname, d, dname, leave);
         }
         debug!(
             "rename_upper {} -> {} (leave {:?}, {:?})",
@@ -204,6 +199,56 @@ impl Upper {
         }
         if slot.oci_whiteout {
             sys::unlinkat(d, &whiteout::oci_whiteout_name(dname), 0)?;
+        }
+        Ok(())
+    }
+
+    /// A directory renamed over an (empty in the merged view) upper
+    /// directory, which may still hold whiteouts that rename(2) refuses:
+    /// swap the two, then take the old target away from the old name.
+    /// Whatever needs space is made before anything moves, and the old
+    /// target is made opaque first, so a failure or crash midway never shows
+    /// a lower's entries again.
+    fn rename_over_dir(
+        &self,
+        s: BorrowedFd,
+        sname: &OsStr,
+        d: BorrowedFd,
+        dname: &OsStr,
+        leave: Leave,
+    ) -> Result<()> {
+        debug!("rename_over_dir {} -> {}", show(sname), show(dname));
+        let wh = match (leave, self.format) {
+            (Leave::Whiteout, UpperFormat::Overlay { .. }) => {
+                let t = self.work.temp_name();
+                sys::mknodat(self.work.tmp(), &t, libc::S_IFCHR, 0)?;
+                Some(t)
+            }
+            (Leave::Whiteout, UpperFormat::Oci) => {
+                whiteout::write_oci_whiteout(s, sname)?;
+                None
+            }
+            (Leave::Nothing, _) => None,
+        };
+        let prepared = sys::openat(d, dname, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .and_then(|old| self.make_opaque(std::os::fd::AsFd::as_fd(&old)))
+            .and_then(|()| sys::renameat2(s, sname, d, dname, libc::RENAME_EXCHANGE));
+        if let Err(e) = prepared {
+            if let Some(t) = &wh {
+                self.work.remove(t);
+            }
+            return Err(e);
+        }
+        let out = self.work.temp_name();
+        match wh {
+            Some(t) => {
+                sys::renameat2(self.work.tmp(), &t, s, sname, libc::RENAME_EXCHANGE)?;
+                self.work.remove(&t);
+            }
+            None => {
+                sys::renameat2(s, sname, self.work.tmp(), &out, 0)?;
+                self.work.remove(&out);
+            }
         }
         Ok(())
     }

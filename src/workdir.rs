@@ -54,10 +54,12 @@ impl WorkDir {
         // Two locks: the one in the work dir keeps two mounts off one work
         // dir, the one on the upper root keeps two mounts off one upper
         // whatever work dirs they were given.
+        // Read-only: flock needs no more, and a writable fd would keep the
+        // upper's filesystem from being remounted read-only under us.
         let lock = sys::openat(
             root.as_fd(),
             OsStr::new(LOCK),
-            libc::O_CREAT | libc::O_RDWR,
+            libc::O_CREAT | libc::O_RDONLY,
             0o600,
         )?;
         let busy = |e: Error| {
@@ -160,6 +162,8 @@ impl WorkDir {
                         self.remove(&name);
                         overlay
                     }
+                    // A full upper cannot tell; root can make devices.
+                    Err(e) if is_full(&e) && sys::geteuid() == 0 => overlay,
                     Err(e) => {
                         debug!("no 0/0 device in the upper ({e}): oci format");
                         UpperFormat::Oci
@@ -173,8 +177,11 @@ impl WorkDir {
 
     fn can_set_xattr(&self, name: &str) -> bool {
         let tmp = self.temp_name();
-        if sys::mkdirat(self.tmp(), &tmp, 0o700).is_err() {
-            return false;
+        if let Err(e) = sys::mkdirat(self.tmp(), &tmp, 0o700) {
+            // A full upper cannot tell. The answer must not change from one
+            // mount to the next (metadata written before must still be
+            // read), and root may write trusted xattrs.
+            return is_full(&e) && sys::geteuid() == 0;
         }
         let ok = sys::openat(self.tmp(), &tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .and_then(|fd| sys::fsetxattr(fd.as_fd(), OsStr::new(name), b"y", 0))
@@ -182,6 +189,11 @@ impl WorkDir {
         self.remove(&tmp);
         ok
     }
+}
+
+/// Out of space or inodes.
+fn is_full(e: &Error) -> bool {
+    e.is(libc::ENOSPC) || e.is(libc::EDQUOT)
 }
 
 /// Removes `name` in `dir`, and everything below it when it is a directory.

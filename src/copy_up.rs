@@ -61,6 +61,14 @@ pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
     if stack.has_upper_copy() {
         return Ok(()); // another writer copied it up while we waited
     }
+    // Re-check on disk too: another name of the object, or a directory
+    // rename's tree copy, may have made the copy without this node.
+    if let Some(now) = lookup::resolve(&fs.layers, &fs.nodes, &parent, &name)? {
+        if now.ino == node.ino && now.stack.has_upper_copy() {
+            node.set_stack(now.stack.clone());
+            return follow_copy(fs, node.ino, &now.stack);
+        }
+    }
     let new = copy_up_name(fs, &parent, &name, node.ino, &stack, data)?;
     node.set_stack(new.clone());
     follow_copy(fs, node.ino, &new)
@@ -99,12 +107,9 @@ pub fn copy_up_tree(fs: &UnionFs, parent: &Node, name: &OsStr, dir: &Node) -> Re
         let Some(found) = lookup::resolve(&fs.layers, &fs.nodes, dir, &entry.name)? else {
             continue;
         };
-        let live = fs
-            .nodes
-            .get(found.ino)
-            .ok()
-            .filter(|n| n.place() == (dir.ino, entry.name.clone()));
+        let live = fs.nodes.get(found.ino).ok();
         if found.kind == libc::S_IFDIR {
+            let live = live.filter(|n| n.place() == (dir.ino, entry.name.clone()));
             let child = live.unwrap_or_else(|| {
                 Arc::new(Node::detached(
                     found.ino,
@@ -119,8 +124,11 @@ pub fn copy_up_tree(fs: &UnionFs, parent: &Node, name: &OsStr, dir: &Node) -> Re
             let _guard = live.as_ref().map(|n| n.lock.lock());
             let new = copy_up_name(fs, dir, &entry.name, found.ino, &found.stack, Data::All)?;
             follow_copy(fs, found.ino, &new)?;
+            // The node of a hard-linked object may sit at another name.
             if let Some(n) = &live {
-                n.set_stack(new);
+                if !n.stack().has_upper_copy() || n.place() == (dir.ino, entry.name.clone()) {
+                    n.set_stack(new);
+                }
             }
         }
     }

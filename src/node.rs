@@ -324,10 +324,16 @@ impl NodeTable {
                 old.generation + 1,
                 lookups,
             ));
-        } else if kind != libc::S_IFDIR {
-            // Several names of one object are one node: it sits where it
-            // was last found, a name the kernel surely still holds. (Its
-            // upper path stays put: `ops` keeps that one valid.)
+        } else {
+            // A fresh lookup is the truth about where the object is now.
+            // Several names of one object are one node: it sits where it was
+            // last found, a name the kernel surely still holds (`ops` gives
+            // it an index entry before removing the name it is reached by).
+            let mut s = old.stack.write();
+            let index = s.index.take().or(stack.index.clone());
+            *s = stack;
+            s.index = index;
+            drop(s);
             *old.place.write() = (parent, name.to_os_string());
         }
         entry.lookups.fetch_add(1, Ordering::Relaxed);

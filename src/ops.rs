@@ -25,6 +25,7 @@ use crate::upper::{Leave, Upper};
 use crate::whiteout;
 use crate::workdir::WorkDir;
 use log::debug;
+use parking_lot::{RwLock, RwLockUpgradableReadGuard};
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -53,6 +54,10 @@ pub struct UnionFs {
     pub opts: Options,
     /// The work dir and write format; `None` for a lowers-only mount.
     upper: Option<Upper>,
+    /// Names change under a write lock (rename, unlink, rmdir: the upper
+    /// change and the nodes' new paths together); every other request holds
+    /// it shared, so it never reaches the upper by a path caught midway.
+    ns: RwLock<()>,
 }
 
 /// Who asks: new objects belong to the caller (its fsuid/fsgid).
@@ -142,6 +147,7 @@ impl UnionFs {
             handles: Handles::default(),
             opts,
             upper,
+            ns: RwLock::new(()),
         })
     }
 
@@ -210,6 +216,7 @@ impl UnionFs {
 
     /// Resolves `name` in `parent` and records one kernel lookup of it.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let _ns = self.ns.read();
         let pnode = self.nodes.get(parent)?;
         if !pnode.is_dir() {
             return fail(libc::ENOTDIR);
@@ -238,6 +245,7 @@ impl UnionFs {
     /// Attributes of `ino`; through the open file `fh` when given, so an
     /// open file that was unlinked still answers fstat(2).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
+        let _ns = self.ns.read();
         let node = self.nodes.get(ino)?;
         if let Some(h) = fh.and_then(|fh| self.handles.file(fh).ok()) {
             let real = h.real();
@@ -248,6 +256,7 @@ impl UnionFs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {
+        let _ns = self.ns.read();
         let node = self.nodes.get(ino)?;
         if node.kind != libc::S_IFLNK {
             return fail(libc::EINVAL);
@@ -295,6 +304,7 @@ impl UnionFs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let _ns = self.ns.read();
         let node = self.nodes.get(ino)?;
         if whiteout::is_private_xattr(name) {
             return fail(libc::ENODATA);
@@ -305,6 +315,7 @@ impl UnionFs {
 
     /// The node's xattr names, NUL-terminated each, private ones left out.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let _ns = self.ns.read();
         let node = self.nodes.get(ino)?;
         let fd = self.top_path_fd(&node)?;
         let mut out = Vec::new();
@@ -322,7 +333,12 @@ impl UnionFs {
 
     /// Opens a regular file; returns the handle number.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let _ns = self.ns.read();
         let node = self.nodes.get(ino)?;
+        if node.kind != libc::S_IFREG {
+            // As in opendir: a newer object with a removed file's number.
+            return fail(libc::ENOENT);
+        }
         if node.is_dead() {
             // Reopened through /proc/PID/fd after its last name was removed.
             let (layer, fd) = self.fd_of_dead(&node, real_open_flags(flags) & !libc::O_TRUNC)?;
@@ -360,9 +376,13 @@ impl UnionFs {
     // Directories
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let _ns = self.ns.read();
         let node = self.nodes.get(ino)?;
-        if !node.is_dir() {
-            return fail(libc::ENOTDIR);
+        if !node.is_dir() || node.is_dead() {
+            // Removed while the caller was opening it; or the kernel holds a
+            // directory by this number and this node is a newer object that
+            // took the number of a removed one.
+            return fail(libc::ENOENT);
         }
         let entries = readdir::snapshot(&self.layers, &self.nodes, &node)?;
         Ok(self.handles.open_dir(ino, entries))
@@ -371,6 +391,7 @@ impl UnionFs {
     /// Entries of the snapshot from `offset` on, each with the offset of the
     /// entry after it (what the kernel passes back to continue).
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>> {
+        let _ns = self.ns.read();
         let h = self.handles.dir(fh)?;
         if offset == 0 && h.served.swap(false, Ordering::Relaxed) {
             // rewinddir(3): show the directory as it is now.
@@ -450,6 +471,7 @@ impl UnionFs {
         name: &OsStr,
         what: NewObject,
     ) -> Result<(Attr, Option<u64>)> {
+        let _ns = self.ns.read();
         let upper = self.upper()?;
         Self::check_new_name(name)?;
         if let NewObject::Special { mode, rdev } = what {
@@ -545,6 +567,7 @@ impl UnionFs {
 
     /// A hard link `newname` in `newparent` to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        let _ns = self.ns.read();
         let upper = self.upper()?;
         Self::check_new_name(newname)?;
         let node = self.nodes.get(ino)?;
@@ -579,6 +602,7 @@ impl UnionFs {
 
     /// unlink(2) (`dir` false) or rmdir(2) (`dir` true).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        let ns = self.ns.upgradable_read();
         let upper = self.upper()?;
         let pnode = self.nodes.get(parent)?;
         let found = lookup::resolve(&self.layers, &self.nodes, &pnode, name)?
@@ -606,6 +630,7 @@ impl UnionFs {
             self.lower_name_gone(found.ino, &found.stack)?;
         }
         self.keep_reachable(&pnode, name, &found)?;
+        let _ns = RwLockUpgradableReadGuard::upgrade(ns);
         if found.stack.upper {
             upper.remove(&pdir, name, is_dir, leave)?;
         } else {
@@ -710,7 +735,7 @@ impl UnionFs {
         let new = copy_up::copy_up_name(self, parent, name, found.ino, &now.stack, Data::All)?;
         copy_up::follow_copy(self, found.ino, &new)?;
         if let Some(node) = &live {
-            if !node.stack().upper || node.place() == (parent.ino, name.to_os_string()) {
+            if !node.stack().has_upper_copy() || node.place() == (parent.ino, name.to_os_string()) {
                 node.set_stack(new);
             }
         }
@@ -729,6 +754,7 @@ impl UnionFs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        let ns = self.ns.upgradable_read();
         let upper = self.upper()?;
         Self::check_new_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -793,6 +819,7 @@ impl UnionFs {
             }
             self.keep_reachable(&npnode, newname, d)?;
         }
+        let _ns = RwLockUpgradableReadGuard::upgrade(ns);
         upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
         if let Some(d) = replaced.as_ref() {
             self.gone(d);
@@ -912,6 +939,7 @@ impl UnionFs {
 
     /// setattr: truncate, chmod, chown, utimes (after copy-up).
     pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+        let _ns = self.ns.read();
         self.upper()?;
         let node = self.nodes.get(ino)?;
         if node.is_dead() {
@@ -1025,6 +1053,7 @@ impl UnionFs {
     }
 
     pub fn fsyncdir(&self, ino: u64, data_only: bool) -> Result<()> {
+        let _ns = self.ns.read();
         let node = self.nodes.get(ino)?;
         if !node.stack().upper || self.upper.is_none() {
             return Ok(());
@@ -1041,6 +1070,7 @@ impl UnionFs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let _ns = self.ns.read();
         self.upper()?;
         if whiteout::is_private_xattr(name) {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
@@ -1052,6 +1082,7 @@ impl UnionFs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        let _ns = self.ns.read();
         self.upper()?;
         if whiteout::is_private_xattr(name) {
             return Err(Error::errno(libc::EPERM).context("private xattr"));

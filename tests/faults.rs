@@ -1,0 +1,847 @@
+//! Faults of the upper's file system under a live mount (issue item 3):
+//!
+//! * ENOSPC: with the upper (and its work dir) on a small tmpfs that is
+//!   full, writes and copy-ups fail with ENOSPC, the lower version stays
+//!   visible and intact, nothing half-made appears in the upper (no partial
+//!   file under the name, `work/tmp` empty), the daemon keeps serving, and
+//!   once space is freed the same copy-up succeeds. The same with no inodes
+//!   left (whiteouts, directory copy-ups, mkdir need one).
+//! * EROFS: with the upper's tmpfs remounted read-only under the daemon,
+//!   every change fails cleanly with EROFS, reads keep working, the daemon
+//!   stays up, and after `remount,rw` writes work again.
+//!
+//! Every test also checks that the lowers are byte-for-byte unchanged.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+/// A recognisable content: `name:offset` records.
+fn pattern(name: &str, len: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len as usize + 32);
+    while (v.len() as u64) < len {
+        v.extend_from_slice(format!("{name}:{:010}\n", v.len()).as_bytes());
+    }
+    v.truncate(len as usize);
+    v
+}
+
+/// A union whose upper and work dir sit on a small tmpfs of their own.
+/// Fields drop in order: the union, then the tmpfs, then the dir.
+struct Setup {
+    m: Option<Mount>,
+    upper_fs: Mount,
+    _t: TestDir,
+    upper: PathBuf,
+    work: PathBuf,
+    sums: LayerChecksum,
+}
+
+impl Setup {
+    /// `tmpfs_opts` is the tmpfs size, optionally followed by more options
+    /// (`"4m,nr_inodes=64"`).
+    fn new(name: &str, lower: &Layer, tmpfs_opts: &str) -> Setup {
+        let t = TestDir::new(name);
+        let lower_dir = t.join("lower");
+        render(lower, &lower_dir, Format::Kernel);
+        let fsdir = t.join("upperfs");
+        let upper_fs = mount_tmpfs_sized(&fsdir, tmpfs_opts);
+        let upper = fsdir.join("upper");
+        let work = fsdir.join("work");
+        fs::create_dir(&upper).expect("mkdir upper");
+        let mnt = t.mkdir("mnt");
+        let sums = checksum_layers(&[&lower_dir]);
+        let m = mount_unionfs(&[&lower_dir], Some(&upper), Some(&work), &mnt, &[]);
+        Setup {
+            m: Some(m),
+            upper_fs,
+            _t: t,
+            upper,
+            work,
+            sums,
+        }
+    }
+
+    fn mnt(&self) -> &Mount {
+        self.m.as_ref().expect("mounted")
+    }
+
+    /// `mnt/rel`.
+    fn at(&self, rel: &str) -> PathBuf {
+        self.mnt().join(rel)
+    }
+
+    /// Names left in `work/tmp` (it must be empty between operations).
+    fn temporaries(&self) -> Vec<String> {
+        match fs::read_dir(self.work.join("tmp")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) => vec![format!("<cannot read work/tmp: {e}>")],
+        }
+    }
+
+    /// The daemon answers: the root stats, statfs works, the mount is there.
+    fn serving(&self) -> Result<(), String> {
+        let mnt = self.mnt().path();
+        fs::symlink_metadata(mnt).map_err(|e| format!("stat of the mount root: {e}"))?;
+        sys::statvfs(mnt).map_err(|e| format!("statfs of the mount: {e}"))?;
+        fs::read_dir(mnt).map_err(|e| format!("readdir of the mount root: {e}"))?;
+        if !is_mounted(mnt) {
+            return Err("the mount is gone".into());
+        }
+        Ok(())
+    }
+
+    /// Unmounts and mounts again on the same layers.
+    fn remount(&mut self) {
+        let m = self.m.take().expect("mounted");
+        let mnt = m.path().to_path_buf();
+        m.umount();
+        let lower = self._t.join("lower");
+        self.m = Some(mount_unionfs(
+            &[&lower],
+            Some(&self.upper),
+            Some(&self.work),
+            &mnt,
+            &[],
+        ));
+    }
+
+    fn unmount(&mut self) {
+        if let Some(m) = self.m.take() {
+            m.umount();
+        }
+    }
+}
+
+/// Free bytes of the file system holding `p`.
+fn free_bytes(p: &Path) -> u64 {
+    let s = sys::statvfs(p).expect("statvfs");
+    s.bavail * s.frsize
+}
+
+/// Writes 64 KiB chunks to `f` until a write fails; returns that error.
+fn write_until_error(f: &mut fs::File) -> io::Error {
+    let chunk = vec![b'f'; 64 << 10];
+    for _ in 0..100_000 {
+        match f.write(&chunk) {
+            Ok(0) => return io::Error::other("write returned 0"),
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
+    io::Error::other("the file system never filled up")
+}
+
+/// What `path` shows through the mount must be exactly `want` with mode
+/// `mode`: the lower version, intact.
+fn expect_content(path: &Path, want: &[u8], mode: u32, what: &str, f: &mut Vec<String>) {
+    match fs::read(path) {
+        Ok(got) if got == want => {}
+        Ok(got) => f.push(format!(
+            "{what}: {} shows {} bytes (fnv {:x}), expected {} bytes (fnv {:x})",
+            path.display(),
+            got.len(),
+            fnv(&got),
+            want.len(),
+            fnv(want)
+        )),
+        Err(e) => f.push(format!("{what}: read {}: {e}", path.display())),
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.mode() & 0o7777 == mode => {}
+        Ok(m) => f.push(format!(
+            "{what}: {} has mode {:o}, expected {mode:o}",
+            path.display(),
+            m.mode() & 0o7777
+        )),
+        Err(e) => f.push(format!("{what}: lstat {}: {e}", path.display())),
+    }
+}
+
+fn expect_absent(path: &Path, what: &str, f: &mut Vec<String>) {
+    if let Ok(m) = fs::symlink_metadata(path) {
+        f.push(format!(
+            "{what}: {} exists ({:?}, {} bytes), expected nothing there",
+            path.display(),
+            m.file_type(),
+            m.len()
+        ));
+    }
+}
+
+fn check_errno<T: std::fmt::Debug>(r: io::Result<T>, want: i32, what: &str, f: &mut Vec<String>) {
+    if let Err(e) = expect_errno(r, want) {
+        f.push(format!("{what}: {e}"));
+    }
+}
+
+fn big_lower() -> (Layer, Vec<u8>, Vec<u8>) {
+    let big = pattern("big", 3 * MIB);
+    let small = pattern("small", 1000);
+    let l = Layer::new("lower")
+        .file("d/big", &big)
+        .mode(0o640)
+        .file("d/small", &small)
+        .tagged("top")
+        .tagged("e/f");
+    (l, big, small)
+}
+
+/// A full upper: copy-ups of a lower file bigger than the space left fail
+/// with ENOSPC, whatever triggers them, and leave nothing behind; the
+/// daemon keeps serving; after freeing space the copy-up works.
+#[test]
+fn enospc_copy_up_fails_cleanly_and_succeeds_after_freeing_space() {
+    if !require_mount_env() {
+        return;
+    }
+    let (lower, big, small) = big_lower();
+    let mut s = Setup::new("enospc-copy-up", &lower, "4m");
+    let mut f = Vec::new();
+
+    // Fill the upper's file system through the mount: the write fails with
+    // ENOSPC (a short write first is fine).
+    let filler = s.at("filler");
+    let mut fh = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&filler)
+        .expect("create filler");
+    let e = write_until_error(&mut fh);
+    if e.raw_os_error() != Some(libc::ENOSPC) {
+        f.push(format!(
+            "filling the upper: write failed with {e}, expected ENOSPC"
+        ));
+    }
+    drop(fh);
+    if let Err(e) = s.serving() {
+        panic!("the daemon stopped serving after a write hit ENOSPC: {e}");
+    }
+    // Leave about 1 MiB free: less than the 3 MiB lower file.
+    let len = fs::metadata(&filler).expect("stat filler").len();
+    let free_target = MIB;
+    sys::truncate(&filler, len.saturating_sub(free_target) as i64).expect("truncate filler");
+    let free = free_bytes(&s.upper);
+    assert!(
+        free < big.len() as u64 && free > 64 << 10,
+        "test setup: {free} bytes free, wanted about 1 MiB"
+    );
+
+    let bigp = s.at("d/big");
+    type Trigger = (&'static str, Box<dyn Fn(&Path) -> io::Result<()>>);
+    let triggers: Vec<Trigger> = vec![
+        (
+            "open O_WRONLY",
+            Box::new(|p| fs::OpenOptions::new().write(true).open(p).map(drop)),
+        ),
+        (
+            "open O_RDWR|O_APPEND",
+            Box::new(|p| {
+                fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .open(p)
+                    .map(drop)
+            }),
+        ),
+        (
+            "chmod",
+            Box::new(|p| fs::set_permissions(p, fs::Permissions::from_mode(0o600))),
+        ),
+        (
+            "setxattr user.k",
+            Box::new(|p| sys::lsetxattr(p, b"user.k", b"v")),
+        ),
+        ("utimes", Box::new(|p| sys::utimens_nofollow(p, None))),
+        ("truncate to 10 bytes", Box::new(|p| sys::truncate(p, 10))),
+        (
+            "link d/big d/big.link",
+            Box::new(|p| fs::hard_link(p, p.with_file_name("big.link"))),
+        ),
+        (
+            "rename d/big d/big.renamed",
+            Box::new(|p| fs::rename(p, p.with_file_name("big.renamed"))),
+        ),
+    ];
+    for (what, trigger) in &triggers {
+        let what = format!("copy-up by {what} with {free} bytes free");
+        check_errno(trigger(&bigp), libc::ENOSPC, &what, &mut f);
+        // The lower version stays visible and intact, nothing else appears.
+        expect_content(&bigp, &big, 0o640, &what, &mut f);
+        expect_absent(&s.at("d/big.link"), &what, &mut f);
+        expect_absent(&s.at("d/big.renamed"), &what, &mut f);
+        // Nothing half-made in the upper: no file under the name, no
+        // temporary left in the work dir.
+        expect_absent(&s.upper.join("d/big"), &what, &mut f);
+        expect_absent(&s.upper.join("d/big.link"), &what, &mut f);
+        expect_absent(&s.upper.join("d/big.renamed"), &what, &mut f);
+        let tmp = s.temporaries();
+        if !tmp.is_empty() {
+            f.push(format!("{what}: work/tmp holds {tmp:?}"));
+        }
+        if let Err(e) = s.serving() {
+            panic!("{what}: the daemon stopped serving: {e}");
+        }
+    }
+
+    // Other operations keep working meanwhile.
+    expect_content(&s.at("d/small"), &small, 0o644, "reading d/small", &mut f);
+    match fs::read_dir(s.at("d")) {
+        Ok(rd) => {
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            if names != ["big", "small"] {
+                f.push(format!("readdir d: {names:?}, expected [big, small]"));
+            }
+        }
+        Err(e) => f.push(format!("readdir d: {e}")),
+    }
+    match fs::write(s.at("ok"), b"small write") {
+        Ok(()) => expect_content(&s.at("ok"), b"small write", 0o644, "new file", &mut f),
+        Err(e) => f.push(format!("a small new file while space remains: {e}")),
+    }
+
+    // Free the space: the same copy-up now works and keeps the data.
+    fs::remove_file(&filler).expect("remove filler");
+    match fs::OpenOptions::new().write(true).open(&bigp) {
+        Ok(fh) => {
+            if let Err(e) = fh.write_all_at(b"CHANGED", 0) {
+                f.push(format!("write after the copy-up: {e}"));
+            }
+        }
+        Err(e) => f.push(format!("copy-up after freeing space: {e}")),
+    }
+    let mut want = big.clone();
+    want[..7].copy_from_slice(b"CHANGED");
+    expect_content(&bigp, &want, 0o640, "after freeing space", &mut f);
+    match fs::read(s.upper.join("d/big")) {
+        Ok(got) if got == want => {}
+        Ok(got) => f.push(format!(
+            "upper d/big holds {} bytes, not the copied and written file",
+            got.len()
+        )),
+        Err(e) => f.push(format!("upper d/big after the copy-up: {e}")),
+    }
+    let tmp = s.temporaries();
+    if !tmp.is_empty() {
+        f.push(format!("work/tmp holds {tmp:?} at the end"));
+    }
+    s.unmount();
+    s.sums.assert_unchanged();
+    assert_no_failures("ENOSPC on copy-up", &f);
+}
+
+/// Open with O_TRUNC and truncate(0) copy no data (DESIGN §3), so they
+/// work on a big lower file even when the upper has no room for its data.
+#[test]
+fn enospc_truncating_copy_up_needs_no_room_for_the_data() {
+    if !require_mount_env() {
+        return;
+    }
+    let (lower, big, _) = big_lower();
+    let lower = lower.file("d/big2", &big);
+    let mut s = Setup::new("enospc-trunc", &lower, "4m");
+    let mut f = Vec::new();
+    let filler = s.at("filler");
+    let mut fh = fs::File::create(&filler).expect("create filler");
+    let e = write_until_error(&mut fh);
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "filling: {e}");
+    drop(fh);
+    let len = fs::metadata(&filler).expect("stat filler").len();
+    sys::truncate(&filler, len.saturating_sub(256 << 10) as i64).expect("truncate filler");
+
+    match open_flags(&s.at("d/big"), libc::O_WRONLY | libc::O_TRUNC, 0) {
+        Ok(mut fh) => {
+            if let Err(e) = fh.write_all(b"new") {
+                f.push(format!("write after open O_TRUNC: {e}"));
+            }
+        }
+        Err(e) => f.push(format!(
+            "open O_TRUNC of a 3 MiB lower file with 256 KiB free: {e} (it must copy no data)"
+        )),
+    }
+    expect_content(&s.at("d/big"), b"new", 0o640, "after open O_TRUNC", &mut f);
+    if let Err(e) = sys::truncate(&s.at("d/big2"), 0) {
+        f.push(format!(
+            "truncate(0) of a 3 MiB lower file with 256 KiB free: {e} (it must copy no data)"
+        ));
+    }
+    expect_content(&s.at("d/big2"), b"", 0o644, "after truncate(0)", &mut f);
+    let tmp = s.temporaries();
+    if !tmp.is_empty() {
+        f.push(format!("work/tmp holds {tmp:?}"));
+    }
+    s.unmount();
+    s.sums.assert_unchanged();
+    assert_no_failures("copy-up without data on a full upper", &f);
+}
+
+/// No inodes left on the upper: whiteouts, directory copy-ups, mkdir,
+/// symlink, copy-ups and renames fail with ENOSPC and change nothing; after
+/// freeing inodes they all work.
+#[test]
+fn enospc_no_inodes_left_fails_cleanly() {
+    if !require_mount_env() {
+        return;
+    }
+    let lower = Layer::new("lower")
+        .tagged("d/f1")
+        .tagged("d/f2")
+        .tagged("d/f3")
+        .tagged("d/f4")
+        .tagged("d/f5")
+        .tagged("x/y")
+        .tagged("c/l")
+        .tagged("c/gone")
+        .dir("emptydir");
+    let mut s = Setup::new("enospc-inodes", &lower, "8m,nr_inodes=64");
+    let mut f = Vec::new();
+    let tagged = |p: &str| tag("lower", p);
+
+    // Before filling: d in the upper (a file made and removed in it), and
+    // d/f4 copied up with new content.
+    fs::write(s.at("d/scratch"), b"x").expect("create d/scratch");
+    fs::remove_file(s.at("d/scratch")).expect("remove d/scratch");
+    fs::write(s.at("d/f4"), b"changed f4").expect("copy up d/f4");
+    // c: in the upper, with c/gone deleted; t: an empty upper dir.
+    fs::remove_file(s.at("c/gone")).expect("unlink c/gone");
+    fs::set_permissions(s.at("c/l"), fs::Permissions::from_mode(0o600)).expect("chmod c/l");
+    fs::create_dir(s.at("t")).expect("mkdir t");
+    let ino_f4 = lstat(&s.at("d/f4")).ino();
+
+    // Fill the inodes with empty files through the mount.
+    let mut fill = Vec::new();
+    let err = loop {
+        let p = s.at(&format!("fill{}", fill.len()));
+        match fs::File::create(&p) {
+            Ok(_) => fill.push(p),
+            Err(e) => break e,
+        }
+        if fill.len() > 10_000 {
+            panic!("test setup: the upper never ran out of inodes");
+        }
+    };
+    if err.raw_os_error() != Some(libc::ENOSPC) {
+        f.push(format!(
+            "creating a file with no inode left: {err}, expected ENOSPC"
+        ));
+    }
+    if let Err(e) = s.serving() {
+        panic!("the daemon stopped serving after ENOSPC on create: {e}");
+    }
+
+    type Op = (&'static str, Box<dyn Fn(&Setup) -> io::Result<()>>);
+    let ops: Vec<Op> = vec![
+        (
+            "unlink d/f1 (a whiteout needed)",
+            Box::new(|s| fs::remove_file(s.at("d/f1"))),
+        ),
+        (
+            "unlink d/f4 (upper copy over a lower: whiteout needed)",
+            Box::new(|s| fs::remove_file(s.at("d/f4"))),
+        ),
+        (
+            "unlink x/y (dir copy-up and whiteout needed)",
+            Box::new(|s| fs::remove_file(s.at("x/y"))),
+        ),
+        (
+            "rmdir emptydir (a whiteout needed)",
+            Box::new(|s| fs::remove_dir(s.at("emptydir"))),
+        ),
+        (
+            "rename d/f2 d/f2b",
+            Box::new(|s| fs::rename(s.at("d/f2"), s.at("d/f2b"))),
+        ),
+        (
+            "open d/f3 O_WRONLY (copy-up)",
+            Box::new(|s| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(s.at("d/f3"))
+                    .map(drop)
+            }),
+        ),
+        (
+            "chmod d/f5 (copy-up)",
+            Box::new(|s| fs::set_permissions(s.at("d/f5"), fs::Permissions::from_mode(0o600))),
+        ),
+        (
+            "rename c over the empty dir t (a whiteout needed at c)",
+            Box::new(|s| fs::rename(s.at("c"), s.at("t"))),
+        ),
+        ("mkdir newdir", Box::new(|s| fs::create_dir(s.at("newdir")))),
+        (
+            "symlink newlink",
+            Box::new(|s| std::os::unix::fs::symlink("d/f1", s.at("newlink"))),
+        ),
+    ];
+    let expect_unchanged = |s: &Setup, what: &str, f: &mut Vec<String>| {
+        expect_content(&s.at("d/f1"), &tagged("d/f1"), 0o644, what, f);
+        expect_content(&s.at("d/f2"), &tagged("d/f2"), 0o644, what, f);
+        expect_content(&s.at("d/f3"), &tagged("d/f3"), 0o644, what, f);
+        expect_content(&s.at("d/f4"), b"changed f4", 0o644, what, f);
+        expect_content(&s.at("d/f5"), &tagged("d/f5"), 0o644, what, f);
+        expect_content(&s.at("x/y"), &tagged("x/y"), 0o644, what, f);
+        if !s.at("emptydir").is_dir() {
+            f.push(format!("{what}: emptydir is gone"));
+        }
+        expect_content(&s.at("c/l"), &tagged("c/l"), 0o600, what, f);
+        expect_absent(&s.at("c/gone"), &format!("{what} (deleted before)"), f);
+        match fs::read_dir(s.at("t")) {
+            Ok(rd) => {
+                let names: Vec<String> = rd
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                if !names.is_empty() {
+                    f.push(format!("{what}: t holds {names:?}, expected an empty dir"));
+                }
+            }
+            Err(e) => f.push(format!("{what}: readdir t: {e}")),
+        }
+        for p in ["d/f2b", "newdir", "newlink"] {
+            expect_absent(&s.at(p), what, f);
+        }
+        for p in [
+            "d/f1", "d/f2", "d/f3", "d/f5", "d/f2b", "x", "emptydir", "newdir", "newlink",
+        ] {
+            expect_absent(&s.upper.join(p), &format!("{what} (upper)"), f);
+        }
+        for p in [".wh.f1", ".wh.f2", ".wh.f4"] {
+            expect_absent(&s.upper.join("d").join(p), &format!("{what} (upper)"), f);
+        }
+        let tmp = s.temporaries();
+        if !tmp.is_empty() {
+            f.push(format!("{what}: work/tmp holds {tmp:?}"));
+        }
+    };
+    for (what, op) in &ops {
+        let what = format!("{what} with no inode left");
+        check_errno(op(&s), libc::ENOSPC, &what, &mut f);
+        expect_unchanged(&s, &what, &mut f);
+        if let Err(e) = s.serving() {
+            panic!("{what}: the daemon stopped serving: {e}");
+        }
+    }
+
+    // The same after a remount, with the upper still full (what is on
+    // disk, not what the daemon remembers); numbers stay (DESIGN §3).
+    s.remount();
+    expect_unchanged(&s, "after a remount with no inode left", &mut f);
+    let ino = lstat(&s.at("d/f4")).ino();
+    if ino != ino_f4 {
+        f.push(format!(
+            "d/f4 (copied up) changed inode number across a remount with a full upper: \
+             {ino_f4} -> {ino}"
+        ));
+    }
+
+    // Free the inodes: every operation now works.
+    for p in &fill {
+        fs::remove_file(p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+    }
+    for (what, op) in &ops {
+        if let Err(e) = op(&s) {
+            f.push(format!("{what} after freeing inodes: {e}"));
+        }
+    }
+    for p in ["d/f1", "d/f4", "x/y", "emptydir", "d/f2", "c"] {
+        expect_absent(&s.at(p), "after the retries", &mut f);
+    }
+    expect_content(
+        &s.at("t/l"),
+        &tagged("c/l"),
+        0o600,
+        "after the retries",
+        &mut f,
+    );
+    expect_absent(&s.at("t/gone"), "after the retries", &mut f);
+    expect_content(
+        &s.at("d/f2b"),
+        &tagged("d/f2"),
+        0o644,
+        "after the retries",
+        &mut f,
+    );
+    expect_content(
+        &s.at("d/f3"),
+        &tagged("d/f3"),
+        0o644,
+        "after the retries",
+        &mut f,
+    );
+    expect_content(
+        &s.at("d/f5"),
+        &tagged("d/f5"),
+        0o600,
+        "after the retries",
+        &mut f,
+    );
+    if !s.at("newdir").is_dir() {
+        f.push("after the retries: newdir is not a directory".into());
+    }
+    let tmp = s.temporaries();
+    if !tmp.is_empty() {
+        f.push(format!("work/tmp holds {tmp:?} at the end"));
+    }
+    s.unmount();
+    s.sums.assert_unchanged();
+    assert_no_failures("ENOSPC with no inodes left", &f);
+}
+
+/// `mount -o remount,ro|rw` of the upper's tmpfs.
+fn remount_upper(s: &Setup, mode: &str) -> CmdOutput {
+    run(
+        Command::new("mount")
+            .arg("-o")
+            .arg(format!("remount,{mode}"))
+            .arg(s.upper_fs.path()),
+        Duration::from_secs(20),
+    )
+}
+
+/// The upper turns read-only under the daemon: changes fail with EROFS,
+/// reads work, the daemon stays up; back to read-write, writes work.
+#[test]
+fn readonly_upper_fails_with_erofs_and_recovers() {
+    if !require_mount_env() {
+        return;
+    }
+    let lower = Layer::new("lower")
+        .tagged("a")
+        .tagged("b")
+        .xattr("user.k", "lower")
+        .tagged("d/c")
+        .dir("e");
+    let mut s = Setup::new("erofs", &lower, "4m");
+    let mut f = Vec::new();
+    fs::write(s.at("a"), b"upper a").expect("copy up a");
+    fs::write(s.at("u"), b"upper only").expect("create u");
+    fs::create_dir(s.at("nd")).expect("mkdir nd");
+    let before = snapshot(s.mnt().path());
+
+    let out = remount_upper(&s, "ro");
+    if !out.success() {
+        let fds = fds_on(s.upper_fs.path());
+        panic!(
+            "remount,ro of the upper's file system failed while the union is mounted and idle \
+             (no file open through it): the daemon must not keep a file open for writing on \
+             the upper when it is not writing.\n{out}\nfiles open for writing there: {fds:?}"
+        );
+    }
+    type Op = (&'static str, Box<dyn Fn(&Setup) -> io::Result<()>>);
+    let ops: Vec<Op> = vec![
+        (
+            "open a (upper) O_WRONLY",
+            Box::new(|s| fs::OpenOptions::new().write(true).open(s.at("a")).map(drop)),
+        ),
+        (
+            "open b (lower) O_WRONLY: copy-up",
+            Box::new(|s| fs::OpenOptions::new().write(true).open(s.at("b")).map(drop)),
+        ),
+        (
+            "open a O_TRUNC",
+            Box::new(|s| open_flags(&s.at("a"), libc::O_WRONLY | libc::O_TRUNC, 0).map(drop)),
+        ),
+        ("create n", Box::new(|s| fs::write(s.at("n"), b"new"))),
+        ("mkdir n2", Box::new(|s| fs::create_dir(s.at("n2")))),
+        (
+            "symlink n3",
+            Box::new(|s| std::os::unix::fs::symlink("a", s.at("n3"))),
+        ),
+        (
+            "link a n4",
+            Box::new(|s| fs::hard_link(s.at("a"), s.at("n4"))),
+        ),
+        (
+            "link b n5",
+            Box::new(|s| fs::hard_link(s.at("b"), s.at("n5"))),
+        ),
+        (
+            "unlink u (upper only)",
+            Box::new(|s| fs::remove_file(s.at("u"))),
+        ),
+        (
+            "unlink a (upper over lower)",
+            Box::new(|s| fs::remove_file(s.at("a"))),
+        ),
+        ("unlink b (lower)", Box::new(|s| fs::remove_file(s.at("b")))),
+        ("rmdir nd (upper)", Box::new(|s| fs::remove_dir(s.at("nd")))),
+        ("rmdir e (lower)", Box::new(|s| fs::remove_dir(s.at("e")))),
+        (
+            "rename a a2",
+            Box::new(|s| fs::rename(s.at("a"), s.at("a2"))),
+        ),
+        (
+            "rename b b2",
+            Box::new(|s| fs::rename(s.at("b"), s.at("b2"))),
+        ),
+        (
+            "rename d d2",
+            Box::new(|s| fs::rename(s.at("d"), s.at("d2"))),
+        ),
+        (
+            "chmod a",
+            Box::new(|s| fs::set_permissions(s.at("a"), fs::Permissions::from_mode(0o600))),
+        ),
+        (
+            "chmod b",
+            Box::new(|s| fs::set_permissions(s.at("b"), fs::Permissions::from_mode(0o600))),
+        ),
+        ("truncate a", Box::new(|s| sys::truncate(&s.at("a"), 1))),
+        (
+            "utimes a",
+            Box::new(|s| sys::utimens_nofollow(&s.at("a"), None)),
+        ),
+        (
+            "utimes b",
+            Box::new(|s| sys::utimens_nofollow(&s.at("b"), None)),
+        ),
+        (
+            "setxattr a",
+            Box::new(|s| sys::lsetxattr(&s.at("a"), b"user.k", b"v")),
+        ),
+        (
+            "setxattr b",
+            Box::new(|s| sys::lsetxattr(&s.at("b"), b"user.k", b"v")),
+        ),
+        (
+            "removexattr b",
+            Box::new(|s| sys::lremovexattr(&s.at("b"), b"user.k")),
+        ),
+    ];
+    for (what, op) in &ops {
+        check_errno(
+            op(&s),
+            libc::EROFS,
+            &format!("{what} on a read-only upper"),
+            &mut f,
+        );
+        if let Err(e) = s.serving() {
+            panic!("{what} on a read-only upper: the daemon stopped serving: {e}");
+        }
+    }
+    // Reads keep working, and nothing changed.
+    let mut content = String::new();
+    match fs::File::open(s.at("a")).and_then(|mut fh| fh.read_to_string(&mut content)) {
+        Ok(_) if content == "upper a" => {}
+        other => f.push(format!(
+            "reading a (upper) on a read-only upper: {other:?} {content:?}"
+        )),
+    }
+    expect_content(
+        &s.at("b"),
+        &tag("lower", "b"),
+        0o644,
+        "reading b (lower)",
+        &mut f,
+    );
+    expect_content(
+        &s.at("d/c"),
+        &tag("lower", "d/c"),
+        0o644,
+        "reading d/c",
+        &mut f,
+    );
+    match sys::lgetxattr(&s.at("b"), b"user.k") {
+        Ok(v) if v == b"lower" => {}
+        other => f.push(format!("getxattr b user.k on a read-only upper: {other:?}")),
+    }
+    let during = snapshot(s.mnt().path());
+    f.extend(before.diff(&during, Fields::VIEW));
+
+    // Back to read-write: writes work again.
+    let out = remount_upper(&s, "rw");
+    assert!(out.success(), "remount,rw: {out}");
+    let writes: Vec<(&str, io::Result<()>)> = vec![
+        ("write a", fs::write(s.at("a"), b"again")),
+        ("copy-up b", fs::write(s.at("b"), b"b copied")),
+        ("create n", fs::write(s.at("n"), b"new")),
+        ("mkdir n2", fs::create_dir(s.at("n2"))),
+        ("unlink u", fs::remove_file(s.at("u"))),
+        ("rename d d2", fs::rename(s.at("d"), s.at("d2"))),
+        ("rmdir e", fs::remove_dir(s.at("e"))),
+    ];
+    for (what, r) in writes {
+        if let Err(e) = r {
+            f.push(format!("{what} after remount,rw: {e}"));
+        }
+    }
+    expect_content(&s.at("a"), b"again", 0o644, "after remount,rw", &mut f);
+    expect_content(&s.at("b"), b"b copied", 0o644, "after remount,rw", &mut f);
+    expect_content(&s.at("n"), b"new", 0o644, "after remount,rw", &mut f);
+    expect_content(
+        &s.at("d2/c"),
+        &tag("lower", "d/c"),
+        0o644,
+        "after remount,rw",
+        &mut f,
+    );
+    for p in ["u", "d", "e"] {
+        expect_absent(&s.at(p), "after remount,rw", &mut f);
+    }
+    let tmp = s.temporaries();
+    if !tmp.is_empty() {
+        f.push(format!("work/tmp holds {tmp:?}"));
+    }
+    s.unmount();
+    s.sums.assert_unchanged();
+    assert_no_failures("read-only upper", &f);
+}
+
+/// Files under `dir` that some process holds open for writing (from
+/// /proc/*/fdinfo), for the failure message of a refused remount,ro.
+fn fds_on(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return v;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            if !target.starts_with(dir) {
+                continue;
+            }
+            let info = fs::read_to_string(p.path().join("fdinfo").join(fd.file_name()))
+                .unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+                .unwrap_or(0);
+            if flags & (libc::O_WRONLY | libc::O_RDWR) as u32 != 0 {
+                let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                v.push(format!(
+                    "pid {pid} ({}) fd {} -> {} (flags {flags:o})",
+                    comm.trim(),
+                    fd.file_name().to_string_lossy(),
+                    target.display()
+                ));
+            }
+        }
+    }
+    v
+}

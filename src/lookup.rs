@@ -38,7 +38,9 @@ fn probe(dir: &LayerDir, name: &OsStr) -> Result<InLayer> {
     let st = match sys::statat(dir.fd(), name) {
         Ok(st) => st,
         Err(e) if e.is(libc::ENOENT) => {
-            return Ok(if whiteout::has_oci_whiteout(dir.fd(), name)? {
+            let whited =
+                dir.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(dir.fd(), name)?;
+            return Ok(if whited {
                 InLayer::WhiteOut
             } else {
                 InLayer::Absent
@@ -120,7 +122,10 @@ pub fn resolve(
         dirs.push((layer_id, dir));
         // `.wh.NAME` beside a directory NAME in one layer: the directory was
         // deleted and made anew there, so nothing below it shows.
-        if !more_below || opaque || whiteout::has_oci_whiteout(pdir.fd(), name)? {
+        if !more_below
+            || opaque
+            || (pdir.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(pdir.fd(), name)?)
+        {
             break;
         }
     }

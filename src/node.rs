@@ -188,6 +188,10 @@ pub struct NodeTable {
 pub struct LayerDir {
     pub fd: OwnedFd,
     pub marks: DirMarks,
+    /// For a lower (which never changes): whether any `.wh.NAME` entry is
+    /// in it, found by one listing on first need. Most image layers have
+    /// none, and then a missing name needs no second look for `.wh.NAME`.
+    oci_whiteouts: Option<std::sync::OnceLock<bool>>,
 }
 
 impl LayerDir {
@@ -199,7 +203,34 @@ impl LayerDir {
             other => other?,
         };
         let marks = whiteout::dir_marks(std::os::fd::AsFd::as_fd(&fd))?;
-        Ok(LayerDir { fd, marks })
+        let lower = !layer.is_upper() && layer.id != crate::layer::INDEX;
+        Ok(LayerDir {
+            fd,
+            marks,
+            oci_whiteouts: lower.then(std::sync::OnceLock::new),
+        })
+    }
+
+    /// False only when the directory surely holds no `.wh.NAME` whiteout.
+    pub fn may_hold_oci_whiteouts(&self) -> bool {
+        let Some(known) = &self.oci_whiteouts else {
+            return true; // the upper changes: always look
+        };
+        *known.get_or_init(|| {
+            let listed = crate::sys::openat(
+                self.fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
+            .and_then(|fd| crate::sys::read_dir_all(std::os::fd::AsFd::as_fd(&fd)));
+            match listed {
+                Ok(entries) => entries
+                    .iter()
+                    .any(|e| whiteout::oci_whited_out_name(&e.name).is_some()),
+                Err(_) => true,
+            }
+        })
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -265,7 +296,7 @@ impl NodeTable {
     /// The number recorded in an upper copy (`<prefix>origin`) at copy-up.
     pub fn read_origin(&self, fd: std::os::fd::BorrowedFd) -> Option<u64> {
         let name = format!("{}{ORIGIN}", self.meta_prefix);
-        let v = crate::sys::fgetxattr(fd, OsStr::new(&name)).ok()??;
+        let v = crate::sys::getxattr_via_proc(fd, OsStr::new(&name)).ok()??;
         String::from_utf8(v).ok()?.parse().ok()
     }
 

@@ -310,7 +310,7 @@ impl UnionFs {
             return fail(libc::ENODATA);
         }
         let fd = self.top_path_fd(&node)?;
-        sys::fgetxattr(fd.as_fd(), name)?.ok_or_else(|| Error::errno(libc::ENODATA))
+        sys::getxattr_via_proc(fd.as_fd(), name)?.ok_or_else(|| Error::errno(libc::ENODATA))
     }
 
     /// The node's xattr names, NUL-terminated each, private ones left out.

@@ -236,6 +236,36 @@ pub fn fgetxattr(fd: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// `getxattr("/proc/self/fd/N", name)`: for an `O_PATH` fd, one call
+/// instead of a failing `fgetxattr` first. `None` when absent.
+pub fn getxattr_via_proc(fd: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let c = cstr(name)?;
+    let path = proc_fd_path(fd);
+    let mut buf = vec![0u8; 64];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes; both strings valid.
+        let r = retry(|| {
+            check_size(unsafe {
+                libc::getxattr(
+                    path.as_ptr(),
+                    c.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            })
+        });
+        match r {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(e) if e.is(libc::ENODATA) => return Ok(None),
+            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 2 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `flistxattr(fd)`: the attribute names, each without its NUL.
 pub fn flistxattr(fd: BorrowedFd) -> Result<Vec<OsString>> {
     let mut buf = vec![0u8; 1024];

@@ -261,14 +261,8 @@ impl UnionFs {
         if node.kind != libc::S_IFLNK {
             return fail(libc::EINVAL);
         }
-        let stack = node.stack();
-        let (layer, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
-        let (dir, name) = crate::layer::split_path(path);
-        let dirfd = self
-            .layers
-            .get(layer)?
-            .open(dir, libc::O_PATH | libc::O_DIRECTORY)?;
-        sys::readlinkat(dirfd.as_fd(), name)
+        let (dir, name) = self.top_parent(&node)?;
+        sys::readlinkat(dir.as_fd(), &name)
     }
 
     /// Checks `access(2)` modes. The kernel checks permission bits itself

@@ -32,35 +32,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 // RNG, versions
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
-
 const UNIT: usize = 16;
 
 /// `size` bytes of version `token`: a 16-byte tag repeated.
@@ -648,8 +619,8 @@ fn rename_unlink_write_race_on_same_names() {
         race(6, |t| {
             let mut rng = Rng::new(t as u64 + 1);
             while Instant::now() < deadline {
-                let a = u.at(&format!("r/{}", rng.pick(&NAMES)));
-                let b = u.at(&format!("r/{}", rng.pick(&NAMES)));
+                let a = u.at(&format!("r/{}", rng.choose(&NAMES)));
+                let b = u.at(&format!("r/{}", rng.choose(&NAMES)));
                 let enoent = [libc::ENOENT];
                 match rng.below(10) {
                     0..=2 => {
@@ -763,8 +734,8 @@ fn readdir_while_the_dir_changes() {
             while Instant::now() < deadline {
                 if t < 3 {
                     // Churn.
-                    let a = u.at(&format!("d/{}", rng.pick(&churn)));
-                    let b = u.at(&format!("d/{}", rng.pick(&churn)));
+                    let a = u.at(&format!("d/{}", rng.choose(&churn)));
+                    let b = u.at(&format!("d/{}", rng.choose(&churn)));
                     // A churn name may be a file or (between mkdir and
                     // rmdir) a directory.
                     let ok = [libc::ENOENT, libc::EEXIST, libc::EISDIR, libc::ENOTDIR];
@@ -811,7 +782,7 @@ fn readdir_while_the_dir_changes() {
                             bad.push(format!("stable {n} missing"));
                         }
                     }
-                    let n = rng.pick(&stable);
+                    let n = rng.choose(&stable);
                     if let Err(e) = fs::symlink_metadata(u.at(&format!("d/{n}"))) {
                         bad.push(format!("lstat of stable {n}: {e}"));
                     }
@@ -857,8 +828,8 @@ fn mkdir_rmdir_races() {
         race(6, |t| {
             let mut rng = Rng::new(t as u64 + 1000);
             while Instant::now() < deadline {
-                let a = u.at(&format!("m/{}", rng.pick(&DIRS)));
-                let b = u.at(&format!("m/{}", rng.pick(&DIRS)));
+                let a = u.at(&format!("m/{}", rng.choose(&DIRS)));
+                let b = u.at(&format!("m/{}", rng.choose(&DIRS)));
                 let ok = [libc::ENOENT, libc::EEXIST, libc::ENOTEMPTY];
                 match rng.below(6) {
                     0 => {

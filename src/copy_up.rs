@@ -100,6 +100,12 @@ pub fn copy_up_tree(fs: &UnionFs, parent: &Node, name: &OsStr, dir: &Node) -> Re
             dir.set_stack(new);
         }
     }
+    let udir = fs.nodes.dir(&fs.layers, dir, UPPER)?;
+    keep_times(udir.fd(), || copy_children(fs, dir))
+}
+
+/// Copies up everything shown in `dir` (whose upper copy exists).
+fn copy_children(fs: &UnionFs, dir: &Node) -> Result<()> {
     for entry in readdir::snapshot(&fs.layers, &fs.nodes, dir)?
         .iter()
         .skip(2)
@@ -158,7 +164,9 @@ pub fn copy_up_name(
         // becomes one more link of it, so all names stay one inode.
         debug!("copy_up_link {} from index {}", show(name), show(key));
         sys::linkat(fs.index()?.layer.root(), key, upper.work.tmp(), &tmp)?;
-        upper.place(&tmp, &pdir, name, false)?;
+        keep_times(pdir.fd(), || {
+            upper.place(&tmp, &pdir, name, false).map(|_| ())
+        })?;
         fs.index()?.lower_name_gone(ino)?;
         return Ok(new);
     }
@@ -168,7 +176,9 @@ pub fn copy_up_name(
         new.index = Some(index::key(ino));
     }
     let is_dir = stack_kind(fs, stack)? == libc::S_IFDIR;
-    upper.place(&tmp, &pdir, name, is_dir)?;
+    keep_times(pdir.fd(), || {
+        upper.place(&tmp, &pdir, name, is_dir).map(|_| ())
+    })?;
     Ok(new)
 }
 
@@ -186,6 +196,19 @@ pub fn copy_up_to_index(fs: &UnionFs, ino: u64, stack: &Stack) -> Result<Stack> 
         new.index = Some(index::key(ino));
     }
     Ok(new)
+}
+
+/// Runs `f`, which fills or changes the upper directory `dir` without
+/// changing what the merged view shows, and puts the directory's times back
+/// as they were, as kernel overlayfs does: a copy-up is not a change a user
+/// made.
+pub fn keep_times<T>(dir: BorrowedFd, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = sys::fstat(dir)?;
+    let out = f()?;
+    if let Err(e) = sys::futimens(dir, atime(&before), mtime(&before)) {
+        debug!("cannot restore directory times: {e}");
+    }
+    Ok(out)
 }
 
 fn stack_kind(fs: &UnionFs, stack: &Stack) -> Result<u32> {

@@ -102,6 +102,27 @@ pub struct SetAttr {
 /// Open flags that ask to change the file.
 const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
+/// Applies a setattr to an open object (an fd, not a name).
+fn apply_setattr(fd: std::os::fd::BorrowedFd, set: SetAttr) -> Result<()> {
+    if let Some(size) = set.size {
+        sys::truncate_via_proc(fd, size)?;
+    }
+    if set.uid.is_some() || set.gid.is_some() {
+        sys::fchown(fd, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+    }
+    if let Some(mode) = set.mode {
+        sys::fchmod(fd, mode & 0o7777)?;
+    }
+    if set.atime.is_some() || set.mtime.is_some() {
+        sys::futimens(
+            fd,
+            set.atime.unwrap_or(SetTime::Omit),
+            set.mtime.unwrap_or(SetTime::Omit),
+        )?;
+    }
+    Ok(())
+}
+
 /// True for the layers holding upper copies: the upper and the index
 /// (where a hard-linked object's copy is reached).
 fn is_upper_copy(layer: LayerId) -> bool {
@@ -879,7 +900,7 @@ impl UnionFs {
             if had_lowers && self.nodes.read_origin(fd.as_fd()).is_none() {
                 self.nodes.write_origin(fd.as_fd(), found.ino)?;
             }
-            self.upper()?.make_opaque(fd.as_fd())?;
+            copy_up::keep_times(fd.as_fd(), || self.upper()?.make_opaque_clean(fd.as_fd()))?;
         }
         Ok(now)
     }
@@ -932,17 +953,29 @@ impl UnionFs {
     }
 
     /// setattr: truncate, chmod, chown, utimes (after copy-up).
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
         let _ns = self.ns.read();
         self.upper()?;
         let node = self.nodes.get(ino)?;
         if node.is_dead() {
             return self.setattr_dead(&node, set);
         }
+        if node.ino == ROOT_INO {
+            // The root has no parent to name it by: change it through its fd.
+            let root = self.layers.get(UPPER)?;
+            apply_setattr(root.root(), set)?;
+            return self.attr_of(&node);
+        }
         let data = if set.size == Some(0) {
             Data::Skip
         } else {
             Data::All
+        };
+        // A size change sets the mtime; a truncate to zero copies no data,
+        // so the copy is already empty and the layer would not see one.
+        let resized = match set.size {
+            Some(size) => self.attr_of(&node)?.st.st_size as u64 != size,
+            None => false,
         };
         copy_up::copy_up(self, &node, data)?;
         let (dir, name) = self.top_parent(&node)?;
@@ -950,16 +983,13 @@ impl UnionFs {
             if node.is_dir() {
                 return fail(libc::EISDIR);
             }
-            match fh.and_then(|fh| self.handles.file(fh).ok()) {
-                Some(h)
-                    if is_upper_copy(h.real().0) && h.flags & libc::O_ACCMODE != libc::O_RDONLY =>
-                {
-                    sys::ftruncate(handles::fd_of(&h.real()), size)?
-                }
-                _ => {
-                    let fd = sys::openat(dir.as_fd(), &name, libc::O_WRONLY, 0)?;
-                    sys::ftruncate(fd.as_fd(), size)?;
-                }
+            // The size alone: ftruncate(2) arrives with "mtime = now" of its
+            // own, truncate(2) without, and the layer's truncate then keeps
+            // the times when the size does not change.
+            let fd = sys::openat(dir.as_fd(), &name, libc::O_PATH, 0)?;
+            sys::truncate_via_proc(fd.as_fd(), size)?;
+            if resized && set.mtime.is_none() {
+                sys::utimensat(dir.as_fd(), &name, SetTime::Omit, SetTime::Now)?;
             }
         }
         if set.uid.is_some() || set.gid.is_some() {
@@ -998,23 +1028,7 @@ impl UnionFs {
         if !is_upper_copy(layer) {
             return fail(libc::ENOENT);
         }
-        let fd = fd.as_fd();
-        if let Some(size) = set.size {
-            sys::ftruncate(fd, size)?;
-        }
-        if set.uid.is_some() || set.gid.is_some() {
-            sys::fchown(fd, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
-        }
-        if let Some(mode) = set.mode {
-            sys::fchmod(fd, mode & 0o7777)?;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            sys::futimens(
-                fd,
-                set.atime.unwrap_or(SetTime::Omit),
-                set.mtime.unwrap_or(SetTime::Omit),
-            )?;
-        }
+        apply_setattr(fd.as_fd(), set)?;
         self.attr_of(node)
     }
 

@@ -764,6 +764,15 @@ pub fn ftruncate(fd: BorrowedFd, len: u64) -> Result<()> {
     retry(|| check(unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })).map(|_| ())
 }
 
+/// `truncate("/proc/self/fd/N", len)`: the size change alone, as
+/// truncate(2) asks (ftruncate(2) would also set the times, even when the
+/// size stays).
+pub fn truncate_via_proc(fd: BorrowedFd, len: u64) -> Result<()> {
+    let path = proc_fd_path(fd);
+    // SAFETY: valid C string.
+    retry(|| check(unsafe { libc::truncate(path.as_ptr(), len as libc::off_t) })).map(|_| ())
+}
+
 /// `fallocate(fd, mode, offset, len)`.
 pub fn fallocate(fd: BorrowedFd, mode: i32, offset: u64, len: u64) -> Result<()> {
     // SAFETY: plain syscall on a valid fd.

@@ -281,4 +281,35 @@ impl Upper {
         debug!("make_opaque ({:?})", self.format);
         whiteout::write_opaque(self.format, dir)
     }
+
+    /// Marks an upper directory opaque, then drops the whiteouts in it:
+    /// they hide nothing any more, and kernel overlayfs would list them in a
+    /// directory that does not merge.
+    pub fn make_opaque_clean(&self, dir: BorrowedFd) -> Result<()> {
+        self.make_opaque(dir)?;
+        drop_whiteouts_below(dir)
+    }
+}
+
+/// Removes every whiteout in `dir` and the directories below it (under an
+/// opaque directory nothing merges, so they hide nothing), keeping each
+/// directory's times.
+fn drop_whiteouts_below(dir: BorrowedFd) -> Result<()> {
+    crate::copy_up::keep_times(dir, || {
+        for e in sys::read_dir_all(dir)? {
+            if e.d_type == libc::DT_DIR {
+                let sub = sys::openat(dir, &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                drop_whiteouts_below(std::os::fd::AsFd::as_fd(&sub))?;
+                continue;
+            }
+            let oci = whiteout::oci_whited_out_name(&e.name).is_some();
+            let dev = e.d_type == libc::DT_CHR
+                && sys::statat(dir, &e.name).is_ok_and(|st| whiteout::is_whiteout_stat(&st));
+            if oci || dev {
+                debug!("drop_whiteout {} (under an opaque dir)", show(&e.name));
+                sys::unlinkat(dir, &e.name, 0)?;
+            }
+        }
+        Ok(())
+    })
 }

@@ -73,8 +73,8 @@ impl WorkDir {
                 e
             }
         };
-        sys::flock(lock.as_fd(), libc::LOCK_EX | libc::LOCK_NB).map_err(busy)?;
-        sys::flock(upper.root(), libc::LOCK_EX | libc::LOCK_NB).map_err(busy)?;
+        lock_briefly(lock.as_fd()).map_err(busy)?;
+        lock_briefly(upper.root()).map_err(busy)?;
 
         match sys::mkdirat(root.as_fd(), OsStr::new(TMP), 0o700) {
             Err(e) if !e.is(libc::EEXIST) => return Err(e.context("creating work/tmp")),
@@ -189,6 +189,20 @@ impl WorkDir {
         self.remove(&tmp);
         ok
     }
+}
+
+/// Takes an exclusive flock, waiting up to two seconds: a mount that was
+/// just unmounted may still be exiting and holding it.
+fn lock_briefly(fd: BorrowedFd) -> Result<()> {
+    for _ in 0..20 {
+        match sys::flock(fd, libc::LOCK_EX | libc::LOCK_NB) {
+            Err(e) if e.is(libc::EWOULDBLOCK) => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            other => return other,
+        }
+    }
+    sys::flock(fd, libc::LOCK_EX | libc::LOCK_NB)
 }
 
 /// Out of space or inodes.

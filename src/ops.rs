@@ -805,6 +805,9 @@ impl UnionFs {
             }
         }
         let src = self.prepare_rename_source(&pnode, name, src, &npnode, newname)?;
+        let dst_dir = dst
+            .as_ref()
+            .is_some_and(|d| exchange && d.kind == libc::S_IFDIR);
         if let Some(d) = dst.filter(|_| exchange) {
             self.prepare_rename_source(&npnode, newname, d, &pnode, name)?;
         }
@@ -838,6 +841,21 @@ impl UnionFs {
         upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
         if let Some(d) = replaced.as_ref() {
             self.gone(d);
+        }
+
+        // Under an opaque directory whiteouts hide nothing: drop them, once
+        // the rename is done (so they cannot free the room it needed).
+        if src_dir {
+            upper.drop_stray_whiteouts(
+                self.layers.get(UPPER)?,
+                &join_path(&npnode.stack().path, newname),
+            )?;
+        }
+        if dst_dir {
+            upper.drop_stray_whiteouts(
+                self.layers.get(UPPER)?,
+                &join_path(&pnode.stack().path, name),
+            )?;
         }
 
         // The nodes follow their objects (both at once for an exchange, so
@@ -900,7 +918,7 @@ impl UnionFs {
             if had_lowers && self.nodes.read_origin(fd.as_fd()).is_none() {
                 self.nodes.write_origin(fd.as_fd(), found.ino)?;
             }
-            copy_up::keep_times(fd.as_fd(), || self.upper()?.make_opaque_clean(fd.as_fd()))?;
+            copy_up::keep_times(fd.as_fd(), || self.upper()?.make_opaque(fd.as_fd()))?;
         }
         Ok(now)
     }

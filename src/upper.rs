@@ -282,12 +282,12 @@ impl Upper {
         whiteout::write_opaque(self.format, dir)
     }
 
-    /// Marks an upper directory opaque, then drops the whiteouts in it:
-    /// they hide nothing any more, and kernel overlayfs would list them in a
+    /// Drops the whiteouts below the opaque upper directory at `path`: they
+    /// hide nothing any more, and kernel overlayfs would list them in a
     /// directory that does not merge.
-    pub fn make_opaque_clean(&self, dir: BorrowedFd) -> Result<()> {
-        self.make_opaque(dir)?;
-        drop_whiteouts_below(dir)
+    pub fn drop_stray_whiteouts(&self, layer: &crate::layer::Layer, path: &OsStr) -> Result<()> {
+        let dir = layer.open(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        drop_whiteouts_below(std::os::fd::AsFd::as_fd(&dir))
     }
 }
 

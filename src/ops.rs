@@ -1123,14 +1123,4 @@ impl UnionFs {
         let fd = self.top_path_fd(&node)?;
         sys::fremovexattr(fd.as_fd(), name)
     }
-
-    /// The root node, for tests.
-    pub fn root(&self) -> Result<Arc<Node>> {
-        self.nodes.get(ROOT_INO)
-    }
-
-    /// Is `ino` the upper layer's object? (for tests and logs)
-    pub fn in_upper(&self, ino: u64) -> Result<bool> {
-        Ok(self.nodes.get(ino)?.stack().upper && self.layers.get(UPPER).is_ok())
-    }
 }

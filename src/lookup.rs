@@ -48,13 +48,7 @@ fn probe(dir: &LayerDir, name: &OsStr) -> Result<InLayer> {
         }
         Err(e) => return Err(e),
     };
-    if whiteout::is_whiteout_stat(&st) {
-        return Ok(InLayer::WhiteOut);
-    }
-    if dir.marks.xattr_whiteouts
-        && st.st_mode & libc::S_IFMT == libc::S_IFREG
-        && whiteout::is_xattr_whiteout(dir.fd(), name)?
-    {
+    if whiteout::is_whiteout(dir.fd(), dir.marks, name, &st)? {
         return Ok(InLayer::WhiteOut);
     }
     Ok(InLayer::Object(st))

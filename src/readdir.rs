@@ -76,28 +76,27 @@ pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Ve
             if whiteout::is_marker_name(&raw.name) {
                 continue; // the OCI opaque marker and other AUFS entries
             }
+            // Only an entry that may be a whiteout (or whose type the
+            // listing does not give) costs an lstat.
             let mut kind = dtype_to_kind(raw.d_type);
-            let needs_stat = matches!(kind, None | Some(libc::S_IFCHR));
-            if needs_stat {
+            let may_be_whiteout = match kind {
+                None | Some(libc::S_IFCHR) => true,
+                Some(libc::S_IFREG) => ldir.marks.xattr_whiteouts,
+                Some(_) => false,
+            };
+            if may_be_whiteout {
                 let st = match sys::statat(ldir.fd(), &raw.name) {
                     Ok(st) => st,
                     Err(e) if e.is(libc::ENOENT) => continue,
                     Err(e) => return Err(e),
                 };
-                if whiteout::is_whiteout_stat(&st) {
+                if whiteout::is_whiteout(ldir.fd(), ldir.marks, &raw.name, &st)? {
                     whited_here.push(raw.name);
                     continue;
                 }
                 kind = Some(st.st_mode & libc::S_IFMT);
             }
             let kind = kind.unwrap_or(libc::S_IFREG);
-            if kind == libc::S_IFREG
-                && ldir.marks.xattr_whiteouts
-                && whiteout::is_xattr_whiteout(ldir.fd(), &raw.name)?
-            {
-                whited_here.push(raw.name);
-                continue;
-            }
             if hidden.contains(&raw.name) {
                 continue;
             }

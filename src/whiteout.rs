@@ -127,8 +127,20 @@ pub fn dir_marks(dir: BorrowedFd) -> Result<DirMarks> {
     Ok(marks)
 }
 
+/// True when the object `name` of a layer's directory `dir`, whose lstat is
+/// `st`, is a whiteout: a 0/0 device, or a regular file carrying a whiteout
+/// xattr where the directory says it holds such files.
+pub fn is_whiteout(dir: BorrowedFd, marks: DirMarks, name: &OsStr, st: &sys::Stat) -> Result<bool> {
+    if is_whiteout_stat(st) {
+        return Ok(true);
+    }
+    Ok(marks.xattr_whiteouts
+        && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && is_xattr_whiteout(dir, name)?)
+}
+
 /// True when a regular file in a dir with xattr whiteouts is one.
-pub fn is_xattr_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
+fn is_xattr_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     let fd = sys::openat(dir, name, libc::O_PATH, 0)?;
     for x in WHITEOUT_XATTRS {
         match sys::fgetxattr(std::os::fd::AsFd::as_fd(&fd), OsStr::new(x)) {
@@ -251,16 +263,8 @@ pub fn upper_slot(dir: BorrowedFd, marks: DirMarks, name: &OsStr) -> Result<Uppe
         object: false,
     };
     match sys::statat(dir, name) {
-        Ok(st) => {
-            let xattr_wh = marks.xattr_whiteouts
-                && st.st_mode & libc::S_IFMT == libc::S_IFREG
-                && is_xattr_whiteout(dir, name)?;
-            if is_whiteout_stat(&st) || xattr_wh {
-                slot.whiteout_at_name = true;
-            } else {
-                slot.object = true;
-            }
-        }
+        Ok(st) if is_whiteout(dir, marks, name, &st)? => slot.whiteout_at_name = true,
+        Ok(_) => slot.object = true,
         Err(e) if e.is(libc::ENOENT) => {}
         Err(e) => return Err(e),
     }

@@ -4,14 +4,14 @@
 //! one step, so no reader ever sees a partial file and a crash leaves only
 //! a temporary that the next mount removes.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use log::debug;
 
 use crate::error::{Error, Result};
 use crate::index;
-use crate::layer::{join_path, split_path, Layer, UPPER};
+use crate::layer::{join_path, Layer, UPPER};
 use crate::lookup;
 use crate::node::{Node, Stack, ROOT_INO};
 use crate::ops::UnionFs;
@@ -171,11 +171,11 @@ pub fn copy_up_name(
         return Ok(new);
     }
 
-    let hardlinked = build_copy(fs, stack, ino, &tmp, data)?;
-    if hardlinked.is_some() {
+    let built = build_copy(fs, stack, ino, &tmp, data)?;
+    if built.indexed {
         new.index = Some(index::key(ino));
     }
-    let is_dir = stack_kind(fs, stack)? == libc::S_IFDIR;
+    let is_dir = built.kind == libc::S_IFDIR;
     keep_times(pdir.fd(), || {
         upper.place(&tmp, &pdir, name, is_dir).map(|_| ())
     })?;
@@ -189,10 +189,10 @@ pub fn copy_up_to_index(fs: &UnionFs, ino: u64, stack: &Stack) -> Result<Stack> 
     let upper = fs.upper()?;
     let tmp = upper.work.temp_name();
     let mut new = stack.clone();
-    let hardlinked = build_copy(fs, stack, ino, &tmp, Data::All)?;
+    let built = build_copy(fs, stack, ino, &tmp, Data::All)?;
     // The index entry (if any) keeps the inode; the temporary name goes.
     upper.work.remove(&tmp);
-    if hardlinked.is_some() {
+    if built.indexed {
         new.index = Some(index::key(ino));
     }
     Ok(new)
@@ -211,21 +211,18 @@ pub fn keep_times<T>(dir: BorrowedFd, f: impl FnOnce() -> Result<T>) -> Result<T
     Ok(out)
 }
 
-fn stack_kind(fs: &UnionFs, stack: &Stack) -> Result<u32> {
-    let (layer, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
-    Ok(fs.layers.get(layer)?.stat(path)?.st_mode & libc::S_IFMT)
+/// What `build_copy` made.
+struct Built {
+    /// `S_IFMT` bits of the object.
+    kind: u32,
+    /// It has several names in its lower, so it went into the index.
+    indexed: bool,
 }
 
 /// Builds the copy of the object's top layer as `tmp` in the work dir,
 /// records its origin, and enters it in the index when it has several
-/// names in the lower (returns the lower link count then).
-fn build_copy(
-    fs: &UnionFs,
-    stack: &Stack,
-    ino: u64,
-    tmp: &OsStr,
-    data: Data,
-) -> Result<Option<u64>> {
+/// names in the lower.
+fn build_copy(fs: &UnionFs, stack: &Stack, ino: u64, tmp: &OsStr, data: Data) -> Result<Built> {
     let upper = fs.upper()?;
     let (layer_id, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
     let layer = fs.layers.get(layer_id)?;
@@ -253,7 +250,10 @@ fn build_copy(
         upper.work.remove(tmp);
         return Err(e.context(format!("copy-up of {}", show(path))));
     }
-    Ok(hardlinked.then_some(links))
+    Ok(Built {
+        kind: src.st_mode & libc::S_IFMT,
+        indexed: hardlinked,
+    })
 }
 
 fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
@@ -284,10 +284,11 @@ fn build(
                 copy_data(from.as_fd(), to.as_fd(), src.st_size as u64)?;
             }
             sys::fchown(to.as_fd(), src.st_uid, src.st_gid)?;
-            copy_xattrs(from.as_fd(), to.as_fd(), false)?;
+            let xattrs = read_xattrs(from.as_fd())?;
+            set_xattrs(to.as_fd(), &xattrs, false)?;
             // After chown, which clears setuid/setgid.
             sys::fchmod(to.as_fd(), mode)?;
-            copy_xattrs(from.as_fd(), to.as_fd(), true)?;
+            set_xattrs(to.as_fd(), &xattrs, true)?;
             sys::futimens(to.as_fd(), atime(src), mtime(src))
         }
         libc::S_IFDIR => {
@@ -295,23 +296,22 @@ fn build(
             sys::mkdirat(work, tmp, 0o700)?;
             let to = sys::openat(work, tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             sys::fchown(to.as_fd(), src.st_uid, src.st_gid)?;
-            copy_xattrs(from.as_fd(), to.as_fd(), false)?;
+            set_xattrs(to.as_fd(), &read_xattrs(from.as_fd())?, false)?;
             sys::fchmod(to.as_fd(), mode)?;
             sys::futimens(to.as_fd(), atime(src), mtime(src))
         }
         kind => {
+            let from = layer.open(path, libc::O_PATH)?;
             if kind == libc::S_IFLNK {
-                let (dir, name) = split_path(path);
-                let dirfd = layer.open(dir, libc::O_PATH | libc::O_DIRECTORY)?;
-                let target = sys::readlinkat(dirfd.as_fd(), name)?;
+                // readlinkat(2) of "" reads the symlink the fd holds.
+                let target = sys::readlinkat(from.as_fd(), OsStr::new(""))?;
                 sys::symlinkat(&target, work, tmp)?;
             } else {
                 sys::mknodat(work, tmp, kind | 0o600, src.st_rdev)?;
             }
             sys::lchownat(work, tmp, src.st_uid, src.st_gid)?;
-            let from = layer.open(path, libc::O_PATH)?;
             let to = sys::openat(work, tmp, libc::O_PATH, 0)?;
-            copy_xattrs(from.as_fd(), to.as_fd(), false)?;
+            set_xattrs(to.as_fd(), &read_xattrs(from.as_fd())?, false)?;
             if kind != libc::S_IFLNK {
                 sys::fchmodat(work, tmp, mode)?;
             }
@@ -328,21 +328,33 @@ fn mtime(st: &Stat) -> SetTime {
     SetTime::At(st.st_mtime, st.st_mtime_nsec)
 }
 
-/// Copies the user-visible xattrs: all but the capability, or only it.
-fn copy_xattrs(from: BorrowedFd, to: BorrowedFd, capability_only: bool) -> Result<()> {
+/// The user-visible xattrs of an object (private ones left out).
+fn read_xattrs(from: BorrowedFd) -> Result<Vec<(OsString, Vec<u8>)>> {
     let names = match sys::flistxattr(from) {
         Ok(n) => n,
-        Err(e) if whiteout::is_xattr_unsupported(e.raw()) => return Ok(()),
+        Err(e) if whiteout::is_xattr_unsupported(e.raw()) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    let mut out = Vec::with_capacity(names.len());
     for name in names {
-        if whiteout::is_private_xattr(&name) || (name == CAPABILITY) != capability_only {
+        if whiteout::is_private_xattr(&name) {
             continue;
         }
-        let Some(value) = sys::fgetxattr(from, &name)? else {
+        if let Some(value) = sys::fgetxattr(from, &name)? {
+            out.push((name, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets xattrs on the copy: all but the capability, or only it (which goes
+/// last, as writing data or changing the owner clears it).
+fn set_xattrs(to: BorrowedFd, xattrs: &[(OsString, Vec<u8>)], capability_only: bool) -> Result<()> {
+    for (name, value) in xattrs {
+        if (name == CAPABILITY) != capability_only {
             continue;
-        };
-        match sys::fsetxattr(to, &name, &value, 0) {
+        }
+        match sys::fsetxattr(to, name, value, 0) {
             Ok(()) => {}
             // user.* cannot sit on a symlink or device; nothing to keep.
             Err(e) if e.is(libc::EPERM) && name.as_encoded_bytes().starts_with(b"user.") => {}

@@ -12,7 +12,7 @@ use log::debug;
 use crate::error::{Error, Result};
 use crate::index;
 use crate::layer::{join_path, Layer, UPPER};
-use crate::lookup;
+use crate::lookup::{self, Found};
 use crate::node::{Node, Stack, ROOT_INO};
 use crate::ops::UnionFs;
 use crate::readdir;
@@ -113,9 +113,12 @@ fn copy_children(fs: &UnionFs, dir: &Node) -> Result<()> {
         let Some(found) = lookup::resolve(&fs.layers, &fs.nodes, dir, &entry.name)? else {
             continue;
         };
-        let live = fs.nodes.get(found.ino).ok();
         if found.kind == libc::S_IFDIR {
-            let live = live.filter(|n| n.place() == (dir.ino, entry.name.clone()));
+            let live = fs
+                .nodes
+                .get(found.ino)
+                .ok()
+                .filter(|n| n.place() == (dir.ino, entry.name.clone()));
             let child = live.unwrap_or_else(|| {
                 Arc::new(Node::detached(
                     found.ino,
@@ -126,16 +129,38 @@ fn copy_children(fs: &UnionFs, dir: &Node) -> Result<()> {
                 ))
             });
             copy_up_tree(fs, dir, &entry.name, &child)?;
-        } else if !found.stack.upper {
-            let _guard = live.as_ref().map(|n| n.lock.lock());
-            let new = copy_up_name(fs, dir, &entry.name, found.ino, &found.stack, Data::All)?;
-            follow_copy(fs, found.ino, &new)?;
-            // The node of a hard-linked object may sit at another name.
-            if let Some(n) = &live {
-                if !n.stack().has_upper_copy() || n.place() == (dir.ino, entry.name.clone()) {
-                    n.set_stack(new);
-                }
-            }
+        } else {
+            copy_up_entry(fs, dir, &entry.name, &found)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the entry `name` of `parent` (in the upper) its own upper copy:
+/// per name, not per node, since two names of one hard-linked object are
+/// one node. `found` is what `name` resolved to.
+pub fn copy_up_entry(fs: &UnionFs, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
+    if found.stack.upper {
+        return Ok(());
+    }
+    let live = fs.nodes.get(found.ino).ok();
+    let _guard = live.as_ref().map(|n| n.lock.lock());
+    // A node the kernel holds may have been copied up by a racing writer
+    // while we waited for its lock: look again.
+    let stack = match &live {
+        Some(_) => match lookup::resolve(&fs.layers, &fs.nodes, parent, name)? {
+            Some(now) if now.stack.upper => return Ok(()),
+            Some(now) => now.stack,
+            None => return Err(Error::errno(libc::ENOENT)),
+        },
+        None => found.stack.clone(),
+    };
+    let new = copy_up_name(fs, parent, name, found.ino, &stack, Data::All)?;
+    follow_copy(fs, found.ino, &new)?;
+    // The node of a hard-linked object may sit at another name.
+    if let Some(n) = &live {
+        if !n.stack().has_upper_copy() || n.place() == (parent.ino, name.to_os_string()) {
+            n.set_stack(new);
         }
     }
     Ok(())

@@ -734,29 +734,6 @@ impl UnionFs {
         Ok(())
     }
 
-    /// Gives the entry `name` of `parent` an upper copy (per name, not per
-    /// node: two names of one hard-linked object are one node).
-    fn copy_up_entry(&self, parent: &Node, name: &OsStr, found: &lookup::Found) -> Result<()> {
-        copy_up::copy_up(self, parent, Data::All)?;
-        let live = self.nodes.get(found.ino).ok();
-        let _guard = live.as_ref().map(|n| n.lock.lock());
-        // Re-check under the lock: a racing writer may have done it.
-        let Some(now) = lookup::resolve(&self.layers, &self.nodes, parent, name)? else {
-            return fail(libc::ENOENT);
-        };
-        if now.stack.upper {
-            return Ok(());
-        }
-        let new = copy_up::copy_up_name(self, parent, name, found.ino, &now.stack, Data::All)?;
-        copy_up::follow_copy(self, found.ino, &new)?;
-        if let Some(node) = &live {
-            if !node.stack().has_upper_copy() || node.place() == (parent.ino, name.to_os_string()) {
-                node.set_stack(new);
-            }
-        }
-        Ok(())
-    }
-
     /// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE, for every type,
     /// directories from lowers included (never EXDEV): the source is copied
     /// up (a directory with everything below it, then made opaque), renamed
@@ -902,7 +879,7 @@ impl UnionFs {
             };
             copy_up::copy_up_tree(self, parent, name, &node)?;
         } else {
-            self.copy_up_entry(parent, name, &found)?;
+            copy_up::copy_up_entry(self, parent, name, &found)?;
         }
         let now = lookup::resolve(&self.layers, &self.nodes, parent, name)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;

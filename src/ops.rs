@@ -564,8 +564,7 @@ impl UnionFs {
         };
         let mut attr = self.finish_attr(ino, &stack, &mut st);
         let kind = st.st_mode & libc::S_IFMT;
-        let node = self.nodes.remember(ino, kind, stack.clone(), parent, name);
-        node.set_stack(stack);
+        let node = self.nodes.remember(ino, kind, stack, parent, name);
         attr.generation = node.generation;
         let fh = match what {
             NewObject::File { flags, .. } => {
@@ -634,7 +633,7 @@ impl UnionFs {
                 return fail(libc::ENOTEMPTY);
             }
         }
-        let pnode = self.dir_for_change(parent)?;
+        copy_up::copy_up(self, &pnode, Data::All)?;
         let pdir = self.nodes.dir(&self.layers, &pnode, UPPER)?;
         let leave = if lookup::in_lowers(&self.layers, &self.nodes, &pnode, name)? {
             Leave::Whiteout
@@ -796,17 +795,13 @@ impl UnionFs {
         } else {
             Leave::Nothing
         };
-        // What the rename replaces, as it stands now (after the copy-ups).
-        let replaced = if exchange {
-            None
+        // What stands at the target now (after the copy-ups): replaced by
+        // a plain rename, moved to the old name by an exchange.
+        let at_target = lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?;
+        let (replaced, dnode) = if exchange {
+            (None, at_target.and_then(|d| self.nodes.get(d.ino).ok()))
         } else {
-            lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?
-        };
-        let dnode = if exchange {
-            lookup::resolve(&self.layers, &self.nodes, &npnode, newname)?
-                .and_then(|d| self.nodes.get(d.ino).ok())
-        } else {
-            None
+            (at_target, None)
         };
         if let Some(d) = replaced.as_ref().filter(|d| d.kind != libc::S_IFDIR) {
             if !d.stack.upper && d.stat.st_nlink > 1 {

@@ -19,9 +19,8 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -76,172 +75,33 @@ fn allow<T>(r: io::Result<T>, ok: &[i32], what: &str, failures: &Mutex<Vec<Strin
 // The daemon, in the foreground, as our child
 // ---------------------------------------------------------------------------
 
-struct Daemon {
-    child: Arc<Mutex<Child>>,
-    mnt: PathBuf,
-    mount_id: u32,
-    log: PathBuf,
-    live: bool,
+/// Still running, and the mount answers.
+fn check_alive(d: &Daemon) -> Result<(), String> {
+    if !d.alive() {
+        return Err(format!("the daemon died; log:\n{}", log_tail(&d.log)));
+    }
+    fs::symlink_metadata(&d.mnt).map_err(|e| format!("stat of the mount root: {e}"))?;
+    sys::statvfs(&d.mnt).map_err(|e| format!("statfs of the mount: {e}"))?;
+    Ok(())
 }
 
-fn lock_child(c: &Mutex<Child>) -> std::sync::MutexGuard<'_, Child> {
-    c.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn log_tail(log: &Path) -> String {
-    let s = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-impl Daemon {
-    /// `unionfs mount -f ...` as our child; returns once the mount is live.
-    fn start(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path, log: &Path) -> Daemon {
-        let before: BTreeSet<u32> = mountinfo()
-            .iter()
-            .filter(|m| m.mount_point == mnt)
-            .map(|m| m.mount_id)
-            .collect();
-        let argv = mount_args(Form::Mount, lowers, Some(upper), Some(work), mnt, &["-f"]);
-        let logf = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the daemon log");
-        let logf2 = logf.try_clone().expect("dup log");
-        let mut child = Command::new(unionfs_bin())
-            .args(&argv)
-            .env_remove("RUST_LOG")
-            .envs(std::env::var("UNIONFS_TEST_DAEMON_LOG").map(|l| ("RUST_LOG", l)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(logf))
-            .stderr(Stdio::from(logf2))
-            .spawn()
-            .expect("spawn the daemon");
-        let start = Instant::now();
-        loop {
-            if let Some(m) = mount_at(mnt) {
-                if !before.contains(&m.mount_id) && m.fstype.starts_with("fuse") {
-                    return Daemon {
-                        child: Arc::new(Mutex::new(child)),
-                        mnt: mnt.to_path_buf(),
-                        mount_id: m.mount_id,
-                        log: log.to_path_buf(),
-                        live: true,
-                    };
-                }
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "the daemon exited ({st}) without mounting; log:\n{}",
-                    log_tail(log)
-                );
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no mount 20 s after starting the daemon; log:\n{}",
-                    log_tail(log)
-                );
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// Still running, and the mount answers.
-    fn check_alive(&self) -> Result<(), String> {
-        if let Ok(Some(st)) = lock_child(&self.child).try_wait() {
-            return Err(format!(
-                "the daemon died ({st}); log:\n{}",
-                log_tail(&self.log)
-            ));
-        }
-        fs::symlink_metadata(&self.mnt).map_err(|e| format!("stat of the mount root: {e}"))?;
-        sys::statvfs(&self.mnt).map_err(|e| format!("statfs of the mount: {e}"))?;
-        Ok(())
-    }
-
-    /// Clean unmount; the daemon must then exit 0.
-    fn unmount(mut self) {
-        self.live = false;
-        let out = unionfs([std::ffi::OsStr::new("umount"), self.mnt.as_os_str()]);
-        if !out.success() {
-            self.kill_and_detach();
-            panic!("clean unmount failed: {out}");
-        }
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(st)) = lock_child(&self.child).try_wait() {
-                assert!(
-                    st.success(),
-                    "the daemon exited with {st} after unmount; log:\n{}",
-                    log_tail(&self.log)
-                );
-                return;
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                self.kill_and_detach();
-                panic!("the daemon did not exit 20 s after its unmount");
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn kill_and_detach(&mut self) {
-        {
-            let mut c = lock_child(&self.child);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if mountinfo()
-            .iter()
-            .any(|m| m.mount_id == self.mount_id && m.mount_point == self.mnt)
-        {
-            lazy_umount(&self.mnt);
-        }
-        self.live = false;
-    }
-
-    /// Runs `work` (which starts threads); if it is not done within
-    /// DEADLINE, kills the daemon so that every blocked call fails, and
-    /// reports the deadlock.
-    fn within_deadline<R>(&self, what: &str, work: impl FnOnce() -> R) -> Result<R, String> {
-        let (tx, rx) = mpsc::channel::<()>();
-        let fired = Arc::new(AtomicBool::new(false));
-        let (child, flag) = (self.child.clone(), fired.clone());
-        let what_owned = what.to_string();
-        let watchdog = thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(DEADLINE) {
-                flag.store(true, Ordering::SeqCst);
-                eprintln!(
-                    "!!!!! concurrency: {what_owned} not done after {DEADLINE:?}: \
-                     deadlock? killing the daemon"
-                );
-                let _ = lock_child(&child).kill();
-            }
-        });
-        let start = Instant::now();
-        let r = work();
-        drop(tx);
-        let _ = watchdog.join();
-        if fired.load(Ordering::SeqCst) {
-            Err(format!(
-                "{what} did not finish within {DEADLINE:?} (deadlock or hung daemon); \
-                 the daemon was killed to unblock it"
-            ))
-        } else {
-            eprintln!("concurrency: {what} took {:?}", start.elapsed());
-            Ok(r)
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.live {
-            self.kill_and_detach();
-        }
+/// Runs `work` (which starts threads); if it is not done within DEADLINE,
+/// kills the daemon so that every blocked call fails, and reports the
+/// deadlock.
+fn within_deadline<R>(d: &Daemon, what: &str, work: impl FnOnce() -> R) -> Result<R, String> {
+    let start = Instant::now();
+    let deadline = d.deadline(DEADLINE, &format!("concurrency: {what}"));
+    let r = work();
+    let fired = deadline.fired();
+    drop(deadline);
+    if fired {
+        Err(format!(
+            "{what} did not finish within {DEADLINE:?} (deadlock or hung daemon); \
+             the daemon was killed to unblock it"
+        ))
+    } else {
+        eprintln!("concurrency: {what} took {:?}", start.elapsed());
+        Ok(r)
     }
 }
 
@@ -288,13 +148,16 @@ impl Union {
     fn mount(&mut self) {
         let lowers = as_paths(&self.lowers);
         let log = self.t.join("daemon.log");
-        self.daemon = Some(Daemon::start(
+        let daemon = Daemon::start(
             &lowers,
             &self.upper,
             &self.work,
             &self.mnt,
+            &[],
             &log,
-        ));
+            "UNIONFS_TEST_DAEMON_LOG",
+        );
+        self.daemon = Some(daemon.unwrap_or_else(|e| panic!("{e}")));
     }
 
     fn daemon(&self) -> &Daemon {
@@ -310,13 +173,16 @@ impl Union {
     /// empty, the lowers are unchanged. Returns the failures.
     fn check_after(&mut self) -> Vec<String> {
         let mut f = Vec::new();
-        if let Err(e) = self.daemon().check_alive() {
+        if let Err(e) = check_alive(self.daemon()) {
             f.push(e);
             return f;
         }
         f.extend(markers_in_view(&self.mnt));
         let before = snapshot(&self.mnt);
-        self.daemon.take().expect("mounted").unmount();
+        let mut d = self.daemon.take().expect("mounted");
+        if let Err(e) = d.unmount() {
+            panic!("{e}");
+        }
         let tmp: Vec<String> = fs::read_dir(self.work.join("tmp"))
             .map(|rd| {
                 rd.flatten()
@@ -338,8 +204,10 @@ impl Union {
 
     fn finish(mut self, what: &str, mut failures: Vec<String>) {
         failures.extend(self.check_after());
-        if let Some(d) = self.daemon.take() {
-            d.unmount();
+        if let Some(mut d) = self.daemon.take() {
+            if let Err(e) = d.unmount() {
+                failures.push(e);
+            }
         }
         if !failures.is_empty() {
             let log = log_tail(&self.t.join("daemon.log"));
@@ -451,7 +319,7 @@ fn many_writers_copy_up_one_lower_file_once() {
         .flat_map(|w| blocks_of(w).into_iter().map(move |b| (b, w)))
         .collect();
 
-    let run = u.daemon().within_deadline("copy-up race", || {
+    let run = within_deadline(u.daemon(), "copy-up race", || {
         for file in (0..FILES).chain([hl]) {
             let name = |w: u64| {
                 if file == hl {
@@ -615,7 +483,7 @@ fn rename_unlink_write_race_on_same_names() {
     let counter = AtomicU64::new(0);
     let written = Mutex::new(BTreeSet::new());
     let deadline = Instant::now() + Duration::from_secs(3);
-    let run = u.daemon().within_deadline("rename/unlink/write race", || {
+    let run = within_deadline(u.daemon(), "rename/unlink/write race", || {
         race(6, |t| {
             let mut rng = Rng::new(t as u64 + 1);
             while Instant::now() < deadline {
@@ -728,7 +596,7 @@ fn readdir_while_the_dir_changes() {
     let known: BTreeSet<String> = stable.iter().chain(churn.iter()).cloned().collect();
     let listings = AtomicU64::new(0);
     let deadline = Instant::now() + Duration::from_secs(3);
-    let run = u.daemon().within_deadline("readdir while changing", || {
+    let run = within_deadline(u.daemon(), "readdir while changing", || {
         race(6, |t| {
             let mut rng = Rng::new(t as u64 + 100);
             while Instant::now() < deadline {
@@ -824,7 +692,7 @@ fn mkdir_rmdir_races() {
     let u = Union::new("conc-mkdir", &[l]);
     let failures = Mutex::new(Vec::new());
     let deadline = Instant::now() + Duration::from_secs(3);
-    let run = u.daemon().within_deadline("mkdir/rmdir race", || {
+    let run = within_deadline(u.daemon(), "mkdir/rmdir race", || {
         race(6, |t| {
             let mut rng = Rng::new(t as u64 + 1000);
             while Instant::now() < deadline {

@@ -36,9 +36,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -573,199 +572,6 @@ fn diff_model(
 // ---------------------------------------------------------------------------
 // The daemon, in the foreground, as our child
 // ---------------------------------------------------------------------------
-
-/// `unionfs mount ... -f` spawned as our child: we know its pid, kill it with
-/// SIGKILL (only it), and clean up its dead mount point with `umount -l`.
-struct Daemon {
-    child: Arc<Mutex<Child>>,
-    mnt: PathBuf,
-    mount_id: u32,
-    log: PathBuf,
-    /// Mounted and not yet cleaned up.
-    live: bool,
-}
-
-fn lock(child: &Mutex<Child>) -> std::sync::MutexGuard<'_, Child> {
-    child.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn log_tail(log: &Path) -> String {
-    let s = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-impl Daemon {
-    fn start(
-        lowers: &[&Path],
-        upper: &Path,
-        work: &Path,
-        mnt: &Path,
-        extra: &[&str],
-        log: &Path,
-    ) -> Result<Daemon, String> {
-        let before: BTreeSet<u32> = mountinfo()
-            .iter()
-            .filter(|m| m.mount_point == mnt)
-            .map(|m| m.mount_id)
-            .collect();
-        let mut args: Vec<&str> = vec!["-f"];
-        args.extend_from_slice(extra);
-        let argv = mount_args(Form::Mount, lowers, Some(upper), Some(work), mnt, &args);
-        let logf = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| format!("open {}: {e}", log.display()))?;
-        let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
-        let mut child = Command::new(unionfs_bin())
-            .args(&argv)
-            .env_remove("RUST_LOG")
-            .envs(std::env::var("UNIONFS_CRASH_LOG").map(|l| ("RUST_LOG", l)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(logf))
-            .stderr(Stdio::from(logf2))
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", unionfs_bin()))?;
-        let start = Instant::now();
-        loop {
-            if let Some(m) = mount_at(mnt) {
-                if !before.contains(&m.mount_id) && m.fstype.starts_with("fuse") {
-                    return Ok(Daemon {
-                        child: Arc::new(Mutex::new(child)),
-                        mnt: mnt.to_path_buf(),
-                        mount_id: m.mount_id,
-                        log: log.to_path_buf(),
-                        live: true,
-                    });
-                }
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                return Err(format!(
-                    "the daemon exited ({st}) without mounting {}; its log:\n{}",
-                    mnt.display(),
-                    log_tail(log)
-                ));
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                let _ = child.wait();
-                if mount_at(mnt).is_some_and(|m| !before.contains(&m.mount_id)) {
-                    lazy_umount(mnt);
-                }
-                return Err(format!(
-                    "no mount at {} 20 s after starting the daemon; its log:\n{}",
-                    mnt.display(),
-                    log_tail(log)
-                ));
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    fn alive(&self) -> bool {
-        matches!(lock(&self.child).try_wait(), Ok(None))
-    }
-
-    /// SIGKILL to our child, then reap it. The mount point stays (dead)
-    /// until [`Daemon::detach`].
-    fn kill(&self) {
-        let mut c = lock(&self.child);
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-
-    /// `umount -l` of our (dead) mount.
-    fn detach(&mut self) {
-        if mountinfo()
-            .iter()
-            .any(|m| m.mount_id == self.mount_id && m.mount_point == self.mnt)
-        {
-            lazy_umount(&self.mnt);
-        }
-        self.live = false;
-    }
-
-    /// Clean unmount (`unionfs umount`), then the daemon must exit 0.
-    fn unmount(&mut self) -> Result<(), String> {
-        self.live = false;
-        let out = unionfs([std::ffi::OsStr::new("umount"), self.mnt.as_os_str()]);
-        if !out.success() {
-            self.kill();
-            self.live = true;
-            self.detach();
-            return Err(format!("clean unmount failed: {out}"));
-        }
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(st)) = lock(&self.child).try_wait() {
-                return if st.success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "the daemon exited with {st} after unmount; log:\n{}",
-                        log_tail(&self.log)
-                    ))
-                };
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                self.kill();
-                return Err("the daemon did not exit 20 s after its unmount".into());
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Kills the daemon if `what` is not done within `limit` (a hung daemon
-    /// then fails the test with ENOTCONN instead of blocking it).
-    fn deadline(&self, limit: Duration, what: &str) -> Deadline {
-        let (tx, rx) = mpsc::channel::<()>();
-        let fired = Arc::new(AtomicBool::new(false));
-        let (child, flag, what) = (self.child.clone(), fired.clone(), what.to_string());
-        let handle = thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                flag.store(true, Ordering::SeqCst);
-                eprintln!("!!!!! crash tests: {what} not done after {limit:?}: killing the daemon");
-                let _ = lock(&child).kill();
-            }
-        });
-        Deadline {
-            stop: Some(tx),
-            handle: Some(handle),
-            fired,
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.live {
-            self.kill();
-            self.detach();
-        }
-    }
-}
-
-struct Deadline {
-    stop: Option<mpsc::Sender<()>>,
-    handle: Option<thread::JoinHandle<()>>,
-    fired: Arc<AtomicBool>,
-}
-
-impl Deadline {
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Deadline {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Storm threads
@@ -1590,6 +1396,7 @@ fn kill9_during_storms_then_remount() {
                 &mnt,
                 &["--format", round.format],
                 &log,
+                "UNIONFS_CRASH_LOG",
             )
             .unwrap_or_else(|e| panic!("{what}: {e}"))
         };
@@ -1911,6 +1718,7 @@ impl Replayer {
                 &self.mnt,
                 &["--format", self.format],
                 &self.log,
+                "UNIONFS_CRASH_LOG",
             )
         };
         let mut daemon = start()?;

@@ -32,10 +32,10 @@ use std::ops::BitOr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -2562,5 +2562,205 @@ impl Rng {
     /// One element of a non-empty slice.
     pub fn choose<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[self.below(v.len() as u64) as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A daemon in the foreground, as our child (crash and concurrency tests)
+
+/// `unionfs mount ... -f` spawned as our child: we know its pid, kill it with
+/// SIGKILL (only it), and clean up its dead mount point with `umount -l`.
+pub struct Daemon {
+    child: Arc<Mutex<Child>>,
+    pub mnt: PathBuf,
+    mount_id: u32,
+    pub log: PathBuf,
+    /// Mounted and not yet cleaned up.
+    live: bool,
+}
+
+fn lock_child(child: &Mutex<Child>) -> std::sync::MutexGuard<'_, Child> {
+    child.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn log_tail(log: &Path) -> String {
+    let s = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Daemon {
+    /// `unionfs mount -f` with `extra` arguments as our child, its output
+    /// in `log`, `RUST_LOG` taken from the variable `log_env`; returns once
+    /// the mount is live.
+    pub fn start(
+        lowers: &[&Path],
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        extra: &[&str],
+        log: &Path,
+        log_env: &str,
+    ) -> Result<Daemon, String> {
+        let before: BTreeSet<u32> = mountinfo()
+            .iter()
+            .filter(|m| m.mount_point == mnt)
+            .map(|m| m.mount_id)
+            .collect();
+        let mut args: Vec<&str> = vec!["-f"];
+        args.extend_from_slice(extra);
+        let argv = mount_args(Form::Mount, lowers, Some(upper), Some(work), mnt, &args);
+        let logf = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("open {}: {e}", log.display()))?;
+        let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
+        let mut child = Command::new(unionfs_bin())
+            .args(&argv)
+            .env_remove("RUST_LOG")
+            .envs(std::env::var(log_env).map(|l| ("RUST_LOG", l)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(logf))
+            .stderr(Stdio::from(logf2))
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", unionfs_bin()))?;
+        let start = Instant::now();
+        loop {
+            if let Some(m) = mount_at(mnt) {
+                if !before.contains(&m.mount_id) && m.fstype.starts_with("fuse") {
+                    return Ok(Daemon {
+                        child: Arc::new(Mutex::new(child)),
+                        mnt: mnt.to_path_buf(),
+                        mount_id: m.mount_id,
+                        log: log.to_path_buf(),
+                        live: true,
+                    });
+                }
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!(
+                    "the daemon exited ({st}) without mounting {}; its log:\n{}",
+                    mnt.display(),
+                    log_tail(log)
+                ));
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                if mount_at(mnt).is_some_and(|m| !before.contains(&m.mount_id)) {
+                    lazy_umount(mnt);
+                }
+                return Err(format!(
+                    "no mount at {} 20 s after starting the daemon; its log:\n{}",
+                    mnt.display(),
+                    log_tail(log)
+                ));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    pub fn alive(&self) -> bool {
+        matches!(lock_child(&self.child).try_wait(), Ok(None))
+    }
+
+    /// SIGKILL to our child, then reap it. The mount point stays (dead)
+    /// until [`Daemon::detach`].
+    pub fn kill(&self) {
+        let mut c = lock_child(&self.child);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// `umount -l` of our (dead) mount.
+    pub fn detach(&mut self) {
+        if mountinfo()
+            .iter()
+            .any(|m| m.mount_id == self.mount_id && m.mount_point == self.mnt)
+        {
+            lazy_umount(&self.mnt);
+        }
+        self.live = false;
+    }
+
+    /// Clean unmount (`unionfs umount`), then the daemon must exit 0.
+    pub fn unmount(&mut self) -> Result<(), String> {
+        self.live = false;
+        let out = unionfs([std::ffi::OsStr::new("umount"), self.mnt.as_os_str()]);
+        if !out.success() {
+            self.kill();
+            self.live = true;
+            self.detach();
+            return Err(format!("clean unmount failed: {out}"));
+        }
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = lock_child(&self.child).try_wait() {
+                return if st.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the daemon exited with {st} after unmount; log:\n{}",
+                        log_tail(&self.log)
+                    ))
+                };
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                self.kill();
+                return Err("the daemon did not exit 20 s after its unmount".into());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the daemon if `what` is not done within `limit` (a hung daemon
+    /// then fails the test with ENOTCONN instead of blocking it).
+    pub fn deadline(&self, limit: Duration, what: &str) -> Deadline {
+        let (tx, rx) = mpsc::channel::<()>();
+        let fired = Arc::new(AtomicBool::new(false));
+        let (child, flag, what) = (self.child.clone(), fired.clone(), what.to_string());
+        let handle = thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                flag.store(true, Ordering::SeqCst);
+                eprintln!("!!!!! {what} not done after {limit:?}: killing the daemon");
+                let _ = lock_child(&child).kill();
+            }
+        });
+        Deadline {
+            stop: Some(tx),
+            handle: Some(handle),
+            fired,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.live {
+            self.kill();
+            self.detach();
+        }
+    }
+}
+
+pub struct Deadline {
+    stop: Option<mpsc::Sender<()>>,
+    handle: Option<thread::JoinHandle<()>>,
+    fired: Arc<AtomicBool>,
+}
+
+impl Deadline {
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
     }
 }

@@ -25,10 +25,8 @@ mod common;
 use common::sys::{self as csys, DirStream};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,30 +35,6 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// renameat2(2) with AT_FDCWD on both sides (std has no RENAME_* flags).
-fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    };
-    let (f, t) = (c(from)?, c(to)?);
-    // SAFETY: two valid NUL-terminated paths that outlive the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            flags as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 const NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 const EXCHANGE: u32 = libc::RENAME_EXCHANGE;
@@ -654,19 +628,19 @@ fn dir_rename_lower_only_and_merged(format: &'static str) {
     expect_ok(
         &mut fails,
         "renameat2(mg -> mg2, NOREPLACE)",
-        renameat2(&env.m("mg"), &env.m("mg2"), NOREPLACE),
+        csys::renameat2(&env.m("mg"), &env.m("mg2"), NOREPLACE),
     );
     // RENAME_NOREPLACE onto names that only a lower has.
     expect_err(
         &mut fails,
         "renameat2(mg2 -> keep, NOREPLACE), keep a lower file",
-        renameat2(&env.m("mg2"), &env.m("keep"), NOREPLACE),
+        csys::renameat2(&env.m("mg2"), &env.m("keep"), NOREPLACE),
         libc::EEXIST,
     );
     expect_err(
         &mut fails,
         "renameat2(mg2 -> dst, NOREPLACE), dst a lower dir",
-        renameat2(&env.m("mg2"), &env.m("dst"), NOREPLACE),
+        csys::renameat2(&env.m("mg2"), &env.m("dst"), NOREPLACE),
         libc::EEXIST,
     );
     // A pure-upper dir into a moved one: no whiteout is needed where it was.
@@ -819,7 +793,7 @@ fn dir_rename_targets(format: &'static str) {
         expect_err(
             &mut fails,
             &format!("renameat2({from} -> {to}, flags {flags})"),
-            renameat2(&env.m(from), &env.m(to), flags),
+            csys::renameat2(&env.m(from), &env.m(to), flags),
             want,
         );
     }
@@ -858,7 +832,7 @@ fn dir_rename_targets(format: &'static str) {
     expect_ok(
         &mut fails,
         "renameat2(src3 -> wd, NOREPLACE) over a whiteout",
-        renameat2(&env.m("src3"), &env.m("wd"), NOREPLACE),
+        csys::renameat2(&env.m("src3"), &env.m("wd"), NOREPLACE),
     );
     let after = snapshot(&env.mnt);
     for (old, new, want) in [
@@ -936,7 +910,7 @@ fn dir_rename_exchange() {
             expect_ok(
                 &mut fails,
                 &format!("renameat2({x} <-> {y}, EXCHANGE)"),
-                renameat2(&env.m(x), &env.m(y), EXCHANGE),
+                csys::renameat2(&env.m(x), &env.m(y), EXCHANGE),
             );
         }
         // Every name below the exchanged dirs opens (checked before the
@@ -2250,7 +2224,10 @@ fn kernel_cmp_ops(mnt: &Path, which: CmpOps) -> Vec<String> {
     match which {
         CmpOps::DirRenames => {
             step("rename lo dst/lo2", fs::rename(p("lo"), p("dst/lo2")));
-            step("rename mg mg2", renameat2(&p("mg"), &p("mg2"), NOREPLACE));
+            step(
+                "rename mg mg2",
+                csys::renameat2(&p("mg"), &p("mg2"), NOREPLACE),
+            );
             step("rename src empty", fs::rename(p("src"), p("empty")));
             step("unlink me/a", fs::remove_file(p("me/a")));
             step("unlink me/b", fs::remove_file(p("me/b")));
@@ -2261,7 +2238,7 @@ fn kernel_cmp_ops(mnt: &Path, which: CmpOps) -> Vec<String> {
             step("rename empty ne", fs::rename(p("empty"), p("ne")));
             step("rename me file", fs::rename(p("me"), p("file")));
             step("rename me me/sub/x", fs::rename(p("me"), p("me/sub/x")));
-            step("exchange A M", renameat2(&p("A"), &p("M"), EXCHANGE));
+            step("exchange A M", csys::renameat2(&p("A"), &p("M"), EXCHANGE));
             step("rename me2/lo2 lo3", fs::rename(p("me2/lo2"), p("lo3")));
             step("append lo3/h1", appended(p("lo3/h1"), b"via lo3/h1\n"));
         }

@@ -246,21 +246,6 @@ mod xsys {
         }
     }
 
-    /// renameat2(2) with AT_FDCWD on both sides.
-    pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-        let (f, t) = (cpath(from)?, cpath(to)?);
-        // SAFETY: two valid NUL-terminated paths.
-        check(unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                f.as_ptr(),
-                libc::AT_FDCWD,
-                t.as_ptr(),
-                flags,
-            )
-        })
-    }
-
     /// A time for utimensat(2).
     #[derive(Clone, Copy, Debug)]
     pub enum Time {
@@ -1306,7 +1291,7 @@ fn rename_of_non_directories() {
     let mv = |c: &mut Checks, a: &str, b: &str, flags: u32| {
         c.ok(
             format!("rename {a} -> {b} (flags {flags})"),
-            xsys::renameat2(&fx.m(a), &fx.m(b), flags),
+            sys::renameat2(&fx.m(a), &fx.m(b), flags),
         )
         .is_some()
     };
@@ -1369,13 +1354,13 @@ fn rename_of_non_directories() {
     // RENAME_NOREPLACE.
     c.errno(
         "RENAME_NOREPLACE lower over lower",
-        xsys::renameat2(&fx.m("nr_src"), &fx.m("nr_dst"), libc::RENAME_NOREPLACE),
+        sys::renameat2(&fx.m("nr_src"), &fx.m("nr_dst"), libc::RENAME_NOREPLACE),
         libc::EEXIST,
     );
     let nr_up = fx.make_upper(&mut c, "nr_up");
     c.errno(
         "RENAME_NOREPLACE upper over lower",
-        xsys::renameat2(&fx.m("nr_up"), &fx.m("nr_dst"), libc::RENAME_NOREPLACE),
+        sys::renameat2(&fx.m("nr_up"), &fx.m("nr_dst"), libc::RENAME_NOREPLACE),
         libc::EEXIST,
     );
     c.r(fx.view_file("nr_src", &tag(L1, "nr_src")));
@@ -1406,7 +1391,7 @@ fn rename_of_non_directories() {
     }
     c.errno(
         "RENAME_EXCHANGE with a missing target",
-        xsys::renameat2(&fx.m("xl_a"), &fx.m("no_such"), libc::RENAME_EXCHANGE),
+        sys::renameat2(&fx.m("xl_a"), &fx.m("no_such"), libc::RENAME_EXCHANGE),
         libc::ENOENT,
     );
 

@@ -2244,6 +2244,21 @@ pub mod sys {
         }
     }
 
+    /// renameat2(2) with AT_FDCWD on both sides (std has no RENAME_* flags).
+    pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+        let (f, t) = (cpath(from)?, cpath(to)?);
+        // SAFETY: two valid NUL-terminated paths that outlive the call.
+        check(unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                flags,
+            )
+        })
+    }
+
     /// lgetxattr(2): the value of `name` (no symlink following).
     pub fn lgetxattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
         let p = cpath(path)?;

@@ -242,7 +242,7 @@ impl Op {
                     RenameFlag::NoReplace => libc::RENAME_NOREPLACE,
                     RenameFlag::Exchange => libc::RENAME_EXCHANGE,
                 };
-                xsys::renameat2(&p(from), &p(to), f).map(|_| 0)
+                crate::common::sys::renameat2(&p(from), &p(to), f).map(|_| 0)
             }
             Op::Link { from, to } => fs::hard_link(p(from), p(to)).map(|_| 0),
             Op::Symlink { target, path } => {
@@ -710,20 +710,6 @@ mod xsys {
         } else {
             Ok(())
         }
-    }
-
-    pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
-        let (f, t) = (cpath(from)?, cpath(to)?);
-        // SAFETY: two valid NUL-terminated strings.
-        check(unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                f.as_ptr(),
-                libc::AT_FDCWD,
-                t.as_ptr(),
-                flags,
-            )
-        })
     }
 
     /// chmod that never follows a final symlink: fchmodat2(2) with

@@ -204,36 +204,23 @@ pub fn readlinkat(dir: BorrowedFd, name: &OsStr) -> Result<OsString> {
 /// `fgetxattr(fd, name)`; `None` when the attribute is absent.
 pub fn fgetxattr(fd: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
     let c = cstr(name)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        let r = xattr_call(fd, |path| {
-            // SAFETY: buf is writable for buf.len() bytes; c and path valid.
-            match path {
-                None => unsafe {
-                    libc::fgetxattr(
-                        fd.as_raw_fd(),
-                        c.as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                },
-                Some(p) => unsafe {
-                    libc::getxattr(p.as_ptr(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-                },
-            }
-        });
-        match r {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Err(e) if e.is(libc::ENODATA) => return Ok(None),
-            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 2 => {
-                buf.resize(buf.len() * 4, 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    xattr_value(|buf| {
+        xattr_call(fd, |path| match path {
+            // SAFETY: buf is writable for buf.len() bytes; c and p are valid.
+            None => unsafe {
+                libc::fgetxattr(
+                    fd.as_raw_fd(),
+                    c.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            },
+            // SAFETY: as above.
+            Some(p) => unsafe {
+                libc::getxattr(p.as_ptr(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            },
+        })
+    })
 }
 
 /// `getxattr("/proc/self/fd/N", name)`: for an `O_PATH` fd, one call
@@ -241,10 +228,9 @@ pub fn fgetxattr(fd: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
 pub fn getxattr_via_proc(fd: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
     let c = cstr(name)?;
     let path = proc_fd_path(fd);
-    let mut buf = vec![0u8; 64];
-    loop {
+    xattr_value(|buf| {
         // SAFETY: buf is writable for buf.len() bytes; both strings valid.
-        let r = retry(|| {
+        retry(|| {
             check_size(unsafe {
                 libc::getxattr(
                     path.as_ptr(),
@@ -253,8 +239,16 @@ pub fn getxattr_via_proc(fd: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>
                     buf.len(),
                 )
             })
-        });
-        match r {
+        })
+    })
+}
+
+/// Reads an xattr value with `call`, growing the buffer on ERANGE; `None`
+/// for ENODATA.
+fn xattr_value(mut call: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match call(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));

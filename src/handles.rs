@@ -44,8 +44,6 @@ pub struct DirHandle {
     pub entries: Mutex<Vec<DirEntry>>,
     /// Set once a readdir past offset 0 has been answered from `entries`.
     pub served: AtomicBool,
-    /// An fd for fsyncdir, opened on first use.
-    pub fd: Mutex<Option<OwnedFd>>,
 }
 
 /// Every handle of the mount, by the number given to the kernel.
@@ -104,7 +102,6 @@ impl Handles {
                 ino,
                 entries: Mutex::new(entries),
                 served: AtomicBool::new(false),
-                fd: Mutex::new(None),
             }),
         );
         fh

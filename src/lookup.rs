@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::index::Index;
 use crate::layer::{join_path, LayerId, LayerStack, INDEX, UPPER};
 use crate::node::{LayerDir, Node, NodeTable, Stack};
 use crate::sys::{self, Stat};
@@ -136,10 +137,13 @@ pub fn resolve(
     };
     // An object with several names may have its upper copy in the index.
     if kind != libc::S_IFDIR && stat.st_nlink > 1 {
-        if let Ok(index) = layers.get(INDEX) {
-            let key = crate::index::key(ino);
-            if sys::statat(index.root(), &key).is_ok() {
-                stack.index = Some(key);
+        if let Ok(layer) = layers.get(INDEX) {
+            let index = Index {
+                layer,
+                meta_prefix: table.meta_prefix,
+            };
+            if index.has(ino)? {
+                stack.index = Some(crate::index::key(ino));
             }
         }
     }

@@ -514,7 +514,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        match self.fs.readdir(fh.0, offset, true) {
             Ok(entries) => {
                 for (next, e) in entries {
                     if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
@@ -535,7 +535,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.readdir(fh.0, offset) {
+        let entries = match self.fs.readdir(fh.0, offset, false) {
             Ok(entries) => entries,
             Err(e) => return reply.error(failed("readdirplus", e)),
         };

@@ -404,17 +404,22 @@ impl UnionFs {
     }
 
     /// Entries of the snapshot from `offset` on, each with the offset of the
-    /// entry after it (what the kernel passes back to continue).
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>> {
+    /// entry after it (what the kernel passes back to continue). With
+    /// `inos`, every entry's number is settled (readdir); readdirplus looks
+    /// each entry up instead.
+    pub fn readdir(&self, fh: u64, offset: u64, inos: bool) -> Result<Vec<(u64, DirEntry)>> {
         let _ns = self.ns.read();
         let h = self.handles.dir(fh)?;
+        let node = self.nodes.get(h.ino)?;
         if offset == 0 && h.served.swap(false, Ordering::Relaxed) {
             // rewinddir(3): show the directory as it is now.
-            let node = self.nodes.get(h.ino)?;
             *h.entries.lock() = readdir::snapshot(&self.layers, &self.nodes, &node)?;
         }
-        let entries = h.entries.lock();
+        let mut entries = h.entries.lock();
         let start = (offset as usize).min(entries.len());
+        if inos {
+            readdir::settle_inos(&self.layers, &self.nodes, &node, &mut entries[start..])?;
+        }
         let out: Vec<_> = entries[start..]
             .iter()
             .enumerate()

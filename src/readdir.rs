@@ -20,8 +20,21 @@ pub struct DirEntry {
     pub name: OsString,
     /// `S_IFMT` bits.
     pub kind: u32,
-    /// Equal to the entry's `st_ino` (what a lookup of it returns).
+    /// Equal to the entry's `st_ino` (what a lookup of it returns), once
+    /// `pending` is settled.
     pub ino: u64,
+    /// An upper entry whose number needs a look at the object itself (its
+    /// recorded origin, or whether it merges): left for [`settle_inos`], as
+    /// readdirplus looks every entry up anyway and never needs it.
+    pub pending: Option<Pending>,
+}
+
+/// What an upper entry's number is worked out from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    real_ino: u64,
+    /// A lower below also has a directory of this name.
+    dir_below: bool,
 }
 
 /// Converts a `DT_*` value to `S_IFMT` bits; `None` for `DT_UNKNOWN`.
@@ -128,46 +141,63 @@ pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Ve
         name: ".".into(),
         kind: libc::S_IFDIR,
         ino: dir.ino,
+        pending: None,
     });
     out.push(DirEntry {
         name: "..".into(),
         kind: libc::S_IFDIR,
         ino: parent_ino,
+        pending: None,
     });
     for name in order {
         let Some(s) = seen.remove(&name) else {
             continue;
         };
-        let ino = entry_ino(layers, table, dir, &name, &s)?;
+        let (ino, pending) = if s.layer == UPPER {
+            let pending = Pending {
+                real_ino: s.real_ino,
+                dir_below: s.dir_below,
+            };
+            (0, Some(pending))
+        } else {
+            (table.ino_for(layers.get(s.layer)?, s.real_ino), None)
+        };
         out.push(DirEntry {
             name,
             kind: s.kind,
             ino,
+            pending,
         });
     }
     Ok(out)
 }
 
-/// The number a lookup of this entry would return. Cheap from the listing
-/// for a lower entry; an upper one may carry its origin's number, and an
+/// Works out the numbers of the upper entries among `entries` (of the
+/// directory `dir`): a copied-up object keeps its origin's number, and an
 /// upper directory that may merge with a lower one needs a real lookup to
 /// tell whether it is opaque.
-fn entry_ino(
+pub fn settle_inos(
     layers: &LayerStack,
     table: &NodeTable,
     dir: &Node,
-    name: &OsStr,
-    seen: &Seen,
-) -> Result<u64> {
-    if seen.layer == UPPER {
-        if seen.dir_below {
-            if let Some(found) = lookup::resolve(layers, table, dir, name)? {
-                return Ok(found.ino);
+    entries: &mut [DirEntry],
+) -> Result<()> {
+    for e in entries.iter_mut() {
+        let Some(p) = e.pending.take() else {
+            continue;
+        };
+        let merged = if p.dir_below {
+            lookup::resolve(layers, table, dir, &e.name)?.map(|f| f.ino)
+        } else {
+            None
+        };
+        e.ino = match merged {
+            Some(ino) => ino,
+            None => {
+                let udir = table.dir(layers, dir, UPPER)?;
+                table.upper_ino(layers, udir.fd(), &e.name, p.real_ino)?
             }
-        }
-        // A copied-up object keeps the number of its origin.
-        let udir = table.dir(layers, dir, UPPER)?;
-        return table.upper_ino(layers, udir.fd(), name, seen.real_ino);
+        };
     }
-    Ok(table.ino_for(layers.get(seen.layer)?, seen.real_ino))
+    Ok(())
 }

@@ -71,7 +71,7 @@ impl Drop for Fixture {
 fn names(fs: &UnionFs, dir: u64) -> Vec<String> {
     let fh = fs.opendir(dir).unwrap();
     let mut out: Vec<String> = fs
-        .readdir(fh, 0)
+        .readdir(fh, 0, true)
         .unwrap()
         .into_iter()
         .map(|(_, e)| e.name.to_string_lossy().into_owned())

@@ -122,6 +122,10 @@ pub struct Node {
     /// remove, rename, a copy-up putting an entry in place), as the
     /// kernel's per-directory `i_rwsem` does.
     pub names: Mutex<()>,
+    /// For a directory: odd while a change is moving or removing names in
+    /// it (see [`Node::changing`]), so that a reader that reached an object
+    /// by one of its names, without a lock, can tell it must look again.
+    seq: AtomicU64,
     /// Tells this object from an earlier one that had the same number (a
     /// filesystem reuses the inode number of a deleted file); the kernel
     /// then drops its old inode instead of mixing the two up.
@@ -155,6 +159,7 @@ impl Node {
             lookups: AtomicU64::new(lookups),
             lock: Mutex::new(()),
             names: Mutex::new(()),
+            seq: AtomicU64::new(0),
             generation,
             dead: AtomicBool::new(false),
         }
@@ -202,6 +207,39 @@ impl Node {
 
     pub fn set_place(&self, parent: u64, name: OsString) {
         *self.place.write() = (parent, name);
+    }
+
+    /// Marks the directory's names as changing until the guard drops. The
+    /// caller holds `names`; nodes must follow their objects before the
+    /// guard drops.
+    pub fn changing(&self) -> Changing<'_> {
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        Changing(self)
+    }
+
+    /// The change count once no change is under way.
+    pub fn settled(&self) -> u64 {
+        loop {
+            let s = self.seq.load(Ordering::Acquire);
+            if s % 2 == 0 {
+                return s;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// True when no change of names began since `settled` returned `seen`.
+    pub fn unchanged_since(&self, seen: u64) -> bool {
+        self.seq.load(Ordering::Acquire) == seen
+    }
+}
+
+/// A change of names in a directory under way (see [`Node::changing`]).
+pub struct Changing<'a>(&'a Node);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.seq.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -106,10 +106,23 @@ impl Tree {
         if let Some(d) = self.dirs.get(node.ino, layer) {
             return Ok(d);
         }
+        loop {
+            if let Some(d) = self.walk_down(node, layer)? {
+                return Ok(d);
+            }
+        }
+    }
+
+    /// One try of [`Tree::dir`]; `None` when a change of names in the
+    /// upper raced with the walk, which then starts again.
+    fn walk_down(&self, node: &Node, layer: LayerId) -> Result<Option<Arc<LayerDir>>> {
         let immutable = layer != UPPER;
-        // Up: the nodes to open, bottom first, with their names in the
-        // layer; stops at a directory held open.
-        let mut chain: Vec<(u64, OsString)> = Vec::new();
+        if node.is_dead() {
+            return Err(Error::errno(libc::ENOENT).context("directory was removed"));
+        }
+        // Up: the nodes to open, bottom first, with their parents and
+        // names in the layer; stops at a directory held open.
+        let mut chain: Vec<(u64, u64, OsString)> = Vec::new();
         let mut ino = node.ino;
         let mut step = self.step(node, layer)?;
         let mut dir = loop {
@@ -122,7 +135,7 @@ impl Tree {
                     break d;
                 }
                 Step::Under(parent, name) => {
-                    chain.push((ino, name));
+                    chain.push((ino, parent, name));
                     if parent == ROOT_INO {
                         break self.root_dir(layer)?;
                     }
@@ -135,13 +148,32 @@ impl Tree {
                 }
             }
         };
-        // Down, one name at a time.
-        for (ino, name) in chain.into_iter().rev() {
-            let d = Arc::new(LayerDir::open_at(dir.fd(), &name, immutable)?);
+        // Down, one name at a time. Lowers never change; in the upper each
+        // name is checked to have stayed put while it was opened.
+        for (ino, parent, name) in chain.into_iter().rev() {
+            let opened = if immutable {
+                LayerDir::open_at(dir.fd(), &name, true)
+            } else {
+                let pnode = self.nodes.get(parent)?;
+                let seen = pnode.settled();
+                let opened = LayerDir::open_at(dir.fd(), &name, false);
+                let child = self.nodes.get(ino).ok();
+                if !pnode.unchanged_since(seen)
+                    || child.as_ref().is_some_and(|n| !n.is_at(parent, &name))
+                {
+                    return Ok(None);
+                }
+                // Removed before we looked: the name may be something else now.
+                if child.is_some_and(|n| n.is_dead()) {
+                    return Err(Error::errno(libc::ENOENT).context("directory was removed"));
+                }
+                opened
+            };
+            let d = Arc::new(opened?);
             self.dirs.put(ino, layer, d.clone());
             dir = d;
         }
-        Ok(dir)
+        Ok(Some(dir))
     }
 
     /// The directory of node `ino` in `layer`.
@@ -178,16 +210,71 @@ impl Tree {
         }
     }
 
-    /// Opens `node`'s object in `layer` (never following a symlink).
+    /// Runs `f` on `node`'s object in `layer`, given as its directory there
+    /// and its name. Upper names change (rename, unlink): `f` runs again if
+    /// such a change in the parent raced with it, so it must have no effect
+    /// beyond what it returns (open without O_TRUNC, stat, readlink).
+    pub fn at<T>(
+        &self,
+        node: &Node,
+        layer: LayerId,
+        f: impl Fn(&LayerDir, &OsStr) -> Result<T>,
+    ) -> Result<T> {
+        if layer != UPPER || node.ino == ROOT_INO {
+            let (dir, name) = self.locate(node, layer)?;
+            return f(&dir, &name);
+        }
+        loop {
+            let (parent, name) = node.place();
+            let pnode = self.nodes.get(parent)?;
+            let seen = pnode.settled();
+            let r = self.dir(&pnode, UPPER).and_then(|d| f(&d, &name));
+            if pnode.unchanged_since(seen) && node.is_at(parent, &name) {
+                // Removed before we looked: the name may be a whiteout now.
+                if node.is_dead() {
+                    return Err(Error::errno(libc::ENOENT).context("object was deleted"));
+                }
+                return r;
+            }
+        }
+    }
+
+    /// Runs `f` on `node`'s object in `layer` (its directory and name there)
+    /// with the names of its parent locked, so `f` may change the object
+    /// by its name (chmod, link) without the name moving under it.
+    pub fn at_locked<T>(
+        &self,
+        node: &Node,
+        layer: LayerId,
+        f: impl FnOnce(&LayerDir, &OsStr) -> Result<T>,
+    ) -> Result<T> {
+        if layer != UPPER || node.ino == ROOT_INO {
+            let (dir, name) = self.locate(node, layer)?;
+            return f(&dir, &name);
+        }
+        loop {
+            let (parent, name) = node.place();
+            let pnode = self.nodes.get(parent)?;
+            let dir = self.dir(&pnode, UPPER)?;
+            let _names = pnode.names.lock();
+            if node.is_at(parent, &name) {
+                return f(&dir, &name);
+            }
+        }
+    }
+
+    /// Opens `node`'s object in `layer` (never following a symlink; no
+    /// O_TRUNC, see [`Tree::at`]).
     pub fn open(&self, node: &Node, layer: LayerId, flags: i32) -> Result<OwnedFd> {
-        let (dir, name) = self.locate(node, layer)?;
-        sys::openat(dir.fd(), &name, flags, 0)
+        let flags = flags & !libc::O_TRUNC;
+        self.at(node, layer, |dir, name| {
+            sys::openat(dir.fd(), name, flags, 0)
+        })
     }
 
     /// `lstat` of `node`'s object in `layer`.
     pub fn stat(&self, node: &Node, layer: LayerId) -> Result<Stat> {
-        let (dir, name) = self.locate(node, layer)?;
-        sys::statat(dir.fd(), &name)
+        self.at(node, layer, |dir, name| sys::statat(dir.fd(), name))
     }
 
     /// Opens the directory at `path` (from the root of `layer`, no leading

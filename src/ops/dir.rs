@@ -175,8 +175,9 @@ impl UnionFs {
             .stack()
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
-        let (sdir, sname) = self.tree.locate(&node, layer)?;
-        let tmp = upper.link_temp(sdir.fd(), &sname)?;
+        let tmp = self
+            .tree
+            .at_locked(&node, layer, |dir, name| upper.link_temp(dir.fd(), name))?;
         let pdir = self.tree.dir(&pnode, UPPER)?;
         let placed = (|| -> Result<()> {
             let _names = pnode.names.lock();
@@ -229,6 +230,7 @@ impl UnionFs {
         let now = lookup::resolve(&self.tree, &pnode, name)?
             .filter(|f| f.ino == found.ino)
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let _changing = pnode.changing();
         if now.stack.upper {
             upper.remove(&pdir, name, is_dir, leave)?;
         } else {

@@ -65,8 +65,8 @@ impl UnionFs {
             .stack()
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
-        let (dir, name) = self.tree.locate(&node, layer)?;
-        sys::readlinkat(dir.fd(), &name)
+        self.tree
+            .at(&node, layer, |dir, name| sys::readlinkat(dir.fd(), name))
     }
 
     /// Checks `access(2)` modes. The kernel checks permission bits itself
@@ -177,8 +177,9 @@ impl UnionFs {
             .stack()
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
-        let (dir, name) = self.tree.locate(&node, layer)?;
-        upper.set_attr(dir.fd(), &name, set, resized)?;
+        self.tree.at_locked(&node, layer, |dir, name| {
+            upper.set_attr(dir.fd(), name, set, resized)
+        })?;
         self.attr_of(&node)
     }
 

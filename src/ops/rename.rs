@@ -120,9 +120,20 @@ impl UnionFs {
         } else {
             Leave::Nothing
         };
-        upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
-        if let Some(d) = at_target.as_ref().filter(|_| !exchange) {
-            self.gone(d);
+        {
+            let _changing = (
+                pnode.changing(),
+                (npnode.ino != pnode.ino).then(|| npnode.changing()),
+            );
+            upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
+            if let Some(d) = at_target.as_ref().filter(|_| !exchange) {
+                self.gone(d);
+            }
+            // The nodes follow their objects; their descendants do not move.
+            self.moved(&now, newparent, newname, src_ready.lowers, src_ready.below);
+            if let (Some(d), Some(ready)) = (at_target.as_ref().filter(|_| exchange), &dst_ready) {
+                self.moved(d, parent, name, ready.lowers.clone(), Vec::new());
+            }
         }
         // Under an opaque directory whiteouts hide nothing: drop them, once
         // the rename is done (so they cannot free the room it needed).
@@ -131,12 +142,6 @@ impl UnionFs {
         }
         if dst_ready.as_ref().is_some_and(|r| r.opaque) {
             upper.drop_stray_whiteouts(pdir.fd(), name)?;
-        }
-
-        // The nodes follow their objects; their descendants do not move.
-        self.moved(&now, newparent, newname, src_ready);
-        if let (Some(d), Some(ready)) = (at_target.filter(|_| exchange), dst_ready) {
-            self.moved(&d, parent, name, ready);
         }
         Ok(())
     }
@@ -264,27 +269,33 @@ impl UnionFs {
     }
 
     /// The object `found` now sits at `name` in `parent`: its node (if the
-    /// kernel holds one) moves there; nothing below it changes, but for a
-    /// tree made opaque, whose nodes merge with no lower any more.
-    fn moved(&self, found: &Found, parent: u64, name: &OsStr, ready: Ready) {
+    /// kernel holds one) moves there, with its new `lowers` if they
+    /// changed; nothing below it changes, but for the nodes `below` a tree
+    /// made opaque, which merge with no lower any more.
+    fn moved(
+        &self,
+        found: &Found,
+        parent: u64,
+        name: &OsStr,
+        lowers: Option<Vec<Lower>>,
+        below: Vec<Arc<Node>>,
+    ) {
         if let Ok(node) = self.tree.nodes.get(found.ino) {
-            let _guard = node.lock.lock();
             let old = node.stack();
             node.set_place(parent, name.to_os_string());
             node.update_stack(|s| {
                 s.upper = true;
-                if let Some(lowers) = &ready.lowers {
+                if let Some(lowers) = &lowers {
                     s.lowers = lowers.clone();
                 }
             });
-            if ready.lowers.as_ref().is_some_and(|l| l.is_empty()) {
+            if lowers.as_ref().is_some_and(|l| l.is_empty()) {
                 self.tree
                     .dirs
                     .forget(node.ino, old.lowers.iter().map(|l| l.layer));
             }
         }
-        for n in ready.below {
-            let _guard = n.lock.lock();
+        for n in below {
             let old = n.stack();
             n.update_stack(|s| s.lowers.clear());
             if n.is_dir() {

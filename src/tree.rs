@@ -181,6 +181,11 @@ impl Tree {
         if ino == ROOT_INO {
             return self.root_dir(layer);
         }
+        // Held open: also what reaches a directory the kernel has not looked
+        // up (a tree copy walks those), which has no node in the table.
+        if let Some(d) = self.dirs.get(ino, layer) {
+            return Ok(d);
+        }
         let node = self.nodes.get(ino)?;
         self.dir(&node, layer)
     }

@@ -374,7 +374,13 @@ fn build(
     let temp = upper.make_temp(shape, sys::geteuid(), u32::MAX)?;
     let filled = (|| -> Result<()> {
         if kind == libc::S_IFREG && data == Data::All {
-            *method = copy_data(from.as_fd(), temp.fd.as_fd(), st.st_size as u64)?;
+            *method = match upper.copy_delay {
+                None => copy_data(from.as_fd(), temp.fd.as_fd(), st.st_size as u64)?,
+                Some(delay) => {
+                    copy_slowly(from.as_fd(), temp.fd.as_fd(), st.st_size as u64, delay)?;
+                    "read/write, slowed for a test"
+                }
+            };
         }
         upper.chown_temp(&temp, st.st_uid, st.st_gid)?;
         let xattrs = read_xattrs(from.as_fd())?;
@@ -489,6 +495,23 @@ fn copy_range(from: BorrowedFd, to: BorrowedFd, start: u64, end: u64) -> Result<
         }
     }
     Ok(true)
+}
+
+/// The test hook's copy: 1 MiB at a time, sleeping `delay` after each.
+fn copy_slowly(
+    from: BorrowedFd,
+    to: BorrowedFd,
+    len: u64,
+    delay: std::time::Duration,
+) -> Result<()> {
+    let mut off = 0;
+    while off < len {
+        let end = (off + (1 << 20)).min(len);
+        copy_by_read(from, to, off, end)?;
+        std::thread::sleep(delay);
+        off = end;
+    }
+    Ok(())
 }
 
 fn copy_by_read(from: BorrowedFd, to: BorrowedFd, mut off: u64, end: u64) -> Result<()> {

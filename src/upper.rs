@@ -55,6 +55,10 @@ pub struct Temp {
 pub struct Upper {
     pub work: WorkDir,
     pub format: UpperFormat,
+    /// Test hook: copy-up copies by read/write and sleeps this long per
+    /// MiB (`UNIONFS_TEST_COPY_DELAY_MS`), so tests can watch a mount
+    /// while a copy-up is under way.
+    pub copy_delay: Option<std::time::Duration>,
 }
 
 /// What a removal must leave behind.

@@ -21,7 +21,7 @@ use crate::node::{Node, Stack, ROOT_INO};
 use crate::readdir;
 use crate::sys::{self, SetTime, Stat};
 use crate::tree::Tree;
-use crate::upper::{Shape, Temp, Upper};
+use crate::upper::{keep_times, Shape, Temp, Upper};
 use crate::whiteout;
 
 /// Whether the file's bytes come along.
@@ -311,19 +311,6 @@ impl CopyUp<'_> {
             method,
         })
     }
-}
-
-/// Runs `f`, which fills or changes the upper directory `dir` without
-/// changing what the merged view shows, and puts the directory's times back
-/// as they were, as kernel overlayfs does: a copy-up is not a change a user
-/// made.
-pub fn keep_times<T>(dir: BorrowedFd, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let before = sys::fstat(dir)?;
-    let out = f()?;
-    if let Err(e) = sys::futimens(dir, atime(&before), mtime(&before)) {
-        debug!("cannot restore directory times: {e}");
-    }
-    Ok(out)
 }
 
 /// What `CopyUp::build` made.

@@ -11,8 +11,8 @@
 #   ONLY=REGEX    run only rows whose id matches (ids: find ls-lR ls-f dd-read
 #                 tar-c create dd-write fio copy-up rm-rf untar grep make)
 #   TARGETS=kernel,fo1,fo2,unionfs   targets to run, in this order
-#   BENCH_OUT=FILE   where the table is also written (default under
-#                 /var/tmp/unionfs-bench-results/)
+#   BENCH_OUT=FILE.md   where the table is also written, raw results in
+#                 FILE.tsv (default under /var/tmp/unionfs-bench-results/)
 #
 # Data set (generated once by scripts/bench_data.py, deterministically, and
 # cached in /var/tmp/unionfs-bench-data/<version key>): three lowers holding
@@ -148,7 +148,10 @@ for r in "${rows[@]}"; do [[ $r =~ $ONLY ]] && sel+=("$r"); done
 [ ${#sel[@]} -gt 0 ] || bench_die "no row matches ONLY=$ONLY"
 
 # --- measuring -------------------------------------------------------------
-RESULTS=$BENCH_BASE/results.tsv
+mkdir -p "$RESULTS_DIR"
+BENCH_OUT=${BENCH_OUT:-$RESULTS_DIR/bench-$(date +%Y%m%d-%H%M%S)$([ "$QUICK" = 1 ] && echo -quick).md}
+# Raw results (one line per timed pass), kept next to the table.
+RESULTS=${BENCH_OUT%.md}.tsv
 : >"$RESULTS"
 
 new_upper() {
@@ -244,8 +247,6 @@ elapsed=$(awk -v a="$started" -v b="$(bench_now)" 'BEGIN { printf "%d", b - a }'
 labels=()
 for k in "${kinds[@]}"; do labels+=("$k=$(bench_kind_label "$k")"); done
 
-mkdir -p "$RESULTS_DIR"
-BENCH_OUT=${BENCH_OUT:-$RESULTS_DIR/bench-$(date +%Y%m%d-%H%M%S)$([ "$QUICK" = 1 ] && echo -quick).md}
 {
   echo "### unionfs benchmark ($([ "$QUICK" = 1 ] && echo "QUICK=1, data set 10x smaller" || echo "full data set"), RUNS=$RUNS, $(date -u '+%Y-%m-%d %H:%M UTC'))"
   echo
@@ -253,7 +254,8 @@ BENCH_OUT=${BENCH_OUT:-$RESULTS_DIR/bench-$(date +%Y%m%d-%H%M%S)$([ "$QUICK" = 1
   echo "Lowers: 3 dirs on $(findmnt -n -o FSTYPE --target "$DATA") (\`$DATA\`); upper and work dir: a fresh ext4 (journaled, loop-mounted file in /var/tmp) for every mount."
   echo "Merged tree: a Rust toolchain ($RUST_FILES files) split file by file round-robin over the 3 lowers + 10x10x$GEN_FILES_PER_DIR generated small files, also round-robin: $TREE_ENTRIES entries, nearly every dir in all 3 lowers."
   echo "Seconds, median of $RUNS; (x) = ratio to kernel overlayfs; u/peer = unionfs / best of FO1, FO2. CPU = daemon utime+stime over the pass (median), RSS = daemon peak VmHWM (max)."
-  echo "cold: new mount, caches dropped; fresh: new mount, page cache warm; warm: second pass on the same mount. Writes are not synced unless the row says so."
+  echo "cold: new mount, caches dropped; fresh: new mount, page cache warm; warm: second pass on the same mount. Writes are not synced unless the row says so;"
+  echo "Kernel overlayfs fsyncs every file it copies up (durable copy-up); unionfs does not, and the copy-up row suggests neither fuse-overlayfs does."
   for n in "${notes[@]}"; do echo "**Note:** $n."; done
   echo
   python3 - "$RESULTS" "$ROWS_META" "${kinds[@]}" <<'EOF'
@@ -304,7 +306,7 @@ for line in open(meta):
             if k != "kernel":
                 c = [float(r[1]) for r in rs if r[1] not in ("-", "")]
                 h = [int(r[2]) for r in rs if r[2] not in ("-", "")]
-                cpus.append(fmt(median(c)) if c else "-")
+                cpus.append(f"{median(c):.2f}" if c else "-")
                 rsss.append(f"{max(h) / 1024:.0f}" if h else "-")
         kern = med.get("kernel")
         for k in kinds:
@@ -320,9 +322,12 @@ for line in open(meta):
         if check == "1":
             seen = {k: v for k, v in outs.items() if v}
             if len(set(tuple(v) for v in seen.values())) > 1:
-                cells = [c + " ≠" for c in cells]
+                # The reference answer: the kernel's, else the most common one.
+                vals = [tuple(v) for v in seen.values()]
+                ref = tuple(seen["kernel"]) if "kernel" in seen else max(vals, key=vals.count)
+                cells = [c + (" ≠" if k in seen and tuple(seen[k]) != ref else "") for k, c in zip(kinds, cells)]
                 footnotes.append(
-                    f"{row} {mode}: outputs differ between targets (≠): "
+                    f"{row} {mode}: outputs differ between targets (≠ marks those unlike the kernel's): "
                     + "; ".join(f"{name[k]}: {' | '.join(v)}" for k, v in seen.items()))
         out = [label, mode] + cells
         if "u/peer" in head:
@@ -340,4 +345,4 @@ EOF
   echo
   echo "Runtime of the benchmark: ${elapsed}s."
 } | tee "$BENCH_OUT"
-bench_log "table written to $BENCH_OUT"
+bench_log "table written to $BENCH_OUT (raw results: $RESULTS)"

@@ -149,7 +149,7 @@ for r in "${rows[@]}"; do [[ $r =~ $ONLY ]] && sel+=("$r"); done
 
 # --- measuring -------------------------------------------------------------
 mkdir -p "$RESULTS_DIR"
-BENCH_OUT=${BENCH_OUT:-$RESULTS_DIR/bench-$(date +%Y%m%d-%H%M%S)$([ "$QUICK" = 1 ] && echo -quick).md}
+BENCH_OUT=${BENCH_OUT:-$RESULTS_DIR/bench-$(date +%Y%m%d-%H%M%S)$([ "$QUICK" = 1 ] && echo -quick || true).md}
 # Raw results (one line per timed pass), kept next to the table.
 RESULTS=${BENCH_OUT%.md}.tsv
 : >"$RESULTS"

@@ -11,7 +11,17 @@ command -v setfacl >/dev/null 2>&1 || missing+=(acl)
 command -v flock >/dev/null 2>&1 || missing+=(util-linux)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${UNIONFS_BENCH:-0}" = 1 ]; then
+  # scripts/bench.sh and scripts/bench_dir_rename.sh: the peers, the loop-mounted
+  # ext4 upper, fio, the build and untar workloads, the table's arithmetic.
   command -v fuse-overlayfs >/dev/null 2>&1 || missing+=(fuse-overlayfs)
+  command -v fio >/dev/null 2>&1 || missing+=(fio)
+  command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+  command -v losetup >/dev/null 2>&1 || missing+=(mount)
+  command -v fuser >/dev/null 2>&1 || missing+=(psmisc)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  command -v make >/dev/null 2>&1 || missing+=(make)
+  command -v cc >/dev/null 2>&1 || missing+=(gcc)
+  command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
   command -v bc >/dev/null 2>&1 || missing+=(bc)
 fi
 if [ ${#missing[@]} -gt 0 ]; then

@@ -22,6 +22,9 @@
 #   SHARED_SUITES=DIR  where the suites live (default ../shared/suites)
 # Needs root and /dev/fuse (pjdfstest switches uids; the suites mount).
 set -euo pipefail
+# The braces make bash read the whole script before running it, so editing
+# this file during a run (they take minutes) cannot break that run.
+{
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
 
@@ -64,8 +67,28 @@ esac
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/unionfs-conformance.XXXXXX")"
 loop_mnt=""
+suite_pid=""
+# descendants PID: the processes below PID (from /proc: procps may be absent).
+descendants() {
+  local f line st kids=()
+  for f in /proc/[0-9]*/stat; do
+    read -r line 2>/dev/null <"$f" || continue
+    st=(${line##*) })   # fields after "(comm) ": state ppid ...
+    [ "${st[1]:-}" = "$1" ] || continue
+    f="${f#/proc/}"; kids+=("${f%/stat}")
+  done
+  for f in "${kids[@]}"; do echo "$f"; descendants "$f"; done
+}
 cleanup() {
   local rc=$?
+  # Interrupted during a suite: run-suites.sh acts on a signal only once its
+  # current test has ended (the test runs under timeout, in its own process
+  # group, which a ^C does not reach), so end that test, by pid, and let
+  # run-suites.sh clean up its mounts.
+  if [ -n "$suite_pid" ] && kill -0 "$suite_pid" 2>/dev/null; then
+    kill -TERM $(descendants "$suite_pid") "$suite_pid" 2>/dev/null || true
+    wait "$suite_pid" 2>/dev/null || true
+  fi
   # A unionfs daemon left behind (e.g. run-suites.sh was killed) names our
   # temp dir on its command line: end exactly those, by pid.
   local c p
@@ -125,11 +148,15 @@ run_suite() {
     UMT_DIR="$shared/unionmount-testsuite" PJDFSTEST_DIR="${PJDFSTEST_DIR:-}"
     SCRATCH="$scratch/scratch-$name" RESULTS="$tmp/results/$name" "$@"
     "$shared/run-suites.sh")
+  # in the background, so that a ^C reaches our trap at once (see cleanup)
   if [ "$VERBOSE" = 1 ]; then
-    "${cmd[@]}" 2>&1 | tee "$log" || rc=$?   # pipefail: tee never fails, so rc is the suite's
+    "${cmd[@]}" > >(tee "$log") 2>&1 &
   else
-    "${cmd[@]}" >"$log" 2>&1 || rc=$?
+    "${cmd[@]}" >"$log" 2>&1 &
   fi
+  suite_pid=$!
+  wait "$suite_pid" || rc=$?
+  suite_pid=""
   # run-suites.sh: 0 all passed, 1 some failed, 2 setup error
   if [ "$rc" -ge 2 ] || [ ! -s "$tmp/results/$name/summary.txt" ]; then
     echo "conformance: $name: setup error (exit $rc); its output:" >&2
@@ -188,3 +215,5 @@ printf '%s\n' "${summary[@]}"
 [ ${#setup_failed[@]} -eq 0 ] || echo "setup errors: ${setup_failed[*]}"
 [ "$KEEP" = 1 ] || echo "(KEEP=1 keeps the logs)"
 [ ${#failed[@]} -eq 0 ] && [ ${#setup_failed[@]} -eq 0 ]
+exit
+}

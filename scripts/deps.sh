@@ -51,6 +51,7 @@ fi
 need autoreconf autoconf
 need aclocal automake
 need gcc gcc
+need cc gcc                        # pjdfstest's configure: AC_PROG_CC([cc])
 need make make
 [ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 # unionmount-testsuite's ./run starts with #!/usr/bin/python3: a python3

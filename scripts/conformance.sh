@@ -189,7 +189,6 @@ summarize() {
   done <"$tsv"
 }
 
-start=$SECONDS
 summary=() failed=() setup_failed=()
 pjd_only=() umt_only=()   # subsets, passed on only when asked for
 [ -n "${PJD_DIRS:-}" ] && pjd_only=(PJD_DIRS="$PJD_DIRS")
@@ -210,7 +209,7 @@ for s in $SUITES; do
 done
 
 echo
-echo "=== conformance: $TARGET, pjdfstest layers on $layers_on, $((SECONDS - start))s ==="
+echo "=== conformance: $TARGET, pjdfstest layers on $layers_on, ${SECONDS}s with the builds ==="
 printf '%s\n' "${summary[@]}"
 [ ${#setup_failed[@]} -eq 0 ] || echo "setup errors: ${setup_failed[*]}"
 [ "$KEEP" = 1 ] || echo "(KEEP=1 keeps the logs)"

@@ -1,30 +1,82 @@
 #!/usr/bin/env bash
-# Installs what mounting and the tests need, when missing (Debian/Ubuntu).
-# Sourced by the other scripts; safe to run again.
+# Installs what mounting, the tests and the conformance suites need, when
+# missing (Debian/Ubuntu). Run by the other scripts; safe to run again.
+#
+# Every external command that tests/ runs (Command::new or inside a shell
+# string) is checked here, even those of Essential packages, so that a minimal
+# or trimmed image still passes `CI=true scripts/test.sh`. When you make a test
+# run a new command, add it below with the package that provides it
+# (`dpkg -S bin/CMD`).
 set -euo pipefail
 
 missing=()
-command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
-command -v setfattr >/dev/null 2>&1 || missing+=(attr)
-command -v rsync >/dev/null 2>&1 || missing+=(rsync)
-command -v setfacl >/dev/null 2>&1 || missing+=(acl)
-command -v flock >/dev/null 2>&1 || missing+=(util-linux)
-command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
-if [ "${UNIONFS_BENCH:-0}" = 1 ]; then
-  # scripts/bench.sh and scripts/bench_dir_rename.sh: the peers, the loop-mounted
-  # ext4 upper, fio, the build and untar workloads, the table's arithmetic.
-  command -v fuse-overlayfs >/dev/null 2>&1 || missing+=(fuse-overlayfs)
-  command -v fio >/dev/null 2>&1 || missing+=(fio)
-  command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
-  command -v losetup >/dev/null 2>&1 || missing+=(mount)
-  command -v fuser >/dev/null 2>&1 || missing+=(psmisc)
-  command -v python3 >/dev/null 2>&1 || missing+=(python3)
-  command -v make >/dev/null 2>&1 || missing+=(make)
-  command -v cc >/dev/null 2>&1 || missing+=(gcc)
-  command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
-  command -v bc >/dev/null 2>&1 || missing+=(bc)
+# need CMD PKG: install PKG unless CMD is on PATH.
+need() {
+  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+}
+
+# Mounting (the daemon unmounts with fusermount3 when umount(2) is refused).
+need fusermount3 fuse3
+
+# Commands the tests run (tests/**/*.rs).
+need mount mount                   # kernel overlayfs, tmpfs, fusectl, remount
+need umount mount
+need sh dash                       # hard_cases.rs, write_mount.rs shell strings
+need find findutils                # hard_cases.rs: find | wc -l
+need du coreutils                  # hard_cases.rs: du -a | wc -l
+need wc coreutils
+need cp coreutils                  # crash.rs: cp -a
+need truncate coreutils            # write_mount.rs as_user scripts
+need mkfifo coreutils
+need tar tar                       # hard_cases.rs: tar of the mount
+need rsync rsync                   # hard_cases.rs: rsync -aH of the mount
+need setfacl acl                   # write_mount.rs: ACLs
+need flock util-linux              # write_mount.rs: a lock held by another process
+need setfattr attr                 # differential repro scripts
+# write_mount.rs reads an oci-format upper back through an independent
+# implementation (oci_format_upper_holds_exactly_the_whiteouts_of_an_image_layer_diff).
+need fuse-overlayfs fuse-overlayfs
+# write_mount.rs runs commands as another uid. Newer Debian ships setpriv in
+# its own package; bookworm and older in util-linux.
+if ! command -v setpriv >/dev/null 2>&1; then
+  if command -v apt-cache >/dev/null 2>&1 &&
+     apt-cache policy setpriv 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    missing+=(setpriv)
+  else
+    missing+=(util-linux)
+  fi
 fi
+
+# scripts/conformance.sh: builds pjdfstest, runs it and unionmount-testsuite.
+need autoreconf autoconf
+need aclocal automake
+need gcc gcc
+need cc gcc                        # pjdfstest's configure: AC_PROG_CC([cc])
+need make make
+[ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
+# unionmount-testsuite's ./run starts with #!/usr/bin/python3: a python3
+# elsewhere on PATH (pyenv, venv) does not count.
+[ -x /usr/bin/python3 ] || missing+=(python3)
+need openssl openssl               # pjdfstest's misc.sh names files with openssl md5
+need unshare util-linux            # run-suites.sh runs in a private mount namespace
+need timeout coreutils
+need findmnt util-linux            # conformance.sh: which fs the layers sit on
+need losetup mount                 # conformance.sh: ext4 image when /tmp is not ext4
+need mkfs.ext4 e2fsprogs
+
+if [ "${UNIONFS_BENCH:-0}" = 1 ]; then
+  # scripts/bench.sh and scripts/bench_dir_rename.sh: the loop-mounted ext4
+  # upper, fio, the build and untar workloads, the table's arithmetic.
+  need fio fio
+  need fuser psmisc
+  need xz xz-utils
+  need python3 python3
+  need bc bc
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
+  # one name once, in a stable order
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "unionfs: please install: ${missing[*]}" >&2
     exit 1

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, checks formatting and lints,
-# then runs every test (in-process and through real mounts).
+# runs every test (in-process and through real mounts), then the public
+# conformance suites (pjdfstest, unionmount-testsuite) on the release binary.
 # Mount tests need root and /dev/fuse; with CI=true they fail rather than skip.
+# CONFORMANCE=0 skips the conformance suites (e.g. for a quick local run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets 2>&1
+if [ "${CONFORMANCE:-1}" = 1 ]; then
+  bash scripts/conformance.sh
+fi

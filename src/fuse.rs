@@ -2,7 +2,6 @@
 //! [`ops`](crate::ops), and replies. Mounting and the daemon's life are in
 //! [`daemon`](crate::daemon).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -17,10 +16,10 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use log::{debug, info, warn};
-use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::ops::{Attr, Caller, NewObject, SetAttr, UnionFs};
+use crate::passthrough::Passthrough;
 use crate::sys;
 use crate::sys::SetTime;
 
@@ -31,14 +30,11 @@ pub const TTL: Duration = Duration::from_secs(24 * 3600);
 /// The filesystem handed to fuser.
 pub struct FuseFs {
     fs: Arc<UnionFs>,
-    /// Reads of open files go straight to the layer's file in the kernel
-    /// (FUSE passthrough, kernel 6.9+, needs CAP_SYS_ADMIN). Only for
-    /// lowers-only mounts: a file that may be copied up must keep reading
-    /// through us, so that it follows its copy.
+    /// The kernel may serve opens from the layer's file itself (FUSE
+    /// passthrough, kernel 6.9+, CAP_SYS_ADMIN); decided at init.
     passthrough: bool,
-    /// One backing id per inode, shared by its open handles (as the kernel
-    /// requires), with the number of handles using it.
-    backing: Mutex<HashMap<u64, (Arc<BackingId>, usize)>>,
+    /// Which inodes' open files are served by the kernel.
+    io: Passthrough<BackingId>,
 }
 
 impl FuseFs {
@@ -46,40 +42,49 @@ impl FuseFs {
         FuseFs {
             fs,
             passthrough: false,
-            backing: Mutex::new(HashMap::new()),
+            io: Passthrough::default(),
         }
     }
 
-    /// Registers (or reuses) the backing file of `ino` for passthrough.
-    fn backing_for(&self, reply: &ReplyOpen, ino: u64, fh: u64) -> Option<Arc<BackingId>> {
-        let mut map = self.backing.lock();
-        if let Some((id, n)) = map.get_mut(&ino) {
-            *n += 1;
-            return Some(id.clone());
+    /// How the open file `fh` of `ino` is served: the backing file for
+    /// passthrough, or `None` through the daemon. `register` makes a
+    /// backing file of an fd (the reply's `open_backing`).
+    fn serve(
+        &self,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(std::os::fd::BorrowedFd) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough {
+            return None;
         }
         let h = self.fs.handles.file(fh).ok()?;
         let real = h.real();
-        match reply.open_backing(crate::handles::fd_of(&real)) {
-            Ok(id) => {
-                let id = Arc::new(id);
-                map.insert(ino, (id.clone(), 1));
-                Some(id)
-            }
-            Err(e) => {
-                debug!("no passthrough for inode {ino}: {e}");
-                None
-            }
-        }
+        let eligible = self.fs.opts.read_only || crate::ops::is_upper_copy(real.0);
+        self.io
+            .open(ino, eligible, || register(crate::handles::fd_of(&real)))
     }
+}
 
-    fn release_backing(&self, ino: u64) {
-        let mut map = self.backing.lock();
-        if let Some((_, n)) = map.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ino);
-            }
-        }
+/// A lookup that found nothing, cached by the kernel as a negative entry:
+/// names only appear through requests the kernel sees.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 
@@ -208,19 +213,33 @@ impl Filesystem for FuseFs {
                 debug!("kernel lacks {flag:?}");
             }
         }
-        if self.fs.opts.read_only && sys::geteuid() == 0 {
-            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(1).is_ok();
-            self.passthrough = ok;
-            info!("passthrough reads: {}", if ok { "on" } else { "off" });
+        // The kernel checks ACLs itself and caches them, so `ls -l` costs
+        // no getxattr round trip per file.
+        if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
+            debug!("kernel lacks FUSE_POSIX_ACL");
         }
+        let ok = sys::geteuid() == 0
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.passthrough = ok;
+        info!(
+            "passthrough: {}",
+            match (ok, self.fs.opts.read_only) {
+                (true, true) => "on (every file)",
+                (true, false) => "on for upper files (lower files go through the daemon)",
+                (false, _) => "off (needs root and kernel 6.9+): I/O goes through the daemon",
+            }
+        );
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(parent.0, name), "lookup");
+        match self.fs.lookup(parent.0, name) {
+            Err(e) if e.is(libc::ENOENT) => reply.entry(&TTL, &negative_entry(), Generation(0)),
+            r => reply_entry(reply, r, "lookup"),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -372,12 +391,10 @@ impl Filesystem for FuseFs {
             Ok(fh) => fh,
             Err(e) => return reply.error(failed("open", e)),
         };
-        if self.passthrough {
-            if let Some(id) = self.backing_for(&reply, ino.0, fh) {
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-            }
+        match self.serve(ino.0, fh, |fd| reply.open_backing(fd)) {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
         }
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
     }
 
     fn read(
@@ -492,14 +509,18 @@ impl Filesystem for FuseFs {
     ) {
         self.fs.release(fh.0);
         if self.passthrough {
-            self.release_backing(_ino.0);
+            self.io.release(_ino.0);
         }
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, true)) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(failed("opendir", e)),
         }
     }
@@ -635,13 +656,27 @@ impl Filesystem for FuseFs {
     ) {
         let what = NewObject::File { mode, flags };
         match self.fs.create(caller(req), parent.0, name, what) {
-            Ok((a, Some(fh))) => reply.created(
-                &TTL,
-                &file_attr(&a),
-                Generation(a.generation),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((a, Some(fh))) => {
+                let attr = file_attr(&a);
+                let gen = Generation(a.generation);
+                match self.serve(a.ino, fh, |fd| reply.open_backing(fd)) {
+                    Some(id) => reply.created_passthrough(
+                        &TTL,
+                        &attr,
+                        gen,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &TTL,
+                        &attr,
+                        gen,
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE,
+                    ),
+                }
+            }
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(failed("create", e)),
         }

@@ -34,6 +34,7 @@ pub mod logging;
 pub mod lookup;
 pub mod node;
 pub mod ops;
+pub mod passthrough;
 pub mod readdir;
 pub mod sys;
 pub mod tree;

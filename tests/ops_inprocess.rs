@@ -69,7 +69,7 @@ impl Drop for Fixture {
 }
 
 fn names(fs: &UnionFs, dir: u64) -> Vec<String> {
-    let fh = fs.opendir(dir).unwrap();
+    let (fh, _) = fs.opendir(dir).unwrap();
     let mut out: Vec<String> = Vec::new();
     fs.readdir(fh, 0, true, |_, e| {
         out.push(e.name.to_string_lossy().into_owned());

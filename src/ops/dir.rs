@@ -19,7 +19,12 @@ use crate::sys;
 use crate::upper::{Leave, Shape};
 
 impl UnionFs {
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
+    /// Opens a directory: its handle number, and whether the kernel may
+    /// keep the listing. Only a directory without an upper part may: its
+    /// listing cannot change until a change comes through the kernel (which
+    /// then drops its copy), whereas the kernel's cached offsets would mix
+    /// the snapshots of a directory that changes while it is listed.
+    pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
         let node = self.tree.nodes.get(ino)?;
         if !node.is_dir() || node.is_dead() {
             // Removed while the caller was opening it; or the kernel holds a
@@ -27,8 +32,9 @@ impl UnionFs {
             // took the number of a removed one.
             return fail(libc::ENOENT);
         }
+        let cacheable = !node.stack().upper;
         let entries = readdir::snapshot(&self.tree, &node)?;
-        Ok(self.handles.open_dir(ino, entries))
+        Ok((self.handles.open_dir(ino, entries), cacheable))
     }
 
     /// Hands the entries of the snapshot from `offset` on to `add`, each

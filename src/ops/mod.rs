@@ -93,7 +93,7 @@ pub enum NewObject {
 
 /// True for the layers holding upper copies: the upper and the index
 /// (where a hard-linked object's copy is reached).
-fn is_upper_copy(layer: LayerId) -> bool {
+pub fn is_upper_copy(layer: LayerId) -> bool {
     layer == UPPER || layer == INDEX
 }
 

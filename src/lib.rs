@@ -28,6 +28,7 @@ pub mod node;
 pub mod ops;
 pub mod readdir;
 pub mod sys;
+pub mod tools;
 pub mod upper;
 pub mod whiteout;
 pub mod workdir;

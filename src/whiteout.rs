@@ -9,6 +9,7 @@
 //! | regular file `NAME` with `*.overlay.whiteout`, parent `overlay.opaque=x` | `NAME` deleted (kernel 6.7+) |
 //! | dir with `*.overlay.opaque=y` or `user.fuseoverlayfs.opaque=y` | opaque |
 //! | dir containing `.wh..wh..opq` | opaque (OCI/AUFS) |
+//! | dir with `*.overlay.redirect` | its lower contents live at that path |
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
@@ -172,6 +173,61 @@ pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
         Err(e) if e.is(libc::ENOENT) || e.is(libc::ENAMETOOLONG) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Xattrs on a directory naming where its lower contents live (kernel
+/// overlayfs `redirect_dir`): absolute from the layer root, or a sibling name.
+pub const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+
+/// The redirect recorded on an open directory, if any.
+pub fn read_redirect(dir: BorrowedFd) -> Result<Option<OsString>> {
+    for x in REDIRECT_XATTRS {
+        match sys::fgetxattr(dir, OsStr::new(x)) {
+            Ok(Some(v)) if !v.is_empty() => {
+                return Ok(Some(std::os::unix::ffi::OsStringExt::from_vec(v)))
+            }
+            Ok(_) => {}
+            Err(e) if is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// What one entry of a layer's directory listing is, by the rules above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryRole {
+    /// A real object, shown in the merged view if nothing above hides it.
+    Plain,
+    /// A whiteout of the given name (itself for 0/0 and xattr whiteouts,
+    /// `NAME` for `.wh.NAME`).
+    WhiteoutOf(OsString),
+    /// `.wh..wh..opq`: its directory is opaque.
+    OpaqueMarker,
+    /// Another AUFS-private `.wh..wh.*` entry: never shown, hides nothing.
+    Private,
+}
+
+/// Classifies the entry `name` (lstat `st`) of the layer directory `dir`.
+pub fn classify_entry(
+    dir: BorrowedFd,
+    marks: DirMarks,
+    name: &OsStr,
+    st: &sys::Stat,
+) -> Result<EntryRole> {
+    if name == OCI_OPAQUE {
+        return Ok(EntryRole::OpaqueMarker);
+    }
+    if is_marker_name(name) {
+        return Ok(match oci_whited_out_name(name) {
+            Some(hidden) => EntryRole::WhiteoutOf(hidden.to_os_string()),
+            None => EntryRole::Private,
+        });
+    }
+    if is_whiteout(dir, marks, name, st)? {
+        return Ok(EntryRole::WhiteoutOf(name.to_os_string()));
+    }
+    Ok(EntryRole::Plain)
 }
 
 /// How whiteouts and opaque markers are written into the upper (DESIGN §2),

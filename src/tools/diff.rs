@@ -104,6 +104,17 @@ fn compare(
                 let lower_dir = ln.is_dir().then_some(&ln);
                 if mn.is_dir() {
                     compare(merged, lowers, &mn, lower_dir, out)?;
+                } else if let Some(ld) = lower_dir {
+                    // A directory replaced by a non-directory: what was in
+                    // it is gone from the merged view.
+                    for child in lowers.children(ld)? {
+                        out.push(Entry {
+                            change: Change::Deleted,
+                            path: child.path.clone(),
+                            merged: None,
+                            lower: Some(child),
+                        });
+                    }
                 }
                 out.push(Entry {
                     change: Change::Changed,

@@ -54,11 +54,9 @@ fn scan(
                         let fd = sys::openat(dir, &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
                         scan(fd.as_fd(), stats, inodes, file)?;
                     }
-                    libc::S_IFREG => {
-                        if inodes.insert(st.st_ino) {
-                            stats.bytes += st.st_size as u64;
-                            file(st.st_ino, st.st_size as u64);
-                        }
+                    libc::S_IFREG if inodes.insert(st.st_ino) => {
+                        stats.bytes += st.st_size as u64;
+                        file(st.st_ino, st.st_size as u64);
                     }
                     _ => {}
                 }

@@ -36,8 +36,10 @@ fn unescape(field: &[u8]) -> OsString {
     OsString::from_vec(out)
 }
 
-/// Mount points of unionfs mounts, in mountinfo order.
-fn unionfs_mounts() -> Result<Vec<PathBuf>, ToolError> {
+/// Every mount point, with whether it is a FUSE mount (a unionfs mount
+/// shows as `fuse` or `fuse.unionfs`, its source the `fsname`, so the
+/// daemon's command line decides which FUSE mount is ours).
+fn mounts() -> Result<Vec<(PathBuf, bool)>, ToolError> {
     let text = fs::read("/proc/self/mountinfo")
         .map_err(|e| ToolError(format!("cannot read /proc/self/mountinfo: {e}")))?;
     let mut out = Vec::new();
@@ -47,10 +49,9 @@ fn unionfs_mounts() -> Result<Vec<PathBuf>, ToolError> {
             continue;
         };
         let fstype = fields.get(sep + 1).copied().unwrap_or_default();
-        if fstype == b"fuse.unionfs" {
-            if let Some(mp) = fields.get(4) {
-                out.push(PathBuf::from(unescape(mp)));
-            }
+        if let Some(mp) = fields.get(4) {
+            let fuse = fstype == b"fuse" || fstype.starts_with(b"fuse.");
+            out.push((PathBuf::from(unescape(mp)), fuse));
         }
     }
     Ok(out)
@@ -127,10 +128,12 @@ fn resolve_in(cwd: &Path, p: &OsStr) -> PathBuf {
 /// Finds the live mount holding `path` and the layers its daemon serves.
 pub fn find(path: &Path) -> Result<Found, ToolError> {
     let at = place(path)?;
-    let mount = unionfs_mounts()?
+    let mount = mounts()?
         .into_iter()
-        .filter(|mp| at.starts_with(mp))
-        .max_by_key(|mp| mp.as_os_str().len())
+        .filter(|(mp, _)| at.starts_with(mp))
+        // Mounted over each other: the last one listed is the one seen.
+        .max_by_key(|(mp, _)| mp.as_os_str().len())
+        .and_then(|(mp, fuse)| fuse.then_some(mp))
         .ok_or_else(|| {
             ToolError(format!(
                 "{} is not inside a unionfs mount (name the layers with -l LOWER[:LOWER...] [-u UPPER])",

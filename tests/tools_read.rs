@@ -301,7 +301,7 @@ fn model_diff(layers: &[Layer]) -> Vec<String> {
         };
         out.push(line);
     }
-    out.sort_by(|a, b| a[2..].as_bytes().cmp(b[2..].as_bytes()));
+    out.sort_by(|a, b| a.as_bytes()[2..].cmp(&b.as_bytes()[2..]));
     out
 }
 

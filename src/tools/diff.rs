@@ -146,3 +146,13 @@ pub fn changes(merged: &Union, lowers: &Union) -> Result<Vec<Entry>, ToolError> 
     out.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     Ok(out)
 }
+
+/// True for a changed directory that must hide the lowers' directory of
+/// the same name (opaque, or read from elsewhere through a redirect): an
+/// image layer marks it opaque and carries all of its contents.
+pub fn hides_lower_dir(e: &Entry) -> bool {
+    match (&e.merged, &e.lower) {
+        (Some(m), Some(l)) => m.is_dir() && l.is_dir() && lower_parts(m) != lower_parts(l),
+        _ => false,
+    }
+}

@@ -72,7 +72,7 @@ pub fn stats(union: &Union) -> Result<Vec<(LayerId, LayerStats)>, ToolError> {
     // file of a layer is hidden by a layer above it.
     let mut served: HashSet<(LayerId, u64)> = HashSet::new();
     let root = union.root()?;
-    union.walk(&root, &mut |n| {
+    union.walk::<ToolError>(&root, &mut |n| {
         let top = n.top();
         if top.kind() == libc::S_IFREG {
             served.insert((top.layer, top.stat.st_ino));

@@ -429,7 +429,11 @@ impl Union {
 
     /// Visits every node below `dir` (not `dir` itself), parents before
     /// children, in path order.
-    pub fn walk(&self, dir: &Node, f: &mut dyn FnMut(&Node) -> Result<()>) -> Result<()> {
+    pub fn walk<E: From<crate::Error>>(
+        &self,
+        dir: &Node,
+        f: &mut dyn FnMut(&Node) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         for child in self.children(dir)? {
             f(&child)?;
             if child.is_dir() {

@@ -133,7 +133,12 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
                 }
             }
         }
-        let pfd = stage.dir(&parent)?;
+        let pfd = stage.dir(&parent).map_err(|e| {
+            ToolError(format!(
+                "entry '{}': {e}; refusing the archive (nothing written)",
+                show_path(&rel)
+            ))
+        })?;
         let fail = |e: crate::Error| ToolError(format!("{}: {e}", show_path(&rel)));
         let existing = match sys::statat(pfd.as_fd(), &name) {
             Ok(st) => Some(st.st_mode & libc::S_IFMT),

@@ -123,8 +123,7 @@ impl Stage {
                 }
                 Err(e) if is_escape(&e) => {
                     return Err(ToolError(format!(
-                        "{}: goes through {}, which is a symlink or not a directory",
-                        show_path(rel),
+                        "{} is a symlink or not a directory",
                         show_path(&walked)
                     )))
                 }

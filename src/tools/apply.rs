@@ -259,3 +259,23 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
     }
     stage.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_paths_are_made_plain_or_refused() {
+        assert_eq!(clean(b"./etc/motd", "entry").unwrap(), "etc/motd");
+        assert_eq!(clean(b"etc//x/./y/", "entry").unwrap(), "etc/x/y");
+        assert_eq!(clean(b"./", "entry").unwrap(), "");
+        assert!(clean(b"/etc/passwd", "entry").is_err());
+        assert!(clean(b"a/../../x", "entry").is_err());
+        assert!(clean(b"..", "entry").is_err());
+        assert_eq!(
+            clean(b"bin/\xff", "entry").unwrap().as_bytes(),
+            b"bin/\xff",
+            "names are bytes"
+        );
+    }
+}

@@ -164,3 +164,40 @@ pub fn find(path: &Path) -> Result<Found, ToolError> {
         mount.display()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(br"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape(br"/x\134y"), "/x\\y");
+        assert_eq!(unescape(br"/plain\0"), "/plain\\0");
+    }
+
+    #[test]
+    fn a_daemon_command_line_names_its_layers() {
+        let argv = |s: &[&str]| s.iter().map(OsString::from).collect::<Vec<_>>();
+        let t = cli::typed_layers(&argv(&[
+            "unionfs", "mount", "-l", "a\\:b:c", "-u", "up", "-f", "mnt",
+        ]))
+        .unwrap();
+        assert_eq!(t.lowers, ["a:b", "c"]);
+        assert_eq!(t.upper.as_deref(), Some(OsStr::new("up")));
+        assert_eq!(t.mountpoint, "mnt");
+        let t = cli::typed_layers(&argv(&[
+            "/usr/bin/unionfs",
+            "-o",
+            "lowerdir=l1:l2,upperdir=u,workdir=w",
+            "/m",
+        ]))
+        .unwrap();
+        assert_eq!(t.lowers, ["l1", "l2"]);
+        assert_eq!(t.mountpoint, "/m");
+        let t = cli::typed_layers(&argv(&["unionfs", "src", "/m", "-o", "lowerdir=l"])).unwrap();
+        assert_eq!((t.lowers, t.upper), (vec![OsString::from("l")], None));
+        assert!(cli::typed_layers(&argv(&["unionfs", "--version"])).is_none());
+        assert!(cli::typed_layers(&argv(&["unionfs", "umount", "/m"])).is_none());
+    }
+}

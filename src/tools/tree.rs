@@ -491,3 +491,22 @@ pub fn is_portable_xattr(name: &OsStr) -> bool {
         || n == b"system.posix_acl_access"
         || n == b"system.posix_acl_default"
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_show_with_bytes_escaped() {
+        assert_eq!(show_name(OsStr::new("plain é")), "plain é");
+        assert_eq!(show_name(OsStr::from_bytes(b"a\xffb")), "a\\xffb");
+        assert_eq!(show_name(OsStr::new("tab\there")), "tab\\there");
+        assert_eq!(show_path(OsStr::new("")), "/");
+        let comps: Vec<&OsStr> = components(OsStr::new("/a//./b/")).collect();
+        assert_eq!(comps, ["a", "b"]);
+        assert!(is_portable_xattr(OsStr::new("user.k")));
+        assert!(is_portable_xattr(OsStr::new("security.capability")));
+        assert!(!is_portable_xattr(OsStr::new("user.overlay.opaque")));
+        assert!(!is_portable_xattr(OsStr::new("trusted.unionfs.origin")));
+    }
+}

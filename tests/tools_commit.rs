@@ -140,6 +140,18 @@ fn commit_then_apply_gives_back_the_merged_view_in_every_format() {
                 &format!("{format:?}"),
             );
         }
+        // Kernel overlayfs reads the applied layer (overlay markers) the
+        // same way, over lowers in its own format.
+        if format == Format::Kernel && require_kernel_overlay() {
+            let mnt = t.mkdir("mnt-kernel");
+            let applied = t.join("applied-overlay");
+            let m = mount_kernel_overlay(&[&applied, &dirs[1], &dirs[2]], None, None, &mnt, &[]);
+            let got = snapshot(m.path());
+            m.umount();
+            let mut d = expected.diff(&got, Fields::VIEW);
+            d.retain(|l| !l.starts_with(". ") && !l.starts_with(".:"));
+            assert_no_failures("kernel overlayfs over the applied layer", &d);
+        }
         before.assert_unchanged();
     }
 }
@@ -250,6 +262,21 @@ fn commit_reproducible_gives_identical_bytes() {
         }
         assert!(n > 10, "{name}: only {n} entries");
     }
+    // `-o -` writes the same bytes to stdout.
+    let mut cmd = Command::new(unionfs_bin());
+    cmd.arg("commit")
+        .arg("-l")
+        .arg(lowers_of(&dirs[1..]))
+        .arg("-u")
+        .arg(&dirs[0])
+        .args(["-o", "-", "--reproducible"])
+        .env("SOURCE_DATE_EPOCH", "1000");
+    let piped = cmd.output().unwrap();
+    assert!(piped.status.success());
+    assert!(
+        piped.stdout == commit_bytes(&dirs, &t.join("c.tar"), "1000"),
+        "-o - differs"
+    );
     let a = commit_bytes(&dirs, &t.join("b.tar"), "1000");
     let b = commit_bytes(&dirs, &t.join("b.tar"), "2000000000");
     assert!(a != b, "the epoch must show in the archive");

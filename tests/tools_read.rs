@@ -524,3 +524,52 @@ fn which_and_ls_find_the_layers_of_a_live_mount() {
     assert!(out.stderr.contains("not inside a unionfs mount"), "{out}");
     m.umount();
 }
+
+#[test]
+fn mount_v_turns_on_the_narration() {
+    let t = TestDir::new("tools-mount-v");
+    let lower = t.mkdir("lower");
+    let upper = t.mkdir("upper");
+    let mnt = t.mkdir("mnt");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<OsString> = vec!["unionfs".into(), "mount".into()];
+        v.extend(extra.iter().map(OsString::from));
+        v.extend([
+            "-l".into(),
+            lower.clone().into(),
+            "-u".into(),
+            upper.clone().into(),
+            mnt.clone().into(),
+        ]);
+        v
+    };
+    for (extra, want) in [
+        (&["-v"][..], true),
+        (&["--verbose"][..], true),
+        (&[][..], false),
+    ] {
+        match unionfs::cli::parse_args(args(extra)) {
+            Ok(unionfs::cli::Command::Mount(c)) => assert_eq!(c.verbose, want, "{extra:?}"),
+            other => panic!("{extra:?}: {other:?}"),
+        }
+    }
+    if !require_mount_env() {
+        return;
+    }
+    // A live mount with -v logs at info (the upper format, at least).
+    let log = t.join("narrate.log");
+    let m = mount_unionfs(
+        &[&lower],
+        Some(&upper),
+        None,
+        &mnt,
+        &["-v", "--log-file", log.to_str().unwrap()],
+    );
+    std::fs::write(m.join("f"), b"x").unwrap();
+    m.umount();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(" INFO unionfs"),
+        "no info lines in the log:\n{text}"
+    );
+}

@@ -249,7 +249,7 @@ fn which_names_the_serving_layer_shadows_and_hiders_in_every_format() {
         let out = r.run("which", true, &["df/inner"]);
         assert_eq!(out.code(), Some(1), "{format:?}: {out}");
         assert!(
-            out.stderr.contains("/df is not a directory"),
+            out.stderr.contains("/df is a file, not a directory"),
             "{format:?}: {out}"
         );
         assert!(

@@ -68,8 +68,9 @@ fn explain(union: &Union, rel: &OsStr) -> Result<Explained, ToolError> {
         if !node.is_dir() {
             return Ok(Explained {
                 missing: Some(format!(
-                    "{} is not a directory (served by {})",
+                    "{} is a {}, not a directory (served by {})",
                     show_path(&node.path),
+                    kind_word(node.top().kind()),
                     label(node.layer())
                 )),
                 node: None,

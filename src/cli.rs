@@ -33,16 +33,7 @@ const EXIT_USAGE: i32 = 2;
 /// Exit code for a well-formed command line that the disk contradicts.
 const EXIT_INVALID: i32 = 1;
 
-/// How whiteouts and opaque markers are written into the upper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteFormat {
-    /// Kernel overlayfs: 0/0 char devices and `overlay.opaque` xattrs.
-    Overlay,
-    /// OCI/AUFS: `.wh.NAME` files and `.wh..wh..opq`.
-    Oci,
-    /// Overlay where the upper allows a 0/0 device, else OCI.
-    Auto,
-}
+pub use crate::whiteout::WriteFormat;
 
 /// A validated mount request: every path absolute and resolved, every layer
 /// an existing directory, the layout free of overlaps.

@@ -6,19 +6,23 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Instant;
 
-use log::debug;
+use log::{debug, info};
 
+use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
+use crate::handles::Handles;
 use crate::index;
-use crate::layer::{join_path, Layer, UPPER};
+use crate::layer::{INDEX, UPPER};
 use crate::lookup::{self, Found};
 use crate::node::{Node, Stack, ROOT_INO};
-use crate::ops::UnionFs;
 use crate::readdir;
 use crate::sys::{self, SetTime, Stat};
+use crate::tree::Tree;
+use crate::upper::{Shape, Temp, Upper};
 use crate::whiteout;
-use std::sync::Arc;
 
 /// Whether the file's bytes come along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,195 +36,281 @@ pub enum Data {
 /// The xattr applied last: writing data or changing the owner clears it.
 const CAPABILITY: &str = "security.capability";
 
-/// Makes sure `node` has its upper copy, copying its ancestors up first.
-///
-/// A hard-linked object whose copy is already in the index needs nothing
-/// more: its data and metadata live there, whatever name it was reached by
-/// (giving it an upper name here could bring back a name since unlinked).
-pub fn copy_up(fs: &UnionFs, node: &Node, data: Data) -> Result<()> {
-    if node.stack().has_upper_copy() {
-        return Ok(());
-    }
-    if node.is_dead() {
-        // Its last name was removed: there is nowhere to copy it to, and
-        // copying it to its old name would bring a deleted file back.
-        return Err(Error::errno(libc::ENOENT).context("object was deleted"));
-    }
-    fs.upper()?;
-    // Parents first, each under its own lock: no thread ever holds two
-    // node locks here, so copy-ups cannot deadlock each other.
-    let (parent_ino, name) = node.place();
-    if node.ino == ROOT_INO {
-        return Err(Error::errno(libc::EIO).context("root has no upper"));
-    }
-    let parent = fs.nodes.get(parent_ino)?;
-    copy_up(fs, &parent, Data::All)?;
-
-    let _guard = node.lock.lock();
-    let stack = node.stack();
-    if stack.has_upper_copy() {
-        return Ok(()); // another writer copied it up while we waited
-    }
-    // Re-check on disk too: another name of the object, or a directory
-    // rename's tree copy, may have made the copy without this node.
-    if let Some(now) = lookup::resolve(&fs.layers, &fs.nodes, &parent, &name)? {
-        if now.ino == node.ino && now.stack.has_upper_copy() {
-            node.set_stack(now.stack.clone());
-            return follow_copy(fs, node.ino, &now.stack);
-        }
-    }
-    let new = copy_up_name(fs, &parent, &name, node.ino, &stack, data)?;
-    node.set_stack(new.clone());
-    follow_copy(fs, node.ino, &new)
+/// What copy-up needs: the tree, the upper it writes, and the open files
+/// to point at the copy.
+pub struct CopyUp<'a> {
+    pub tree: &'a Tree,
+    pub upper: &'a Upper,
+    pub handles: &'a Handles,
 }
 
-/// Points the files opened before a copy-up at the copy, so they see what
-/// writers write from here on (kernel overlayfs does the same).
-pub fn follow_copy(fs: &UnionFs, ino: u64, stack: &Stack) -> Result<()> {
-    let Some((layer, path)) = stack.top() else {
-        return Ok(());
-    };
-    for h in fs.handles.files_of(ino) {
-        if h.real().0 != layer {
-            h.set_real(layer, fs.layers.get(layer)?.open(path, libc::O_RDONLY)?);
+impl CopyUp<'_> {
+    /// Makes sure `node` has its upper copy, copying its ancestors up first.
+    ///
+    /// A hard-linked object whose copy is already in the index needs nothing
+    /// more: its data and metadata live there, whatever name it was reached
+    /// by (giving it an upper name here could bring back a name since
+    /// unlinked).
+    pub fn node(&self, node: &Node, data: Data) -> Result<()> {
+        if node.stack().has_upper_copy() {
+            return Ok(());
         }
-    }
-    Ok(())
-}
-
-/// Copies up the directory `dir` (at `name` in `parent`, which is in the
-/// upper) and everything shown below it: a directory rename moves the whole
-/// tree into the upper before it is made opaque.
-pub fn copy_up_tree(fs: &UnionFs, parent: &Node, name: &OsStr, dir: &Node) -> Result<()> {
-    {
-        let _guard = dir.lock.lock();
-        let stack = dir.stack();
-        if !stack.upper {
-            let new = copy_up_name(fs, parent, name, dir.ino, &stack, Data::All)?;
-            dir.set_stack(new);
+        if node.is_dead() {
+            // Its last name was removed: there is nowhere to copy it to, and
+            // copying it to its old name would bring a deleted file back.
+            return Err(Error::errno(libc::ENOENT).context("object was deleted"));
         }
-    }
-    let udir = fs.nodes.dir(&fs.layers, dir, UPPER)?;
-    keep_times(udir.fd(), || copy_children(fs, dir))
-}
+        if node.ino == ROOT_INO {
+            return Err(Error::errno(libc::EIO).context("root has no upper"));
+        }
+        // Parents first, each under its own lock: no thread ever holds two
+        // node locks here, so copy-ups cannot deadlock each other.
+        let (parent_ino, name) = node.place();
+        let parent = self.tree.nodes.get(parent_ino)?;
+        self.node(&parent, Data::All)?;
 
-/// Copies up everything shown in `dir` (whose upper copy exists).
-fn copy_children(fs: &UnionFs, dir: &Node) -> Result<()> {
-    for entry in readdir::snapshot(&fs.layers, &fs.nodes, dir)?
-        .iter()
-        .skip(2)
-    {
-        let Some(found) = lookup::resolve(&fs.layers, &fs.nodes, dir, &entry.name)? else {
-            continue;
+        let _guard = node.lock.lock();
+        if node.stack().has_upper_copy() {
+            return Ok(()); // another writer copied it up while we waited
+        }
+        // Re-check on disk too: another name of the object, or a directory
+        // rename's tree copy, may have made the copy without this node.
+        if let Some(now) = lookup::resolve(self.tree, &parent, &name)? {
+            if now.ino == node.ino && now.stack.has_upper_copy() {
+                node.set_stack(now.stack.clone());
+                return self.follow(node.ino, node);
+            }
+        }
+        let new = self.name(&parent, &name, node, data)?;
+        node.set_stack(new);
+        self.follow(node.ino, node)
+    }
+
+    /// Points the files opened before a copy-up at the copy, so they see what
+    /// writers write from here on (kernel overlayfs does the same).
+    pub fn follow(&self, ino: u64, copied: &Node) -> Result<()> {
+        let Some(layer) = copied.stack().top() else {
+            return Ok(());
         };
-        if found.kind == libc::S_IFDIR {
-            let live = fs
+        for h in self.handles.files_of(ino) {
+            if h.real().0 != layer {
+                h.set_real(layer, self.tree.open(copied, layer, libc::O_RDONLY)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies up the directory `dir` (at `name` in `parent`, which is in the
+    /// upper) and everything shown below it: in the OCI format a directory
+    /// rename moves the whole tree into the upper before it is made opaque.
+    /// Returns the nodes the kernel holds below it (their lowers no longer
+    /// count once the tree is opaque).
+    pub fn tree_of(&self, parent: &Node, name: &OsStr, dir: &Node) -> Result<Vec<Arc<Node>>> {
+        {
+            let _guard = dir.lock.lock();
+            let stack = dir.stack();
+            if !stack.upper {
+                let new = self.name(parent, name, dir, Data::All)?;
+                dir.set_stack(new);
+            }
+        }
+        let udir = self.tree.dir(dir, UPPER)?;
+        let mut live = Vec::new();
+        keep_times(udir.fd(), || self.children(dir, &mut live))?;
+        Ok(live)
+    }
+
+    /// Copies up everything shown in `dir` (whose upper copy exists).
+    fn children(&self, dir: &Node, live: &mut Vec<Arc<Node>>) -> Result<()> {
+        for entry in readdir::snapshot(self.tree, dir)?.iter().skip(2) {
+            let Some(found) = lookup::resolve(self.tree, dir, &entry.name)? else {
+                continue;
+            };
+            let held = self
+                .tree
                 .nodes
                 .get(found.ino)
                 .ok()
-                .filter(|n| n.place() == (dir.ino, entry.name.clone()));
-            let child = live.unwrap_or_else(|| {
-                Arc::new(Node::detached(
-                    found.ino,
-                    found.kind,
-                    found.stack.clone(),
-                    dir.ino,
-                    &entry.name,
-                ))
-            });
-            copy_up_tree(fs, dir, &entry.name, &child)?;
-        } else {
-            copy_up_entry(fs, dir, &entry.name, &found)?;
+                .filter(|n| n.is_at(dir.ino, &entry.name));
+            if let Some(n) = &held {
+                live.push(n.clone());
+            }
+            if found.kind == libc::S_IFDIR {
+                for (layer, d) in &found.dirs {
+                    self.tree.dirs.put(found.ino, *layer, d.clone());
+                }
+                let child = held.unwrap_or_else(|| {
+                    Arc::new(Node::detached(
+                        found.ino,
+                        found.kind,
+                        found.stack.clone(),
+                        dir.ino,
+                        &entry.name,
+                    ))
+                });
+                let below = self.tree_of(dir, &entry.name, &child)?;
+                live.extend(below);
+            } else {
+                self.entry(dir, &entry.name, &found)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Gives the entry `name` of `parent` (in the upper) its own upper copy:
-/// per name, not per node, since two names of one hard-linked object are
-/// one node. `found` is what `name` resolved to.
-pub fn copy_up_entry(fs: &UnionFs, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
-    if found.stack.upper {
-        return Ok(());
-    }
-    let live = fs.nodes.get(found.ino).ok();
-    let _guard = live.as_ref().map(|n| n.lock.lock());
-    // A node the kernel holds may have been copied up by a racing writer
-    // while we waited for its lock: look again.
-    let stack = match &live {
-        Some(_) => match lookup::resolve(&fs.layers, &fs.nodes, parent, name)? {
-            Some(now) if now.stack.upper => return Ok(()),
-            Some(now) => now.stack,
-            None => return Err(Error::errno(libc::ENOENT)),
-        },
-        None => found.stack.clone(),
-    };
-    let new = copy_up_name(fs, parent, name, found.ino, &stack, Data::All)?;
-    follow_copy(fs, found.ino, &new)?;
-    // The node of a hard-linked object may sit at another name.
-    if let Some(n) = &live {
-        if !n.stack().has_upper_copy() || n.place() == (parent.ino, name.to_os_string()) {
-            n.set_stack(new);
+    /// Gives the entry `name` of `parent` (in the upper) its own upper copy:
+    /// per name, not per node, since two names of one hard-linked object are
+    /// one node. `found` is what `name` resolved to.
+    pub fn entry(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
+        if found.stack.upper {
+            return Ok(());
         }
+        let live = self.tree.nodes.get(found.ino).ok();
+        let _guard = live.as_ref().map(|n| n.lock.lock());
+        // A node the kernel holds may have been copied up by a racing writer
+        // while we waited for its lock: look again.
+        let stack = match &live {
+            Some(_) => match lookup::resolve(self.tree, parent, name)? {
+                Some(now) if now.stack.upper => return Ok(()),
+                Some(now) => now.stack,
+                None => return Err(Error::errno(libc::ENOENT)),
+            },
+            None => found.stack.clone(),
+        };
+        let src = Node::detached(found.ino, found.kind, stack, parent.ino, name);
+        let new = self.name(parent, name, &src, Data::All)?;
+        src.set_stack(new.clone());
+        self.follow(found.ino, &src)?;
+        // The node of a hard-linked object may sit at another name.
+        if let Some(n) = &live {
+            if !n.stack().has_upper_copy() || n.is_at(parent.ino, name) {
+                n.set_stack(new);
+            }
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Gives `name` in `parent` (already in the upper) an upper copy of the
-/// object `ino`, whose stack is `stack`; returns the object's new stack.
-/// The caller holds the object's node lock if the kernel knows it.
-pub fn copy_up_name(
-    fs: &UnionFs,
-    parent: &Node,
-    name: &OsStr,
-    ino: u64,
-    stack: &Stack,
-    data: Data,
-) -> Result<Stack> {
-    let upper = fs.upper()?;
-    let pdir = fs.nodes.dir(&fs.layers, parent, UPPER)?;
-    let mut new = stack.clone();
-    new.upper = true;
-    new.path = join_path(&parent.stack().path, name);
-    let tmp = upper.work.temp_name();
+    /// Gives `name` in `parent` (already in the upper) an upper copy of the
+    /// object `src` (whose place and stack say where it is now); returns the
+    /// object's new stack. The caller holds the object's node lock if the
+    /// kernel knows it.
+    fn name(&self, parent: &Node, name: &OsStr, src: &Node, data: Data) -> Result<Stack> {
+        let upper = self.upper;
+        let stack = src.stack();
+        let pdir = self.tree.dir(parent, UPPER)?;
+        let mut new = stack.clone();
+        new.upper = true;
 
-    if let Some(key) = &stack.index {
-        // Another name of the object already has the upper copy: this name
-        // becomes one more link of it, so all names stay one inode.
-        debug!("copy_up_link {} from index {}", show(name), show(key));
-        sys::linkat(fs.index()?.layer.root(), key, upper.work.tmp(), &tmp)?;
+        if let Some(key) = &stack.index {
+            // Another name of the object already has the upper copy: this name
+            // becomes one more link of it, so all names stay one inode.
+            debug!("copy_up_link {} from index {}", show(name), show(key));
+            let tmp = upper.link_temp(self.tree.root_dir(INDEX)?.fd(), key)?;
+            self.place(parent, &pdir, name, src.ino, &tmp, false)?;
+            self.tree.index()?.lower_name_gone(src.ino)?;
+            return Ok(new);
+        }
+
+        let started = Instant::now();
+        let built = self.build(src, data)?;
+        if built.indexed {
+            new.index = Some(index::key(src.ino));
+        }
+        let is_dir = built.temp.kind == libc::S_IFDIR;
+        self.place(parent, &pdir, name, src.ino, &built.temp.name, is_dir)?;
+        if log::log_enabled!(log::Level::Info) {
+            info!(
+                "copy-up {} from lower {} ({} bytes, {}, {} ms)",
+                self.tree.path_in(parent, name),
+                built.from,
+                built.bytes,
+                built.method,
+                started.elapsed().as_millis()
+            );
+        }
+        Ok(new)
+    }
+
+    /// Puts the temporary `tmp` at `name` in `parent`, under the parent's
+    /// names lock and only if the name still shows the object `ino` (an
+    /// unlink or rename may have happened while the copy was made).
+    fn place(
+        &self,
+        parent: &Node,
+        pdir: &LayerDir,
+        name: &OsStr,
+        ino: u64,
+        tmp: &OsStr,
+        is_dir: bool,
+    ) -> Result<()> {
+        let _names = parent.names.lock();
+        let still = lookup::resolve(self.tree, parent, name)?;
+        if !still.is_some_and(|f| f.ino == ino && !f.stack.upper) {
+            self.upper.work.remove(tmp);
+            return Err(Error::errno(libc::ENOENT).context("changed during copy-up"));
+        }
         keep_times(pdir.fd(), || {
-            upper.place(&tmp, &pdir, name, false).map(|_| ())
-        })?;
-        fs.index()?.lower_name_gone(ino)?;
-        return Ok(new);
+            self.upper.place(tmp, pdir, name, is_dir).map(|_| ())
+        })
     }
 
-    let built = build_copy(fs, stack, ino, &tmp, data)?;
-    if built.indexed {
-        new.index = Some(index::key(ino));
+    /// Copies a hard-linked object into the index only, with no name in the
+    /// upper tree: one of its lower names is going away, and the others must
+    /// then count one link fewer.
+    pub fn to_index(&self, src: &Node) -> Result<Stack> {
+        let mut new = src.stack();
+        let built = self.build(src, Data::All)?;
+        // The index entry (if any) keeps the inode; the temporary name goes.
+        self.upper.work.remove(&built.temp.name);
+        if built.indexed {
+            new.index = Some(index::key(src.ino));
+        }
+        Ok(new)
     }
-    let is_dir = built.kind == libc::S_IFDIR;
-    keep_times(pdir.fd(), || {
-        upper.place(&tmp, &pdir, name, is_dir).map(|_| ())
-    })?;
-    Ok(new)
-}
 
-/// Copies a hard-linked object into the index only, with no name in the
-/// upper tree: one of its lower names is going away, and the others must
-/// then count one link fewer.
-pub fn copy_up_to_index(fs: &UnionFs, ino: u64, stack: &Stack) -> Result<Stack> {
-    let upper = fs.upper()?;
-    let tmp = upper.work.temp_name();
-    let mut new = stack.clone();
-    let built = build_copy(fs, stack, ino, &tmp, Data::All)?;
-    // The index entry (if any) keeps the inode; the temporary name goes.
-    upper.work.remove(&tmp);
-    if built.indexed {
-        new.index = Some(index::key(ino));
+    /// Builds the copy of the object's top layer in the work dir, records
+    /// its origin, and enters it in the index when it has several names in
+    /// the lower.
+    fn build(&self, src: &Node, data: Data) -> Result<Built> {
+        let upper = self.upper;
+        let layer = src
+            .stack()
+            .top()
+            .ok_or_else(|| Error::errno(libc::ESTALE))?;
+        let (sdir, sname) = self.tree.locate(src, layer)?;
+        let st = sys::statat(sdir.fd(), &sname)?;
+        debug!("copy_up {} from layer {layer} ({data:?})", show(&sname));
+        let mut method = "metadata only";
+        let temp = build(upper, sdir.fd(), &sname, &st, data, &mut method)
+            .map_err(|e| e.context(format!("copy-up of {}", show(&sname))))?;
+        let recorded =
+            upper.write_origin(temp.fd.as_fd(), &self.tree.nodes.origin_xattr(), src.ino);
+        let links = st.st_nlink;
+        let hardlinked = st.st_mode & libc::S_IFMT != libc::S_IFDIR && links > 1;
+        let indexed = recorded.and_then(|()| {
+            if hardlinked {
+                // This name is now copied (or going away): the others remain.
+                self.tree
+                    .index()?
+                    .add(upper.work.tmp(), &temp.name, src.ino, links - 1)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = indexed {
+            upper.discard(&temp);
+            return Err(e.context(format!("copy-up of {}", show(&sname))));
+        }
+        Ok(Built {
+            temp,
+            indexed: hardlinked,
+            from: layer,
+            bytes: if data == Data::All {
+                st.st_size as u64
+            } else {
+                0
+            },
+            method,
+        })
     }
-    Ok(new)
 }
 
 /// Runs `f`, which fills or changes the upper directory `dir` without
@@ -236,113 +326,69 @@ pub fn keep_times<T>(dir: BorrowedFd, f: impl FnOnce() -> Result<T>) -> Result<T
     Ok(out)
 }
 
-/// What `build_copy` made.
+/// What `CopyUp::build` made.
 struct Built {
-    /// `S_IFMT` bits of the object.
-    kind: u32,
+    temp: Temp,
     /// It has several names in its lower, so it went into the index.
     indexed: bool,
-}
-
-/// Builds the copy of the object's top layer as `tmp` in the work dir,
-/// records its origin, and enters it in the index when it has several
-/// names in the lower.
-fn build_copy(fs: &UnionFs, stack: &Stack, ino: u64, tmp: &OsStr, data: Data) -> Result<Built> {
-    let upper = fs.upper()?;
-    let (layer_id, path) = stack.top().ok_or_else(|| Error::errno(libc::ESTALE))?;
-    let layer = fs.layers.get(layer_id)?;
-    let src = layer.stat(path)?;
-    debug!("copy_up {} from layer {layer_id} ({data:?})", show(path));
-    let built = build(fs, layer, path, &src, tmp, data).and_then(|()| {
-        let fd = sys::openat(upper.work.tmp(), tmp, libc::O_PATH, 0)?;
-        match fs.nodes.write_origin(fd.as_fd(), ino) {
-            // user.* xattrs cannot sit on symlinks and devices; their
-            // numbers are only promised stable while mounted.
-            Err(e) if e.is(libc::EPERM) => Ok(()),
-            other => other,
-        }
-    });
-    let links = src.st_nlink;
-    let hardlinked = src.st_mode & libc::S_IFMT != libc::S_IFDIR && links > 1;
-    let indexed = built.and_then(|()| {
-        if hardlinked {
-            // This name is now copied (or going away): the others remain.
-            fs.index()?.add(upper.work.tmp(), tmp, ino, links - 1)?;
-        }
-        Ok(())
-    });
-    if let Err(e) = indexed {
-        upper.work.remove(tmp);
-        return Err(e.context(format!("copy-up of {}", show(path))));
-    }
-    Ok(Built {
-        kind: src.st_mode & libc::S_IFMT,
-        indexed: hardlinked,
-    })
+    /// For the narration: the layer copied from, bytes, and how.
+    from: u16,
+    bytes: u64,
+    method: &'static str,
 }
 
 fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
     name.to_string_lossy()
 }
 
-/// Builds the copy of `src` (at `path` in `layer`) as `tmp` in the work dir.
+/// Builds the copy of `src` (the object `name` in `dir`, whose lstat is
+/// `st`) as a temporary in the work dir: data first, then owner, xattrs,
+/// mode, capabilities, times.
 fn build(
-    fs: &UnionFs,
-    layer: &Layer,
-    path: &OsStr,
-    src: &Stat,
-    tmp: &OsStr,
+    upper: &Upper,
+    dir: BorrowedFd,
+    name: &OsStr,
+    st: &Stat,
     data: Data,
-) -> Result<()> {
-    let work = fs.upper()?.work.tmp();
-    let mode = src.st_mode & 0o7777;
-    match src.st_mode & libc::S_IFMT {
-        libc::S_IFREG => {
-            let from = layer.open(path, libc::O_RDONLY)?;
-            let to = sys::openat(
-                work,
-                tmp,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                0o600,
-            )?;
-            if data == Data::All {
-                copy_data(from.as_fd(), to.as_fd(), src.st_size as u64)?;
-            }
-            sys::fchown(to.as_fd(), src.st_uid, src.st_gid)?;
-            let xattrs = read_xattrs(from.as_fd())?;
-            set_xattrs(to.as_fd(), &xattrs, false)?;
-            // After chown, which clears setuid/setgid.
-            sys::fchmod(to.as_fd(), mode)?;
-            set_xattrs(to.as_fd(), &xattrs, true)?;
-            sys::futimens(to.as_fd(), atime(src), mtime(src))
+    method: &mut &'static str,
+) -> Result<Temp> {
+    let kind = st.st_mode & libc::S_IFMT;
+    let from = match kind {
+        libc::S_IFREG => sys::openat(dir, name, libc::O_RDONLY, 0)?,
+        libc::S_IFDIR => sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?,
+        _ => sys::openat(dir, name, libc::O_PATH, 0)?,
+    };
+    let target;
+    let shape = match kind {
+        libc::S_IFREG => Shape::File,
+        libc::S_IFDIR => Shape::Dir,
+        libc::S_IFLNK => {
+            // readlinkat(2) of "" reads the symlink the fd holds.
+            target = sys::readlinkat(from.as_fd(), OsStr::new(""))?;
+            Shape::Symlink(&target)
         }
-        libc::S_IFDIR => {
-            let from = layer.open(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
-            sys::mkdirat(work, tmp, 0o700)?;
-            let to = sys::openat(work, tmp, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            sys::fchown(to.as_fd(), src.st_uid, src.st_gid)?;
-            set_xattrs(to.as_fd(), &read_xattrs(from.as_fd())?, false)?;
-            sys::fchmod(to.as_fd(), mode)?;
-            sys::futimens(to.as_fd(), atime(src), mtime(src))
+        _ => Shape::Special(kind, st.st_rdev),
+    };
+    // Root owns it until the data is in: chown after writing keeps a
+    // setuid file from ever being writable with its bits on.
+    let temp = upper.make_temp(shape, sys::geteuid(), u32::MAX)?;
+    let filled = (|| -> Result<()> {
+        if kind == libc::S_IFREG && data == Data::All {
+            *method = copy_data(from.as_fd(), temp.fd.as_fd(), st.st_size as u64)?;
         }
-        kind => {
-            let from = layer.open(path, libc::O_PATH)?;
-            if kind == libc::S_IFLNK {
-                // readlinkat(2) of "" reads the symlink the fd holds.
-                let target = sys::readlinkat(from.as_fd(), OsStr::new(""))?;
-                sys::symlinkat(&target, work, tmp)?;
-            } else {
-                sys::mknodat(work, tmp, kind | 0o600, src.st_rdev)?;
-            }
-            sys::lchownat(work, tmp, src.st_uid, src.st_gid)?;
-            let to = sys::openat(work, tmp, libc::O_PATH, 0)?;
-            set_xattrs(to.as_fd(), &read_xattrs(from.as_fd())?, false)?;
-            if kind != libc::S_IFLNK {
-                sys::fchmodat(work, tmp, mode)?;
-            }
-            sys::utimensat(work, tmp, atime(src), mtime(src))
-        }
+        upper.chown_temp(&temp, st.st_uid, st.st_gid)?;
+        let xattrs = read_xattrs(from.as_fd())?;
+        set_xattrs(temp.fd.as_fd(), &xattrs, false)?;
+        // After chown, which clears setuid/setgid.
+        upper.chmod_temp(&temp, st.st_mode)?;
+        set_xattrs(temp.fd.as_fd(), &xattrs, true)?;
+        sys::utimensat(upper.work.tmp(), &temp.name, atime(st), mtime(st))
+    })();
+    if let Err(e) = filled {
+        upper.discard(&temp);
+        return Err(e);
     }
+    Ok(temp)
 }
 
 fn atime(st: &Stat) -> SetTime {
@@ -390,11 +436,15 @@ fn set_xattrs(to: BorrowedFd, xattrs: &[(OsString, Vec<u8>)], capability_only: b
 }
 
 /// Copies `len` bytes: shares the blocks where the filesystem can (reflink),
-/// else copies only the data extents so that holes stay holes.
-fn copy_data(from: BorrowedFd, to: BorrowedFd, len: u64) -> Result<()> {
-    if len == 0 || sys::ficlone(to, from).is_ok() {
-        return Ok(());
+/// else copies only the data extents so that holes stay holes. Returns how.
+fn copy_data(from: BorrowedFd, to: BorrowedFd, len: u64) -> Result<&'static str> {
+    if len == 0 {
+        return Ok("empty");
     }
+    if sys::ficlone(to, from).is_ok() {
+        return Ok("reflink");
+    }
+    let mut method = "copy_file_range";
     let mut off = 0u64;
     while off < len {
         let start = match sys::lseek(from, off as i64, libc::SEEK_DATA) {
@@ -407,15 +457,19 @@ fn copy_data(from: BorrowedFd, to: BorrowedFd, len: u64) -> Result<()> {
             Ok(e) => (e as u64).min(len),
             Err(_) => len,
         };
-        copy_range(from, to, start, end)?;
+        if !copy_range(from, to, start, end)? {
+            method = "read/write";
+        }
         off = end;
     }
     // Sets the size when the file ends in a hole.
-    sys::ftruncate(to, len)
+    sys::ftruncate(to, len)?;
+    Ok(method)
 }
 
-/// Copies bytes [start, end) at the same offsets.
-fn copy_range(from: BorrowedFd, to: BorrowedFd, start: u64, end: u64) -> Result<()> {
+/// Copies bytes [start, end) at the same offsets; false when it had to
+/// fall back to read/write.
+fn copy_range(from: BorrowedFd, to: BorrowedFd, start: u64, end: u64) -> Result<bool> {
     let mut off = start;
     while off < end {
         let want = (end - off).min(1 << 30) as usize;
@@ -428,12 +482,13 @@ fn copy_range(from: BorrowedFd, to: BorrowedFd, start: u64, end: u64) -> Result<
                     libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP
                 ) =>
             {
-                return copy_by_read(from, to, off, end);
+                copy_by_read(from, to, off, end)?;
+                return Ok(false);
             }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 fn copy_by_read(from: BorrowedFd, to: BorrowedFd, mut off: u64, end: u64) -> Result<()> {

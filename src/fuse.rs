@@ -1,6 +1,6 @@
 //! The FUSE glue: each handler converts the kernel's arguments, calls
-//! [`ops`](crate::ops), and replies. Also mounting, daemonizing, signals and
-//! unmounting.
+//! [`ops`](crate::ops), and replies. Mounting and the daemon's life are in
+//! [`daemon`](crate::daemon).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -11,24 +11,22 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use parking_lot::Mutex;
 
-use crate::cli::MountConfig;
 use crate::error::Error;
-use crate::layer::LayerStack;
-use crate::ops::{Attr, Caller, NewObject, Options, SetAttr, UnionFs};
+use crate::ops::{Attr, Caller, NewObject, SetAttr, UnionFs};
 use crate::sys;
 use crate::sys::SetTime;
 
 /// How long the kernel may cache names and attributes. Lowers never change
 /// under a mount and the upper changes only through us, so this can be long.
-const TTL: Duration = Duration::from_secs(24 * 3600);
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The filesystem handed to fuser.
 pub struct FuseFs {
@@ -514,15 +512,11 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset, true) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let r = self.fs.readdir(fh.0, offset, true, |next, e| {
+            reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(failed("readdir", e)),
         }
     }
@@ -535,37 +529,34 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.readdir(fh.0, offset, false) {
-            Ok(entries) => entries,
-            Err(e) => return reply.error(failed("readdirplus", e)),
-        };
-        for (next, e) in entries {
+        let r = self.fs.readdir(fh.0, offset, false, |next, e| {
             // An entry that vanished since the snapshot is skipped, as a
             // plain readdir would show it but a lookup would not find it.
-            let attr = match self.fs.entry_attr(ino.0, &e) {
+            let attr = match self.fs.entry_attr(ino.0, e) {
                 Ok(a) => a,
                 Err(err) => {
                     debug!("readdirplus {:?}: {err}", e.name);
-                    continue;
+                    return false;
                 }
             };
-            let counted = e.name != "." && e.name != "..";
-            if reply.add(
+            let full = reply.add(
                 INodeNo(attr.ino),
                 next,
                 &e.name,
                 &TTL,
                 &file_attr(&attr),
                 Generation(attr.generation),
-            ) {
-                // Did not fit: the kernel never sees it, so it holds no lookup.
-                if counted {
-                    self.fs.forget(attr.ino, 1);
-                }
-                break;
+            );
+            // Did not fit: the kernel never sees it, so it holds no lookup.
+            if full && e.name != "." && e.name != ".." {
+                self.fs.forget(attr.ino, 1);
             }
+            full
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(failed("readdirplus", e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -655,144 +646,4 @@ impl Filesystem for FuseFs {
             Err(e) => reply.error(failed("create", e)),
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Mounting
-
-/// Mounts per `config` and serves until unmounted. Returns the process exit
-/// code; errors were already reported (stderr before detaching, the log after).
-pub fn mount(config: &MountConfig) -> Result<(), String> {
-    sys::raise_nofile_limit();
-    let layers = LayerStack::open(config.upper.as_deref(), &config.lowers)
-        .map_err(|e| format!("cannot open layers: {e}"))?;
-    let opts = Options {
-        read_only: config.read_only || config.upper.is_none(),
-        format: config.format,
-    };
-    // Modes arrive with the caller's umask applied; ours must not apply twice.
-    sys::set_umask(0);
-    let fs = UnionFs::new(layers, config.work.as_deref(), opts).map_err(|e| e.to_string())?;
-    let fs = Arc::new(fs);
-
-    let is_root = sys::geteuid() == 0;
-    let allow_other = config.allow_other.unwrap_or(is_root);
-    let mut options = vec![
-        MountOption::FSName(config.fsname.clone()),
-        MountOption::Subtype("unionfs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    if opts.read_only {
-        options.push(MountOption::RO);
-    }
-    for o in &config.kernel_options {
-        options.push(kernel_option(o));
-    }
-    let mut fuse_config = Config::default();
-    fuse_config.mount_options = options;
-    fuse_config.acl = if allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    let threads = config.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .max(2)
-    });
-    fuse_config.n_threads = Some(threads);
-    fuse_config.clone_fd = true;
-
-    let session = Session::new(FuseFs::new(fs.clone()), &config.mountpoint, &fuse_config)
-        .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;
-
-    // The mount is live (the kernel handshake is done): now detach, so that
-    // `unionfs mount` returns exactly when the mount can be used.
-    if !config.foreground {
-        match sys::fork() {
-            Ok(sys::Forked::Parent) => sys::exit_now(0),
-            Ok(sys::Forked::Child) => {}
-            Err(e) => return Err(format!("cannot fork the daemon: {e}")),
-        }
-        crate::logging::detached(config.log_file.is_some());
-        if let Err(e) = sys::detach_stdio(crate::logging::file_fd()) {
-            error!("detaching: {e}");
-        }
-    }
-    info!(
-        "mounted {} (lowers {:?}, upper {:?})",
-        config.mountpoint.display(),
-        config.lowers,
-        config.upper
-    );
-
-    // SIGTERM/SIGINT unmount; the session then ends by itself.
-    sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
-    let mountpoint = config.mountpoint.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let sig = sys::wait_signal(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
-            info!("signal {sig}: unmounting {}", mountpoint.display());
-            if let Err(e) = unmount_detached(&mountpoint) {
-                error!("unmount on signal: {e}");
-            }
-        })
-        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-
-    let r = session.run();
-    info!("session ended: {r:?}");
-    r.map_err(|e| format!("session ended: {e}"))
-}
-
-fn kernel_option(o: &str) -> MountOption {
-    match o {
-        "nodev" => MountOption::NoDev,
-        "dev" => MountOption::Dev,
-        "nosuid" => MountOption::NoSuid,
-        "suid" => MountOption::Suid,
-        "noexec" => MountOption::NoExec,
-        "exec" => MountOption::Exec,
-        "sync" => MountOption::Sync,
-        "async" => MountOption::Async,
-        "dirsync" => MountOption::DirSync,
-        other => MountOption::CUSTOM(other.to_string()),
-    }
-}
-
-/// Lazily detaches the mount (a signal must not fail because a file is open).
-fn unmount_detached(mnt: &Path) -> Result<(), Error> {
-    match sys::umount_detach(mnt) {
-        Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, true),
-        other => other,
-    }
-}
-
-/// `fusermount3 -u [-z] MNT`, for a user that may not call umount(2).
-fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), Error> {
-    let mut cmd = std::process::Command::new("fusermount3");
-    cmd.arg("-u");
-    if lazy {
-        cmd.arg("-z");
-    }
-    let out = cmd
-        .arg(mnt)
-        .output()
-        .map_err(|e| Error::from(e).context("running fusermount3"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::errno(libc::EPERM)
-            .context(String::from_utf8_lossy(&out.stderr).trim().to_string()))
-    }
-}
-
-/// `unionfs umount MNT`: unmounts, refusing (EBUSY) while files are open.
-pub fn unmount(mnt: &Path) -> Result<(), String> {
-    let r = match sys::umount(mnt) {
-        Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, false),
-        other => other,
-    };
-    r.map_err(|e| format!("cannot unmount {}: {e}", mnt.display()))
 }

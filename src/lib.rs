@@ -12,11 +12,19 @@
 //! * Removing an object that a lower still has leaves a **whiteout** in the
 //!   upper ([`whiteout`]); lowers are never modified.
 //!
+//! Nodes know their place, not their path: a node is a parent node and a
+//! name ([`node`]), and each layer's copy of it is reached from the parent's
+//! directory in that layer, held open ([`tree`], [`dirs`]).
+//!
 //! Follow a request from the kernel: [`fuse`] converts it, [`ops`] runs the
 //! union rule, and [`sys`] makes the system calls.
 
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod copy_up;
+pub mod daemon;
+pub mod dirs;
 pub mod error;
 pub mod fuse;
 pub mod handles;
@@ -29,6 +37,7 @@ pub mod ops;
 pub mod readdir;
 pub mod sys;
 pub mod tools;
+pub mod tree;
 pub mod upper;
 pub mod whiteout;
 pub mod workdir;

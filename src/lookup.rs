@@ -2,15 +2,22 @@
 //! walk the parent's layers from the top and stop at the first whiteout,
 //! the first non-directory, or after an opaque directory. Directories of the
 //! same name merge; the result is the object's layer stack.
+//!
+//! A directory carrying an `overlay.redirect` (a renamed directory, ours or
+//! kernel overlayfs's) sends the layers below it elsewhere: to a path from
+//! each lower root (`/a/b`, after which every lower below is searched, as
+//! the kernel does), or to another name in the same parent.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use crate::dirs::LayerDir;
 use crate::error::Result;
-use crate::index::Index;
-use crate::layer::{join_path, LayerId, LayerStack, INDEX, UPPER};
-use crate::node::{LayerDir, Node, NodeTable, Stack};
+use crate::layer::{split_path, LayerId, INDEX, UPPER};
+use crate::node::{Lower, LowerAt, Node, Stack};
 use crate::sys::{self, Stat};
+use crate::tree::Tree;
 use crate::whiteout;
 
 /// What a name resolves to.
@@ -55,34 +62,87 @@ fn probe(dir: &LayerDir, name: &OsStr) -> Result<InLayer> {
     Ok(InLayer::Object(st))
 }
 
+/// Where the next layer down is searched.
+struct Cursor<'a> {
+    parent: &'a Node,
+    /// The parent's layers, top first.
+    parent_layers: Vec<LayerId>,
+    /// An absolute redirect was met: every lower below is searched.
+    from_root: bool,
+    n_lowers: LayerId,
+}
+
+impl Cursor<'_> {
+    /// The layer after `after` (`None`: the first).
+    fn next(&self, after: Option<LayerId>) -> Option<LayerId> {
+        match after {
+            None => self.parent_layers.first().copied(),
+            Some(cur) if self.from_root => (cur < self.n_lowers).then_some(cur + 1),
+            Some(cur) => self.parent_layers.iter().copied().find(|l| *l > cur),
+        }
+    }
+}
+
+/// The directory of `layer` where the name sits, per `at`, and the name in
+/// it; `None` when the layer has no such directory.
+fn place_in(
+    tree: &Tree,
+    parent: &Node,
+    layer: LayerId,
+    name: &OsStr,
+    at: &LowerAt,
+) -> Result<Option<(Arc<LayerDir>, OsString)>> {
+    match at {
+        LowerAt::Parent => Ok(Some((tree.dir(parent, layer)?, name.to_os_string()))),
+        LowerAt::Named(n) => Ok(Some((tree.dir(parent, layer)?, n.clone()))),
+        LowerAt::Root(path) => {
+            let (dir, base) = split_path(path);
+            Ok(tree.walk(layer, dir)?.map(|d| (d, base.to_os_string())))
+        }
+    }
+}
+
+/// Where the layers below a directory with this redirect hold it, given
+/// where this layer held it.
+fn redirected(at: &LowerAt, redirect: &OsStr) -> LowerAt {
+    let r = redirect.as_bytes();
+    if let Some(abs) = r.strip_prefix(b"/") {
+        return LowerAt::Root(OsStr::from_bytes(abs).to_os_string());
+    }
+    match at {
+        // A relative redirect replaces the last component of the path.
+        LowerAt::Root(path) => {
+            let (dir, _) = split_path(path);
+            LowerAt::Root(crate::layer::join_path(dir, redirect))
+        }
+        _ => LowerAt::Named(redirect.to_os_string()),
+    }
+}
+
 /// Resolves `name` in the merged directory `parent`. `None`: not in the
 /// merged view (absent everywhere, or whited out).
-pub fn resolve(
-    layers: &LayerStack,
-    table: &NodeTable,
-    parent: &Node,
-    name: &OsStr,
-) -> Result<Option<Found>> {
+pub fn resolve(tree: &Tree, parent: &Node, name: &OsStr) -> Result<Option<Found>> {
     if whiteout::is_marker_name(name) {
         return Ok(None);
     }
-    let pstack = parent.stack();
-    let path = join_path(&pstack.path, name);
-    let lower_path = join_path(&pstack.lower_path, name);
-    let mut stack = Stack {
-        path,
-        upper: false,
-        lowers: Vec::new(),
-        lower_path,
-        index: None,
+    let mut cursor = Cursor {
+        parent,
+        parent_layers: parent.stack().layers().collect(),
+        from_root: false,
+        n_lowers: tree.layers.lowers().len() as LayerId,
     };
+    let mut stack = Stack::default();
     let mut top: Option<Stat> = None;
     let mut origin: Option<(LayerId, Stat)> = None;
     let mut dirs = Vec::new();
-    let entries: Vec<LayerId> = pstack.entries().map(|(l, _)| l).collect();
-    for (i, &layer_id) in entries.iter().enumerate() {
-        let pdir = table.dir(layers, parent, layer_id)?;
-        let st = match probe(&pdir, name)? {
+    let mut at = LowerAt::Parent;
+    let mut layer = None;
+    while let Some(layer_id) = cursor.next(layer) {
+        layer = Some(layer_id);
+        let Some((pdir, here)) = place_in(tree, cursor.parent, layer_id, name, &at)? else {
+            continue;
+        };
+        let st = match probe(&pdir, &here)? {
             InLayer::Absent => continue,
             InLayer::WhiteOut => break,
             InLayer::Object(st) => st,
@@ -97,7 +157,10 @@ pub fn resolve(
         if layer_id == UPPER {
             stack.upper = true;
         } else {
-            stack.lowers.push(layer_id);
+            stack.lowers.push(Lower {
+                layer: layer_id,
+                at: at.clone(),
+            });
             if origin.is_none() {
                 origin = Some((layer_id, st));
             }
@@ -105,21 +168,19 @@ pub fn resolve(
         if !is_dir {
             break;
         }
-        let more_below = i + 1 < entries.len();
-        let layer = layers.get(layer_id)?;
-        let dir_path = if layer_id == UPPER {
-            &stack.path
-        } else {
-            &stack.lower_path
-        };
-        let dir = Arc::new(LayerDir::open(layer, dir_path)?);
+        let dir = Arc::new(LayerDir::open_at(pdir.fd(), &here, layer_id != UPPER)?);
         let opaque = dir.marks.opaque;
+        if let Some(r) = &dir.redirect {
+            at = redirected(&at, r);
+            if matches!(at, LowerAt::Root(_)) {
+                cursor.from_root = true;
+            }
+        }
         dirs.push((layer_id, dir));
         // `.wh.NAME` beside a directory NAME in one layer: the directory was
         // deleted and made anew there, so nothing below it shows.
-        if !more_below
-            || opaque
-            || (pdir.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(pdir.fd(), name)?)
+        if opaque
+            || (pdir.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(pdir.fd(), &here)?)
         {
             break;
         }
@@ -129,23 +190,20 @@ pub fn resolve(
     };
     let kind = stat.st_mode & libc::S_IFMT;
     let ino = match origin {
-        Some((layer, st)) => table.ino_for(layers.get(layer)?, st.st_ino),
+        Some((layer, st)) => tree.nodes.ino_for(tree.layers.get(layer)?, st.st_ino),
         None => {
-            let pdir = table.dir(layers, parent, UPPER)?;
-            table.upper_ino(layers, pdir.fd(), name, stat.st_ino)?
+            let pdir = tree.dir(parent, UPPER)?;
+            tree.nodes
+                .upper_ino(&tree.layers, pdir.fd(), name, stat.st_ino)?
         }
     };
     // An object with several names may have its upper copy in the index.
-    if kind != libc::S_IFDIR && stat.st_nlink > 1 {
-        if let Ok(layer) = layers.get(INDEX) {
-            let index = Index {
-                layer,
-                meta_prefix: table.meta_prefix,
-            };
-            if index.has(ino)? {
-                stack.index = Some(crate::index::key(ino));
-            }
-        }
+    if kind != libc::S_IFDIR
+        && stat.st_nlink > 1
+        && tree.layers.get(INDEX).is_ok()
+        && tree.index()?.has(ino)?
+    {
+        stack.index = Some(crate::index::key(ino));
     }
     Ok(Some(Found {
         ino,
@@ -159,15 +217,9 @@ pub fn resolve(
 /// True when a lower layer of `parent` still has `name` (what the upper
 /// hides): removing or renaming it away then needs a whiteout, and a new
 /// directory there must be opaque.
-pub fn in_lowers(
-    layers: &LayerStack,
-    table: &NodeTable,
-    parent: &Node,
-    name: &OsStr,
-) -> Result<bool> {
-    let pstack = parent.stack();
-    for &layer in &pstack.lowers {
-        let dir = table.dir(layers, parent, layer)?;
+pub fn in_lowers(tree: &Tree, parent: &Node, name: &OsStr) -> Result<bool> {
+    for lower in parent.stack().lowers {
+        let dir = tree.dir(parent, lower.layer)?;
         match probe(&dir, name)? {
             InLayer::Absent => continue,
             InLayer::WhiteOut => return Ok(false),

@@ -13,7 +13,7 @@ fn run() -> Result<(), (String, u8)> {
             Ok(())
         }
         Command::Umount(mnt) => {
-            unionfs::fuse::unmount(&mnt).map_err(|m| (format!("unionfs: {m}"), 1))
+            unionfs::daemon::unmount(&mnt).map_err(|m| (format!("unionfs: {m}"), 1))
         }
         Command::Tool(tool) => match unionfs::tools::run(tool) {
             Ok(0) => Ok(()),
@@ -31,7 +31,7 @@ fn run() -> Result<(), (String, u8)> {
             for w in &config.warnings {
                 eprintln!("unionfs: warning: {w}");
             }
-            unionfs::fuse::mount(&config).map_err(|m| (format!("unionfs: {m}"), 1))
+            unionfs::daemon::mount(&config).map_err(|m| (format!("unionfs: {m}"), 1))
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The inode table: every object the kernel knows by number, where its
-//! bytes live (its layer stack), how many lookups the kernel holds on it,
-//! and the per-node lock that serialises copy-up.
+//! The inode table: every object the kernel knows by number, where it sits
+//! (parent node and name, never a path), which layers hold it (its stack),
+//! how many lookups the kernel holds on it, and its locks.
 //!
 //! Inode numbers follow overlayfs's `xino`: an object's number is the real
 //! inode number of its *origin* (the topmost lower it came from, else its
@@ -9,8 +9,8 @@
 //! filesystems never collide. The FUSE node id is the same number.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -18,7 +18,6 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
-use crate::whiteout::{self, DirMarks};
 
 /// The xattr (after the metadata prefix) naming an upper copy's origin.
 const ORIGIN: &str = "origin";
@@ -31,18 +30,37 @@ const REAL_MASK: u64 = (1 << FS_SHIFT) - 1;
 /// Numbers handed out when a real inode number does not fit in 48 bits.
 const SYNTHETIC_BASE: u64 = 0xffff << FS_SHIFT;
 
-/// Where an object's bytes live.
+/// Where a lower layer holds an object, relative to what the lookup
+/// started from.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LowerAt {
+    /// In the parent's directory of that layer, under the object's name.
+    Parent,
+    /// In the parent's directory of that layer, under another name (a
+    /// relative redirect).
+    Named(OsString),
+    /// At this path from the layer root (an absolute redirect, or a
+    /// directory renamed by us), without the leading `/`.
+    Root(OsString),
+}
+
+/// One lower layer holding an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lower {
+    pub layer: LayerId,
+    pub at: LowerAt,
+}
+
+/// Where an object's bytes live. Which layers hold it, not where: each
+/// layer's copy is reached from the parent's directory in that layer (see
+/// `tree.rs`), so a rename changes one node and no path goes stale.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stack {
-    /// Path relative to every layer root: the upper holds the object here
-    /// when `upper` is set, each lower in `lowers` holds it at `lower_path`.
-    pub path: OsString,
+    /// The upper holds the object at its name in the parent.
     pub upper: bool,
     /// Lower layers holding the object, top first. A non-directory has at
     /// most one; a merged directory has one per layer it merges.
-    pub lowers: Vec<LayerId>,
-    /// Where the lowers hold it (differs from `path` once renamed).
-    pub lower_path: OsString,
+    pub lowers: Vec<Lower>,
     /// The object has more than one name: its upper copy is reached through
     /// this entry of the hard-link index (see `index.rs`).
     pub index: Option<OsString>,
@@ -51,26 +69,27 @@ pub struct Stack {
 impl Stack {
     /// The layer that answers reads and metadata: the index entry, else the
     /// upper, else the top lower.
-    pub fn top(&self) -> Option<(LayerId, &OsStr)> {
-        if let Some(key) = &self.index {
-            Some((INDEX, key.as_os_str()))
+    pub fn top(&self) -> Option<LayerId> {
+        if self.index.is_some() {
+            Some(INDEX)
         } else if self.upper {
-            Some((UPPER, &self.path))
+            Some(UPPER)
         } else {
-            self.lowers
-                .first()
-                .map(|l| (*l, self.lower_path.as_os_str()))
+            self.lowers.first().map(|l| l.layer)
         }
     }
 
-    /// Every (layer, path) holding the object, top first.
-    pub fn entries(&self) -> impl Iterator<Item = (LayerId, &OsStr)> {
-        let upper = self.upper.then_some((UPPER, self.path.as_os_str()));
-        upper.into_iter().chain(
-            self.lowers
-                .iter()
-                .map(|l| (*l, self.lower_path.as_os_str())),
-        )
+    /// Every layer holding the object in the tree, top first.
+    pub fn layers(&self) -> impl Iterator<Item = LayerId> + '_ {
+        self.upper
+            .then_some(UPPER)
+            .into_iter()
+            .chain(self.lowers.iter().map(|l| l.layer))
+    }
+
+    /// Where lower `layer` holds the object, if it does.
+    pub fn lower(&self, layer: LayerId) -> Option<&LowerAt> {
+        self.lowers.iter().find(|l| l.layer == layer).map(|l| &l.at)
     }
 
     /// True when the object has an upper copy (in the tree or the index).
@@ -84,7 +103,8 @@ impl Stack {
     }
 }
 
-/// One object known to the kernel.
+/// One object known to the kernel: a dentry-like record of where it sits
+/// (parent node and name), which layers hold it, and its locks.
 #[derive(Debug)]
 pub struct Node {
     pub ino: u64,
@@ -92,18 +112,27 @@ pub struct Node {
     /// name is a new node).
     pub kind: u32,
     stack: RwLock<Stack>,
-    /// Parent node and name in the merged tree (for "..", and renames).
+    /// Parent node and name in the merged tree. A hard-linked object sits
+    /// at the name it was last found by.
     place: RwLock<(u64, OsString)>,
     lookups: AtomicU64,
     /// Serialises copy-up and other changes of this node's stack.
     pub lock: Mutex<()>,
+    /// For a directory: serialises changes of the names in it (create,
+    /// remove, rename, a copy-up putting an entry in place), as the
+    /// kernel's per-directory `i_rwsem` does.
+    pub names: Mutex<()>,
+    /// For a directory: odd while a change is moving or removing names in
+    /// it (see [`Node::changing`]), so that a reader that reached an object
+    /// by one of its names, without a lock, can tell it must look again.
+    seq: AtomicU64,
     /// Tells this object from an earlier one that had the same number (a
     /// filesystem reuses the inode number of a deleted file); the kernel
     /// then drops its old inode instead of mixing the two up.
     pub generation: u64,
     /// The object's last name is gone (it may still be open): it must not
     /// be copied up to a name, and its number may come back for a new one.
-    dead: std::sync::atomic::AtomicBool,
+    dead: AtomicBool,
 }
 
 impl Node {
@@ -129,8 +158,10 @@ impl Node {
             place: RwLock::new((parent, name.to_os_string())),
             lookups: AtomicU64::new(lookups),
             lock: Mutex::new(()),
+            names: Mutex::new(()),
+            seq: AtomicU64::new(0),
             generation,
-            dead: std::sync::atomic::AtomicBool::new(false),
+            dead: AtomicBool::new(false),
         }
     }
 
@@ -158,88 +189,70 @@ impl Node {
         *self.stack.write() = stack;
     }
 
+    /// Changes the stack in place. Callers hold `lock`.
+    pub fn update_stack(&self, f: impl FnOnce(&mut Stack)) {
+        f(&mut self.stack.write());
+    }
+
     /// Parent node id and name.
     pub fn place(&self) -> (u64, OsString) {
         self.place.read().clone()
     }
 
+    /// True when the node sits at `name` in `parent`.
+    pub fn is_at(&self, parent: u64, name: &OsStr) -> bool {
+        let p = self.place.read();
+        p.0 == parent && p.1 == name
+    }
+
     pub fn set_place(&self, parent: u64, name: OsString) {
         *self.place.write() = (parent, name);
     }
+
+    /// Marks the directory's names as changing until the guard drops. The
+    /// caller holds `names`; nodes must follow their objects before the
+    /// guard drops.
+    pub fn changing(&self) -> Changing<'_> {
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        Changing(self)
+    }
+
+    /// The change count once no change is under way.
+    pub fn settled(&self) -> u64 {
+        loop {
+            let s = self.seq.load(Ordering::Acquire);
+            if s % 2 == 0 {
+                return s;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// True when no change of names began since `settled` returned `seen`.
+    pub fn unchanged_since(&self, seen: u64) -> bool {
+        self.seq.load(Ordering::Acquire) == seen
+    }
 }
 
-/// The table of nodes plus the fds of recently used directories.
+/// A change of names in a directory under way (see [`Node::changing`]).
+pub struct Changing<'a>(&'a Node);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.seq.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The table of nodes the kernel holds, by number.
 pub struct NodeTable {
     nodes: DashMap<u64, Arc<Node>>,
     /// (fs index, real ino) → number, for real numbers that do not fit.
     synthetic: DashMap<(u16, u64), u64>,
     next_synthetic: AtomicU64,
-    /// Open directory fds, by (node, layer): lookups and readdir reuse them
-    /// instead of walking the path again. Bounded, so a huge tree does not
-    /// exhaust fds.
-    dir_fds: Mutex<lru::LruCache<(u64, LayerId), Arc<LayerDir>>>,
     /// `trusted.unionfs.` or `user.unionfs.`: where an upper copy records
     /// the number of the object it was copied from.
     pub meta_prefix: &'static str,
 }
-
-/// A directory of one layer, held open, with its markers read once.
-#[derive(Debug)]
-pub struct LayerDir {
-    pub fd: OwnedFd,
-    pub marks: DirMarks,
-    /// For a lower (which never changes): whether any `.wh.NAME` entry is
-    /// in it, found by one listing on first need. Most image layers have
-    /// none, and then a missing name needs no second look for `.wh.NAME`.
-    oci_whiteouts: Option<std::sync::OnceLock<bool>>,
-}
-
-impl LayerDir {
-    /// Opens the directory at `path` in `layer` and reads its markers.
-    pub fn open(layer: &Layer, path: &OsStr) -> Result<LayerDir> {
-        // O_RDONLY rather than O_PATH: xattrs and getdents need a real fd.
-        let fd = match layer.open(path, libc::O_RDONLY | libc::O_DIRECTORY) {
-            Err(e) if e.is(libc::EACCES) => layer.open(path, libc::O_PATH | libc::O_DIRECTORY)?,
-            other => other?,
-        };
-        let marks = whiteout::dir_marks(std::os::fd::AsFd::as_fd(&fd))?;
-        let lower = !layer.is_upper() && layer.id != crate::layer::INDEX;
-        Ok(LayerDir {
-            fd,
-            marks,
-            oci_whiteouts: lower.then(std::sync::OnceLock::new),
-        })
-    }
-
-    /// False only when the directory surely holds no `.wh.NAME` whiteout.
-    pub fn may_hold_oci_whiteouts(&self) -> bool {
-        let Some(known) = &self.oci_whiteouts else {
-            return true; // the upper changes: always look
-        };
-        *known.get_or_init(|| {
-            let listed = crate::sys::openat(
-                self.fd(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            )
-            .and_then(|fd| crate::sys::read_dir_all(std::os::fd::AsFd::as_fd(&fd)));
-            match listed {
-                Ok(entries) => entries
-                    .iter()
-                    .any(|e| whiteout::oci_whited_out_name(&e.name).is_some()),
-                Err(_) => true,
-            }
-        })
-    }
-
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.fd)
-    }
-}
-
-/// How many directory fds stay cached.
-const DIR_FD_CACHE: usize = 4096;
 
 impl NodeTable {
     /// A table holding the root, merged over every layer.
@@ -248,10 +261,15 @@ impl NodeTable {
             ROOT_INO,
             libc::S_IFDIR,
             Stack {
-                path: OsString::new(),
                 upper: layers.upper().is_some(),
-                lowers: layers.lowers().iter().map(|l| l.id).collect(),
-                lower_path: OsString::new(),
+                lowers: layers
+                    .lowers()
+                    .iter()
+                    .map(|l| Lower {
+                        layer: l.id,
+                        at: LowerAt::Parent,
+                    })
+                    .collect(),
                 index: None,
             },
             ROOT_INO,
@@ -267,9 +285,6 @@ impl NodeTable {
             synthetic: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             meta_prefix,
-            dir_fds: Mutex::new(lru::LruCache::new(
-                std::num::NonZeroUsize::new(DIR_FD_CACHE).unwrap_or(std::num::NonZeroUsize::MIN),
-            )),
         }
     }
 
@@ -293,39 +308,37 @@ impl NodeTable {
             .or_insert_with(|| self.next_synthetic.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The xattr in which an upper copy records its origin's number.
+    pub fn origin_xattr(&self) -> String {
+        format!("{}{ORIGIN}", self.meta_prefix)
+    }
+
     /// The number recorded in an upper copy (`<prefix>origin`) at copy-up.
-    pub fn read_origin(&self, fd: std::os::fd::BorrowedFd) -> Option<u64> {
-        let name = format!("{}{ORIGIN}", self.meta_prefix);
-        let v = crate::sys::getxattr_via_proc(fd, OsStr::new(&name)).ok()??;
+    pub fn read_origin(&self, fd: BorrowedFd) -> Option<u64> {
+        let v = crate::sys::getxattr_via_proc(fd, OsStr::new(&self.origin_xattr())).ok()??;
         String::from_utf8(v).ok()?.parse().ok()
     }
 
-    /// Records in an upper copy the number of the object it copies, so the
-    /// number survives the copy-up and remounts.
-    pub fn write_origin(&self, fd: std::os::fd::BorrowedFd, ino: u64) -> Result<()> {
-        let name = format!("{}{ORIGIN}", self.meta_prefix);
-        crate::sys::fsetxattr(fd, OsStr::new(&name), ino.to_string().as_bytes(), 0)
-    }
-
-    /// The number of an upper object: its recorded origin, else its own.
+    /// The number of the upper object `name` in `dir`: its recorded origin,
+    /// else its own.
     pub fn upper_ino(
         &self,
         layers: &LayerStack,
-        dir: std::os::fd::BorrowedFd,
+        dir: BorrowedFd,
         name: &OsStr,
         real_ino: u64,
     ) -> Result<u64> {
         let origin = crate::sys::openat(dir, name, libc::O_PATH, 0)
             .ok()
-            .and_then(|fd| self.read_origin(std::os::fd::AsFd::as_fd(&fd)));
+            .and_then(|fd| self.read_origin(fd.as_fd()));
         match origin {
             Some(ino) => Ok(ino),
             None => Ok(self.ino_for(layers.get(UPPER)?, real_ino)),
         }
     }
 
-    /// Records one kernel lookup of the object `ino`, creating its node from
-    /// `make` if the kernel did not know it. Returns the node.
+    /// Records one kernel lookup of the object `ino`, creating its node if
+    /// the kernel did not know it. Returns the node.
     pub fn remember(
         &self,
         ino: u64,
@@ -341,7 +354,7 @@ impl NodeTable {
             .entry(ino)
             .or_insert_with(|| Arc::new(Node::new(ino, kind, stack.clone(), parent, name, 0, 0)));
         let old = entry.value().clone();
-        if old.dead.load(Ordering::Relaxed) || old.kind != kind {
+        if old.is_dead() || old.kind != kind {
             // A new object with a deleted one's number: a new generation.
             // It inherits the count, since the kernel's FORGET of the old
             // inode names only the number.
@@ -360,33 +373,31 @@ impl NodeTable {
             // Several names of one object are one node: it sits where it was
             // last found, a name the kernel surely still holds (`ops` gives
             // it an index entry before removing the name it is reached by).
-            let mut s = old.stack.write();
-            let index = s.index.take().or(stack.index.clone());
-            *s = stack;
-            s.index = index;
-            drop(s);
-            *old.place.write() = (parent, name.to_os_string());
+            old.update_stack(|s| {
+                let index = s.index.take().or(stack.index.clone());
+                *s = stack;
+                s.index = index;
+            });
+            old.set_place(parent, name.to_os_string());
         }
         entry.lookups.fetch_add(1, Ordering::Relaxed);
         entry.clone()
     }
 
-    /// The kernel dropped `n` lookups of `ino`; the node goes at zero.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` lookups of `ino`; the node goes at zero and
+    /// is returned.
+    pub fn forget(&self, ino: u64, n: u64) -> Option<Arc<Node>> {
         if ino == ROOT_INO {
-            return;
+            return None;
         }
         // Under the shard lock, like `remember`, so the two never interleave.
-        let removed = self.nodes.remove_if(&ino, |_, node| {
-            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
-            node.lookups.store(left, Ordering::Relaxed);
-            left == 0
-        });
-        if let Some((_, node)) = removed {
-            if node.is_dir() {
-                self.forget_dir_fds(&node);
-            }
-        }
+        self.nodes
+            .remove_if(&ino, |_, node| {
+                let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+                node.lookups.store(left, Ordering::Relaxed);
+                left == 0
+            })
+            .map(|(_, node)| node)
     }
 
     /// How many nodes the kernel holds (for tests and memory checks).
@@ -396,49 +407,5 @@ impl NodeTable {
 
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
-    }
-
-    /// Every node (for renames that must update descendants' paths).
-    pub fn all(&self) -> Vec<Arc<Node>> {
-        self.nodes.iter().map(|e| e.value().clone()).collect()
-    }
-
-    /// The directory of `node` in `layer`, from the cache or opened now.
-    pub fn dir(&self, layers: &LayerStack, node: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
-        let key = (node.ino, layer);
-        if let Some(dir) = self.dir_fds.lock().get(&key) {
-            return Ok(dir.clone());
-        }
-        let stack = node.stack();
-        let path = if layer == UPPER {
-            &stack.path
-        } else {
-            &stack.lower_path
-        };
-        let dir = Arc::new(LayerDir::open(layers.get(layer)?, path)?);
-        self.dir_fds.lock().put(key, dir.clone());
-        Ok(dir)
-    }
-
-    /// Seeds the cache with a directory a lookup has just opened.
-    pub fn cache_dir(&self, ino: u64, layer: LayerId, dir: Arc<LayerDir>) {
-        self.dir_fds.lock().put((ino, layer), dir);
-    }
-
-    /// Drops cached fds of a directory (it was removed, renamed, copied up
-    /// or forgotten).
-    pub fn forget_dir_fds(&self, node: &Node) {
-        self.forget_dir_fds_of(node.ino, &node.stack());
-    }
-
-    /// Drops cached fds of the directory `ino` whose stack is `stack`. A
-    /// removed directory's fds must go even if the kernel never looked it
-    /// up: its number may come back with a new directory.
-    pub fn forget_dir_fds_of(&self, ino: u64, stack: &Stack) {
-        let mut cache = self.dir_fds.lock();
-        cache.pop(&(ino, UPPER));
-        for layer in &stack.lowers {
-            cache.pop(&(ino, *layer));
-        }
     }
 }

@@ -4,14 +4,14 @@
 //! stay stable while the directory changes.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
-use std::os::fd::AsFd;
+use std::ffi::OsString;
 
 use crate::error::Result;
-use crate::layer::{LayerId, LayerStack, UPPER};
+use crate::layer::{LayerId, UPPER};
 use crate::lookup;
-use crate::node::{Node, NodeTable};
+use crate::node::Node;
 use crate::sys;
+use crate::tree::Tree;
 use crate::whiteout;
 
 /// One name of a merged directory.
@@ -62,7 +62,7 @@ struct Seen {
 }
 
 /// Lists the merged directory `dir`: "." and "..", then every visible name.
-pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Vec<DirEntry>> {
+pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
     let stack = dir.stack();
     let (parent_ino, _) = dir.place();
     let mut order: Vec<OsString> = Vec::new();
@@ -70,18 +70,10 @@ pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Ve
     // Names whited out by a layer above the one being read.
     let mut hidden: HashSet<OsString> = HashSet::new();
 
-    for (layer_id, _) in stack.entries() {
-        let ldir = table.dir(layers, dir, layer_id)?;
-        // A fresh fd: the cached one may be read by another listing at the
-        // same time, and a directory fd carries one read offset.
-        let fd = sys::openat(
-            ldir.fd(),
-            OsStr::new("."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )?;
+    for layer_id in stack.layers() {
+        let ldir = tree.dir(dir, layer_id)?;
         let mut whited_here: Vec<OsString> = Vec::new();
-        for raw in sys::read_dir_all(fd.as_fd())? {
+        for raw in ldir.list()? {
             if let Some(target) = whiteout::oci_whited_out_name(&raw.name) {
                 whited_here.push(target.to_os_string());
                 continue;
@@ -160,7 +152,10 @@ pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Ve
             };
             (0, Some(pending))
         } else {
-            (table.ino_for(layers.get(s.layer)?, s.real_ino), None)
+            (
+                tree.nodes.ino_for(tree.layers.get(s.layer)?, s.real_ino),
+                None,
+            )
         };
         out.push(DirEntry {
             name,
@@ -172,32 +167,26 @@ pub fn snapshot(layers: &LayerStack, table: &NodeTable, dir: &Node) -> Result<Ve
     Ok(out)
 }
 
-/// Works out the numbers of the upper entries among `entries` (of the
-/// directory `dir`): a copied-up object keeps its origin's number, and an
+/// Works out the number of an upper entry of the directory `dir`, if it
+/// is still pending: a copied-up object keeps its origin's number, and an
 /// upper directory that may merge with a lower one needs a real lookup to
 /// tell whether it is opaque.
-pub fn settle_inos(
-    layers: &LayerStack,
-    table: &NodeTable,
-    dir: &Node,
-    entries: &mut [DirEntry],
-) -> Result<()> {
-    for e in entries.iter_mut() {
-        let Some(p) = e.pending.take() else {
-            continue;
-        };
-        let merged = if p.dir_below {
-            lookup::resolve(layers, table, dir, &e.name)?.map(|f| f.ino)
-        } else {
-            None
-        };
-        e.ino = match merged {
-            Some(ino) => ino,
-            None => {
-                let udir = table.dir(layers, dir, UPPER)?;
-                table.upper_ino(layers, udir.fd(), &e.name, p.real_ino)?
-            }
-        };
-    }
+pub fn settle_ino(tree: &Tree, dir: &Node, e: &mut DirEntry) -> Result<()> {
+    let Some(p) = e.pending.take() else {
+        return Ok(());
+    };
+    let merged = if p.dir_below {
+        lookup::resolve(tree, dir, &e.name)?.map(|f| f.ino)
+    } else {
+        None
+    };
+    e.ino = match merged {
+        Some(ino) => ino,
+        None => {
+            let udir = tree.dir(dir, UPPER)?;
+            tree.nodes
+                .upper_ino(&tree.layers, udir.fd(), &e.name, p.real_ino)?
+        }
+    };
     Ok(())
 }

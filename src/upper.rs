@@ -1,21 +1,54 @@
 //! Every change to the upper layer goes through these few helpers, and each
-//! logs what it does, so `RUST_LOG=debug` narrates copy-on-write. Each
-//! change is built in the work dir and put in place with one rename, so a
-//! reader (or a crash) sees either the old state or the new one.
+//! logs what it does, so `RUST_LOG=debug` narrates copy-on-write (and
+//! `unionfs=info` the copy-ups, whiteouts, opaque dirs and renames). New
+//! objects are built in the work dir ([`Upper::make_temp`]) and put in
+//! place with one rename, so a reader (or a crash) sees either the old
+//! state or the new one.
 //!
 //! The cases are named as in kernel overlayfs: `create_upper` vs
 //! `create_over_whiteout`, `remove_upper` vs `remove_and_whiteout`.
 
-use std::ffi::OsStr;
-use std::os::fd::BorrowedFd;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use log::debug;
+use log::{debug, info};
 
+use crate::dirs::LayerDir;
 use crate::error::Result;
-use crate::node::LayerDir;
-use crate::sys;
+use crate::sys::{self, SetTime};
 use crate::whiteout::{self, UpperFormat};
 use crate::workdir::WorkDir;
+
+/// The attribute changes of a setattr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// The kind of object [`Upper::make_temp`] makes.
+#[derive(Debug, Clone, Copy)]
+pub enum Shape<'a> {
+    File,
+    Dir,
+    Symlink(&'a OsStr),
+    /// A fifo, socket or device: `S_IFMT` bits and device number.
+    Special(u32, u64),
+}
+
+/// An object being built in the work dir, not yet in the tree.
+pub struct Temp {
+    pub name: OsString,
+    /// Writable for a file, readable for a directory, `O_PATH` for a
+    /// symlink or special file.
+    pub fd: OwnedFd,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+}
 
 /// The writable side of a mount: work dir plus the format to write.
 #[derive(Debug)]
@@ -38,6 +71,188 @@ fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
 }
 
 impl Upper {
+    /// Starts a new object in the work dir: a file, directory, symlink or
+    /// special file owned by `uid:gid` (private until it is placed).
+    pub fn make_temp(&self, shape: Shape, uid: u32, gid: u32) -> Result<Temp> {
+        let work = self.work.tmp();
+        let name = self.work.temp_name();
+        let made = (|| -> Result<Temp> {
+            let (fd, kind) = match shape {
+                Shape::File => (
+                    sys::openat(
+                        work,
+                        &name,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                        0o600,
+                    )?,
+                    libc::S_IFREG,
+                ),
+                Shape::Dir => {
+                    sys::mkdirat(work, &name, 0o700)?;
+                    (
+                        sys::openat(work, &name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?,
+                        libc::S_IFDIR,
+                    )
+                }
+                Shape::Symlink(target) => {
+                    sys::symlinkat(target, work, &name)?;
+                    (sys::openat(work, &name, libc::O_PATH, 0)?, libc::S_IFLNK)
+                }
+                Shape::Special(kind, rdev) => {
+                    sys::mknodat(work, &name, kind | 0o600, rdev)?;
+                    (sys::openat(work, &name, libc::O_PATH, 0)?, kind)
+                }
+            };
+            let temp = Temp {
+                name: name.clone(),
+                fd,
+                kind,
+            };
+            self.chown_temp(&temp, uid, gid)?;
+            Ok(temp)
+        })();
+        if made.is_err() {
+            self.work.remove(&name);
+        }
+        made
+    }
+
+    /// Sets a temporary's owner (before its mode: chown clears setuid).
+    pub fn chown_temp(&self, temp: &Temp, uid: u32, gid: u32) -> Result<()> {
+        match temp.kind {
+            libc::S_IFREG | libc::S_IFDIR => sys::fchown(temp.fd.as_fd(), uid, gid),
+            // An O_PATH fd cannot be chowned: by name in the work dir.
+            _ => sys::lchownat(self.work.tmp(), &temp.name, uid, gid),
+        }
+    }
+
+    /// Sets a temporary's permission bits (a symlink has none).
+    pub fn chmod_temp(&self, temp: &Temp, mode: u32) -> Result<()> {
+        match temp.kind {
+            libc::S_IFREG | libc::S_IFDIR => sys::fchmod(temp.fd.as_fd(), mode & 0o7777),
+            libc::S_IFLNK => Ok(()),
+            _ => sys::fchmodat(self.work.tmp(), &temp.name, mode & 0o7777),
+        }
+    }
+
+    /// Drops a temporary that will not be placed.
+    pub fn discard(&self, temp: &Temp) {
+        self.work.remove(&temp.name);
+    }
+
+    /// Applies a setattr to the upper object `name` in `dir` (after its
+    /// copy-up). The size alone: ftruncate(2) arrives with "mtime = now"
+    /// of its own, truncate(2) without, and the layer's truncate then keeps
+    /// the times when the size does not change.
+    pub fn set_attr(
+        &self,
+        dir: BorrowedFd,
+        name: &OsStr,
+        set: SetAttr,
+        resized: bool,
+    ) -> Result<()> {
+        debug!("setattr_upper {} {set:?}", show(name));
+        if let Some(size) = set.size {
+            let fd = sys::openat(dir, name, libc::O_PATH, 0)?;
+            sys::truncate_via_proc(fd.as_fd(), size)?;
+            if resized && set.mtime.is_none() {
+                sys::utimensat(dir, name, SetTime::Omit, SetTime::Now)?;
+            }
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::lchownat(
+                dir,
+                name,
+                set.uid.unwrap_or(u32::MAX),
+                set.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = set.mode {
+            if sys::statat(dir, name)?.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                sys::fchmodat(dir, name, mode & 0o7777)?;
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::utimensat(
+                dir,
+                name,
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Applies a setattr through an fd (an open object with no name left).
+    pub fn set_attr_fd(&self, fd: BorrowedFd, set: SetAttr) -> Result<()> {
+        debug!("setattr_upper_fd {set:?}");
+        if let Some(size) = set.size {
+            sys::truncate_via_proc(fd, size)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::fchown(fd, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = set.mode {
+            sys::fchmod(fd, mode & 0o7777)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::futimens(
+                fd,
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Sets a user's xattr on an upper object.
+    pub fn set_xattr(&self, fd: BorrowedFd, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        debug!("setxattr_upper {}", show(name));
+        sys::fsetxattr(fd, name, value, flags)
+    }
+
+    pub fn remove_xattr(&self, fd: BorrowedFd, name: &OsStr) -> Result<()> {
+        debug!("removexattr_upper {}", show(name));
+        sys::fremovexattr(fd, name)
+    }
+
+    /// Makes a second name of an upper object, as a temporary to place.
+    pub fn link_temp(&self, dir: BorrowedFd, name: &OsStr) -> Result<OsString> {
+        let tmp = self.work.temp_name();
+        debug!("link_upper {} (as {})", show(name), show(&tmp));
+        sys::linkat(dir, name, self.work.tmp(), &tmp)?;
+        Ok(tmp)
+    }
+
+    /// Records in an upper copy the number of the object it copies
+    /// (`xattr` is the private origin xattr), so the number survives the
+    /// copy-up and remounts.
+    pub fn write_origin(&self, fd: BorrowedFd, xattr: &str, ino: u64) -> Result<()> {
+        debug!("origin {ino}");
+        match sys::fsetxattr(fd, OsStr::new(xattr), ino.to_string().as_bytes(), 0) {
+            // user.* xattrs cannot sit on symlinks and devices; their
+            // numbers are only promised stable while mounted.
+            Err(e) if e.is(libc::EPERM) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Records where a renamed directory's lower contents live (a path from
+    /// the lower root), as kernel overlayfs `redirect_dir` does.
+    pub fn set_redirect(&self, dir: BorrowedFd, what: &str, lower_path: &OsStr) -> Result<()> {
+        let xattr = self
+            .format
+            .redirect_xattr()
+            .ok_or_else(|| crate::error::Error::errno(libc::EXDEV))?;
+        let mut value = b"/".to_vec();
+        value.extend_from_slice(lower_path.as_encoded_bytes());
+        info!(
+            "redirect {what} -> /{} (directory renamed without copying its tree)",
+            lower_path.to_string_lossy()
+        );
+        sys::fsetxattr(dir, OsStr::new(xattr), &value, 0)
+    }
+
     /// Puts the temporary `tmp` (built in the work dir) at `name` in the
     /// upper directory `dir`, replacing a whiteout there if there is one.
     /// Returns true when it replaced a whiteout (a new dir then must have
@@ -84,7 +299,7 @@ impl Upper {
     /// Creates a whiteout at `name`, where the upper holds nothing (the
     /// object is only in lowers).
     pub fn whiteout(&self, dir: &LayerDir, name: &OsStr) -> Result<()> {
-        debug!("whiteout {} ({:?})", show(name), self.format);
+        info!("whiteout {} ({:?})", show(name), self.format);
         whiteout::write_whiteout(self.format, dir.fd(), name)
     }
 
@@ -110,7 +325,7 @@ impl Upper {
     }
 
     fn remove_and_whiteout(&self, dir: BorrowedFd, name: &OsStr) -> Result<()> {
-        debug!("remove_and_whiteout {} ({:?})", show(name), self.format);
+        info!("remove_and_whiteout {} ({:?})", show(name), self.format);
         let tmp = self.work.temp_name();
         match self.format {
             UpperFormat::Oci => {
@@ -231,7 +446,7 @@ impl Upper {
             (Leave::Nothing, _) => None,
         };
         let prepared = sys::openat(d, dname, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|old| self.make_opaque(std::os::fd::AsFd::as_fd(&old)))
+            .and_then(|old| self.make_opaque(old.as_fd(), &show(dname)))
             .and_then(|()| sys::renameat2(s, sname, d, dname, libc::RENAME_EXCHANGE));
         if let Err(e) = prepared {
             if let Some(t) = &wh {
@@ -276,18 +491,18 @@ impl Upper {
         sys::renameat2(self.work.tmp(), &link, d, dname, 0)
     }
 
-    /// Marks an upper directory opaque.
-    pub fn make_opaque(&self, dir: BorrowedFd) -> Result<()> {
-        debug!("make_opaque ({:?})", self.format);
+    /// Marks an upper directory opaque; `what` names it in the log.
+    pub fn make_opaque(&self, dir: BorrowedFd, what: &str) -> Result<()> {
+        info!("opaque {what} ({:?})", self.format);
         whiteout::write_opaque(self.format, dir)
     }
 
-    /// Drops the whiteouts below the opaque upper directory at `path`: they
-    /// hide nothing any more, and kernel overlayfs would list them in a
-    /// directory that does not merge.
-    pub fn drop_stray_whiteouts(&self, layer: &crate::layer::Layer, path: &OsStr) -> Result<()> {
-        let dir = layer.open(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
-        drop_whiteouts_below(std::os::fd::AsFd::as_fd(&dir))
+    /// Drops the whiteouts below the opaque upper directory `name` in
+    /// `parent`: they hide nothing any more, and kernel overlayfs would
+    /// list them in a directory that does not merge.
+    pub fn drop_stray_whiteouts(&self, parent: BorrowedFd, name: &OsStr) -> Result<()> {
+        let dir = sys::openat(parent, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        drop_whiteouts_below(dir.as_fd())
     }
 }
 
@@ -296,6 +511,7 @@ impl Upper {
 /// directory's times.
 fn drop_whiteouts_below(dir: BorrowedFd) -> Result<()> {
     crate::copy_up::keep_times(dir, || {
+        let marks = whiteout::dir_marks(dir)?.0;
         for e in sys::read_dir_all(dir)? {
             if e.d_type == libc::DT_DIR {
                 let sub = sys::openat(dir, &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
@@ -303,9 +519,12 @@ fn drop_whiteouts_below(dir: BorrowedFd) -> Result<()> {
                 continue;
             }
             let oci = whiteout::oci_whited_out_name(&e.name).is_some();
-            let dev = e.d_type == libc::DT_CHR
-                && sys::statat(dir, &e.name).is_ok_and(|st| whiteout::is_whiteout_stat(&st));
-            if oci || dev {
+            let other = matches!(e.d_type, libc::DT_CHR | libc::DT_REG | libc::DT_UNKNOWN)
+                && match sys::statat(dir, &e.name) {
+                    Ok(st) => whiteout::is_whiteout(dir, marks, &e.name, &st)?,
+                    Err(_) => false,
+                };
+            if oci || other {
                 debug!("drop_whiteout {} (under an opaque dir)", show(&e.name));
                 sys::unlinkat(dir, &e.name, 0)?;
             }

@@ -9,11 +9,11 @@
 //! | regular file `NAME` with `*.overlay.whiteout`, parent `overlay.opaque=x` | `NAME` deleted (kernel 6.7+) |
 //! | dir with `*.overlay.opaque=y` or `user.fuseoverlayfs.opaque=y` | opaque |
 //! | dir containing `.wh..wh..opq` | opaque (OCI/AUFS) |
-//! | dir with `*.overlay.redirect` | its lower contents live at that path |
+//! | dir with `*.overlay.redirect` | its lower contents live at the path it names |
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::error::Result;
 use crate::sys;
@@ -31,6 +31,10 @@ pub const OPAQUE_XATTRS: [&str; 3] = [
 ];
 /// Xattrs that, on a regular file, make it a whiteout (kernel 6.7+).
 pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
+/// Xattrs naming where a renamed directory's lower contents live: a path
+/// from the layer root (`/a/b`) or a name in the same parent (kernel
+/// overlayfs `redirect_dir`).
+pub const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
 /// Xattrs from the first proposal of xattr whiteouts, on the parent dir.
 pub const WHITEOUTS_DIR_XATTRS: [&str; 2] = ["trusted.overlay.whiteouts", "user.overlay.whiteouts"];
 
@@ -90,9 +94,11 @@ pub struct DirMarks {
     pub xattr_whiteouts: bool,
 }
 
-/// Reads the opaque markers of an open directory (xattrs and `.wh..wh..opq`).
-pub fn dir_marks(dir: BorrowedFd) -> Result<DirMarks> {
+/// Reads the opaque markers of an open directory (xattrs and `.wh..wh..opq`)
+/// and its redirect, if it has one.
+pub fn dir_marks(dir: BorrowedFd) -> Result<(DirMarks, Option<OsString>)> {
     let mut marks = DirMarks::default();
+    let mut redirect = None;
     // One listing first: most directories carry no marker xattr at all.
     let names = match sys::flistxattr(dir) {
         Ok(names) => names,
@@ -118,6 +124,17 @@ pub fn dir_marks(dir: BorrowedFd) -> Result<DirMarks> {
     {
         marks.xattr_whiteouts = true;
     }
+    for name in names
+        .iter()
+        .filter(|n| REDIRECT_XATTRS.iter().any(|x| n == x))
+    {
+        match sys::fgetxattr(dir, name) {
+            Ok(Some(v)) if !v.is_empty() => redirect = Some(OsString::from_vec(v)),
+            Ok(_) => {}
+            Err(e) if is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
     if !marks.opaque {
         match sys::statat(dir, OsStr::new(OCI_OPAQUE)) {
             Ok(_) => marks.opaque = true,
@@ -125,7 +142,7 @@ pub fn dir_marks(dir: BorrowedFd) -> Result<DirMarks> {
             Err(e) => return Err(e),
         }
     }
-    Ok(marks)
+    Ok((marks, redirect))
 }
 
 /// True when the object `name` of a layer's directory `dir`, whose lstat is
@@ -175,25 +192,6 @@ pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     }
 }
 
-/// Xattrs on a directory naming where its lower contents live (kernel
-/// overlayfs `redirect_dir`): absolute from the layer root, or a sibling name.
-pub const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
-
-/// The redirect recorded on an open directory, if any.
-pub fn read_redirect(dir: BorrowedFd) -> Result<Option<OsString>> {
-    for x in REDIRECT_XATTRS {
-        match sys::fgetxattr(dir, OsStr::new(x)) {
-            Ok(Some(v)) if !v.is_empty() => {
-                return Ok(Some(std::os::unix::ffi::OsStringExt::from_vec(v)))
-            }
-            Ok(_) => {}
-            Err(e) if is_xattr_unsupported(e.raw()) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
-}
-
 /// What one entry of a layer's directory listing is, by the rules above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryRole {
@@ -230,8 +228,20 @@ pub fn classify_entry(
     Ok(EntryRole::Plain)
 }
 
+/// The format a user asks for (`--format`): how whiteouts and opaque
+/// markers are written into the upper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFormat {
+    /// Kernel overlayfs: 0/0 char devices and `overlay.opaque` xattrs.
+    Overlay,
+    /// OCI/AUFS: `.wh.NAME` files and `.wh..wh..opq`.
+    Oci,
+    /// Overlay where the upper allows a 0/0 device, else OCI.
+    Auto,
+}
+
 /// How whiteouts and opaque markers are written into the upper (DESIGN §2),
-/// decided once at mount.
+/// decided once at mount from the [`WriteFormat`] asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpperFormat {
     /// Char device 0/0 whiteouts and an `overlay.opaque=y` xattr, in the
@@ -247,6 +257,16 @@ impl UpperFormat {
         match self {
             UpperFormat::Overlay { trusted: true } => OPAQUE_XATTRS[0],
             _ => OPAQUE_XATTRS[1],
+        }
+    }
+
+    /// Where a renamed directory records its lowers' path; `None` in the
+    /// OCI format, which has no redirects (a renamed tree is copied).
+    pub fn redirect_xattr(self) -> Option<&'static str> {
+        match self {
+            UpperFormat::Overlay { trusted: true } => Some(REDIRECT_XATTRS[0]),
+            UpperFormat::Overlay { trusted: false } => Some(REDIRECT_XATTRS[1]),
+            UpperFormat::Oci => None,
         }
     }
 }

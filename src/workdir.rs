@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{debug, info, warn};
 
-use crate::cli::WriteFormat;
 use crate::error::{Error, Result};
 use crate::layer::Layer;
 use crate::sys;
 use crate::whiteout::UpperFormat;
+use crate::whiteout::WriteFormat;
 
 const TMP: &str = "tmp";
 const LOCK: &str = "unionfs.lock";

@@ -9,10 +9,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use unionfs::cli::WriteFormat;
 use unionfs::layer::LayerStack;
 use unionfs::node::ROOT_INO;
 use unionfs::ops::{Caller, NewObject, Options, UnionFs};
+use unionfs::whiteout::WriteFormat;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -70,13 +70,13 @@ impl Drop for Fixture {
 
 fn names(fs: &UnionFs, dir: u64) -> Vec<String> {
     let fh = fs.opendir(dir).unwrap();
-    let mut out: Vec<String> = fs
-        .readdir(fh, 0, true)
-        .unwrap()
-        .into_iter()
-        .map(|(_, e)| e.name.to_string_lossy().into_owned())
-        .filter(|n| n != "." && n != "..")
-        .collect();
+    let mut out: Vec<String> = Vec::new();
+    fs.readdir(fh, 0, true, |_, e| {
+        out.push(e.name.to_string_lossy().into_owned());
+        false
+    })
+    .unwrap();
+    out.retain(|n| n != "." && n != "..");
     fs.releasedir(fh);
     out.sort();
     out

@@ -34,7 +34,7 @@ fn scan(
     inodes: &mut HashSet<u64>,
     file: &mut dyn FnMut(u64, u64),
 ) -> Result<(), ToolError> {
-    let marks = whiteout::dir_marks(dir)?;
+    let (marks, _) = whiteout::dir_marks(dir)?;
     if marks.opaque {
         stats.opaque_dirs += 1;
     }

@@ -191,7 +191,7 @@ impl Union {
         for &id in &self.ids {
             let root = self.root_fd(id)?;
             let fd = sys::openat(root, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            let marks = whiteout::dir_marks(fd.as_fd())?;
+            let (marks, _) = whiteout::dir_marks(fd.as_fd())?;
             parts.push(Part {
                 layer: id,
                 path: OsString::new(),
@@ -264,7 +264,7 @@ impl Union {
                         Err(e) if e.is(libc::ENOENT) || e.is(libc::ENOTDIR) => continue,
                         Err(e) => return Err(e),
                     };
-                    let marks = whiteout::dir_marks(pfd.as_fd())?;
+                    let (marks, _) = whiteout::dir_marks(pfd.as_fd())?;
                     (
                         Arc::new(pfd),
                         marks,
@@ -323,8 +323,7 @@ impl Union {
             };
             if is_dir {
                 let fd = sys::openat(pfd.as_fd(), &pname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-                part.marks = whiteout::dir_marks(fd.as_fd())?;
-                part.redirect = whiteout::read_redirect(fd.as_fd())?;
+                (part.marks, part.redirect) = whiteout::dir_marks(fd.as_fd())?;
                 part.dir = Some(Arc::new(fd));
                 // `.wh.NAME` beside a directory NAME: deleted and made anew
                 // in this layer, so nothing below shows (as the mount reads it).

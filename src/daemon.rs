@@ -1,0 +1,153 @@
+//! The daemon's life: mount (the FUSE handshake, then fork, so `unionfs
+//! mount` returns exactly when the mount is live), signals that unmount,
+//! and `unionfs umount`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use log::{error, info};
+
+use crate::cli::MountConfig;
+use crate::error::Error;
+use crate::fuse::FuseFs;
+use crate::layer::LayerStack;
+use crate::ops::{Options, UnionFs};
+use crate::sys;
+
+/// Mounts per `config` and serves until unmounted. Returns the process exit
+/// code; errors were already reported (stderr before detaching, the log after).
+pub fn mount(config: &MountConfig) -> Result<(), String> {
+    sys::raise_nofile_limit();
+    let layers = LayerStack::open(config.upper.as_deref(), &config.lowers)
+        .map_err(|e| format!("cannot open layers: {e}"))?;
+    let opts = Options {
+        read_only: config.read_only || config.upper.is_none(),
+        format: config.format,
+    };
+    // Modes arrive with the caller's umask applied; ours must not apply twice.
+    sys::set_umask(0);
+    let fs = UnionFs::new(layers, config.work.as_deref(), opts).map_err(|e| e.to_string())?;
+    let fs = Arc::new(fs);
+
+    let is_root = sys::geteuid() == 0;
+    let allow_other = config.allow_other.unwrap_or(is_root);
+    let mut options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("unionfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        options.push(MountOption::RO);
+    }
+    for o in &config.kernel_options {
+        options.push(kernel_option(o));
+    }
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let threads = config.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
+    });
+    fuse_config.n_threads = Some(threads);
+    fuse_config.clone_fd = true;
+
+    let session = Session::new(FuseFs::new(fs.clone()), &config.mountpoint, &fuse_config)
+        .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;
+
+    // The mount is live (the kernel handshake is done): now detach, so that
+    // `unionfs mount` returns exactly when the mount can be used.
+    if !config.foreground {
+        match sys::fork() {
+            Ok(sys::Forked::Parent) => sys::exit_now(0),
+            Ok(sys::Forked::Child) => {}
+            Err(e) => return Err(format!("cannot fork the daemon: {e}")),
+        }
+        crate::logging::detached(config.log_file.is_some());
+        if let Err(e) = sys::detach_stdio(crate::logging::file_fd()) {
+            error!("detaching: {e}");
+        }
+    }
+    info!(
+        "mounted {} (lowers {:?}, upper {:?})",
+        config.mountpoint.display(),
+        config.lowers,
+        config.upper
+    );
+
+    // SIGTERM/SIGINT unmount; the session then ends by itself.
+    sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    let mountpoint = config.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = sys::wait_signal(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+            info!("signal {sig}: unmounting {}", mountpoint.display());
+            if let Err(e) = unmount_detached(&mountpoint) {
+                error!("unmount on signal: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+
+    let r = session.run();
+    info!("session ended: {r:?}");
+    r.map_err(|e| format!("session ended: {e}"))
+}
+
+fn kernel_option(o: &str) -> MountOption {
+    match o {
+        "nodev" => MountOption::NoDev,
+        "dev" => MountOption::Dev,
+        "nosuid" => MountOption::NoSuid,
+        "suid" => MountOption::Suid,
+        "noexec" => MountOption::NoExec,
+        "exec" => MountOption::Exec,
+        "sync" => MountOption::Sync,
+        "async" => MountOption::Async,
+        "dirsync" => MountOption::DirSync,
+        other => MountOption::CUSTOM(other.to_string()),
+    }
+}
+
+/// Lazily detaches the mount (a signal must not fail because a file is open).
+fn unmount_detached(mnt: &Path) -> Result<(), Error> {
+    match sys::umount_detach(mnt) {
+        Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, true),
+        other => other,
+    }
+}
+
+/// `fusermount3 -u [-z] MNT`, for a user that may not call umount(2).
+fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), Error> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg(mnt)
+        .output()
+        .map_err(|e| Error::from(e).context("running fusermount3"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::errno(libc::EPERM)
+            .context(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+/// `unionfs umount MNT`: unmounts, refusing (EBUSY) while files are open.
+pub fn unmount(mnt: &Path) -> Result<(), String> {
+    let r = match sys::umount(mnt) {
+        Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, false),
+        other => other,
+    };
+    r.map_err(|e| format!("cannot unmount {}: {e}", mnt.display()))
+}

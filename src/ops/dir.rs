@@ -1,0 +1,307 @@
+//! Directories: listings, and the changes of names in one directory
+//! (create, link, remove). Each copies up the directory first, then makes
+//! its change under the directory's `names` lock, after checking the name
+//! again, through `upper.rs`.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+
+use super::file::real_open_flags;
+use super::{Attr, Caller, NewObject, UnionFs};
+use crate::error::{fail, Error, Result};
+use crate::index;
+use crate::layer::UPPER;
+use crate::lookup::{self, Found};
+use crate::node::{Node, Stack};
+use crate::readdir::{self, DirEntry};
+use crate::sys;
+use crate::upper::{Leave, Shape};
+
+impl UnionFs {
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let node = self.tree.nodes.get(ino)?;
+        if !node.is_dir() || node.is_dead() {
+            // Removed while the caller was opening it; or the kernel holds a
+            // directory by this number and this node is a newer object that
+            // took the number of a removed one.
+            return fail(libc::ENOENT);
+        }
+        let entries = readdir::snapshot(&self.tree, &node)?;
+        Ok(self.handles.open_dir(ino, entries))
+    }
+
+    /// Hands the entries of the snapshot from `offset` on to `add`, each
+    /// with the offset of the entry after it (what the kernel passes back to
+    /// continue), until `add` says the reply is full. With `inos`, each
+    /// entry's number is settled first (readdir); readdirplus looks each
+    /// entry up instead. Only the entries handed out cost anything.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        inos: bool,
+        mut add: impl FnMut(u64, &DirEntry) -> bool,
+    ) -> Result<()> {
+        let h = self.handles.dir(fh)?;
+        let node = self.tree.nodes.get(h.ino)?;
+        if offset == 0 && h.served.swap(false, Ordering::Relaxed) {
+            // rewinddir(3): show the directory as it is now.
+            *h.entries.lock() = readdir::snapshot(&self.tree, &node)?;
+        }
+        let mut entries = h.entries.lock();
+        let start = (offset as usize).min(entries.len());
+        for (i, e) in entries.iter_mut().enumerate().skip(start) {
+            if inos {
+                readdir::settle_ino(&self.tree, &node, e)?;
+            }
+            h.served.store(true, Ordering::Relaxed);
+            if add((i + 1) as u64, e) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.close_dir(fh);
+    }
+
+    /// The attributes of a directory entry for readdirplus, counting a
+    /// lookup like `lookup` does ("." and ".." are not counted by the kernel).
+    pub fn entry_attr(&self, dir: u64, entry: &DirEntry) -> Result<Attr> {
+        if entry.name == "." || entry.name == ".." {
+            return self.getattr(if entry.name == "." { dir } else { entry.ino }, None);
+        }
+        self.lookup(dir, &entry.name)
+    }
+
+    /// Creates a file, directory, symlink or special file owned by the
+    /// caller. Returns its attributes and, for a file, its open handle.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        what: NewObject,
+    ) -> Result<(Attr, Option<u64>)> {
+        let upper = self.upper()?;
+        Self::check_new_name(name)?;
+        if let NewObject::Special { mode, rdev } = what {
+            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                return Err(Error::errno(libc::EPERM).context("a 0/0 device is a whiteout"));
+            }
+        }
+        let pnode = self.dir_for_change(parent)?;
+        let pdir = self.tree.dir(&pnode, UPPER)?;
+        let pst = sys::fstat(pdir.fd())?;
+        // A setgid directory hands its group down (and, to directories, the bit).
+        let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if setgid_parent {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        let (shape, mode) = match &what {
+            NewObject::File { mode, .. } => (Shape::File, *mode),
+            NewObject::Dir { mode } => {
+                let extra = if setgid_parent { libc::S_ISGID } else { 0 };
+                (Shape::Dir, mode | extra)
+            }
+            NewObject::Symlink { target } => (Shape::Symlink(target), 0o777),
+            NewObject::Special { mode, rdev } => {
+                (Shape::Special(mode & libc::S_IFMT, *rdev), *mode)
+            }
+        };
+        let temp = upper.make_temp(shape, caller.uid, gid)?;
+        let is_dir = matches!(what, NewObject::Dir { .. });
+        let placed = (|| -> Result<()> {
+            upper.chmod_temp(&temp, mode)?;
+            // Over a name a lower still has, the new directory must not
+            // merge with it: it starts empty.
+            if is_dir && lookup::in_lowers(&self.tree, &pnode, name)? {
+                upper.make_opaque(temp.fd.as_fd(), &self.tree.path_in(&pnode, name))?;
+            }
+            let _names = pnode.names.lock();
+            if lookup::resolve(&self.tree, &pnode, name)?.is_some() {
+                return fail(libc::EEXIST);
+            }
+            upper.place(&temp.name, &pdir, name, is_dir).map(|_| ())
+        })();
+        if let Err(e) = placed {
+            upper.discard(&temp);
+            return Err(e);
+        }
+
+        let mut st = sys::fstat(temp.fd.as_fd())?;
+        let ino = self
+            .tree
+            .nodes
+            .ino_for(self.tree.layers.get(UPPER)?, st.st_ino);
+        let stack = Stack {
+            upper: true,
+            ..Stack::default()
+        };
+        let mut attr = self.finish_attr(ino, &stack, &mut st);
+        let kind = st.st_mode & libc::S_IFMT;
+        let node = self.tree.nodes.remember(ino, kind, stack, parent, name);
+        attr.generation = node.generation;
+        let fh = match what {
+            NewObject::File { flags, .. } => {
+                let fd = self
+                    .tree
+                    .open(&node, UPPER, real_open_flags(flags) & !libc::O_TRUNC)?;
+                Some(self.handles.open_file(ino, UPPER, fd, flags))
+            }
+            _ => None,
+        };
+        Ok((attr, fh))
+    }
+
+    /// A hard link `newname` in `newparent` to `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
+        let upper = self.upper()?;
+        Self::check_new_name(newname)?;
+        let node = self.tree.nodes.get(ino)?;
+        if node.is_dir() {
+            return fail(libc::EPERM);
+        }
+        let pnode = self.dir_for_change(newparent)?;
+        self.copier()?.node(&node, crate::copy_up::Data::All)?;
+        // A plain hard link in the upper, of the upper copy (or of the index
+        // entry, for an object that already has one), so the upper stays a
+        // layer kernel overlayfs reads with the same link counts.
+        let layer = node
+            .stack()
+            .top()
+            .ok_or_else(|| Error::errno(libc::ESTALE))?;
+        let tmp = self
+            .tree
+            .at_locked(&node, layer, |dir, name| upper.link_temp(dir.fd(), name))?;
+        let pdir = self.tree.dir(&pnode, UPPER)?;
+        let placed = (|| -> Result<()> {
+            let _names = pnode.names.lock();
+            if lookup::resolve(&self.tree, &pnode, newname)?.is_some() {
+                return fail(libc::EEXIST);
+            }
+            upper.place(&tmp, &pdir, newname, false).map(|_| ())
+        })();
+        if let Err(e) = placed {
+            upper.work.remove(&tmp);
+            return Err(e);
+        }
+        let mut attr = self.attr_of(&node)?;
+        let node = self
+            .tree
+            .nodes
+            .remember(ino, node.kind, node.stack(), newparent, newname);
+        attr.generation = node.generation;
+        Ok(attr)
+    }
+
+    /// unlink(2) (`dir` false) or rmdir(2) (`dir` true).
+    pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        let upper = self.upper()?;
+        let pnode = self.tree.nodes.get(parent)?;
+        let found =
+            lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let is_dir = found.kind == libc::S_IFDIR;
+        match (dir, is_dir) {
+            (true, false) => return fail(libc::ENOTDIR),
+            (false, true) => return fail(libc::EISDIR),
+            _ => {}
+        }
+        if is_dir && !self.is_empty_dir(&pnode, name, &found)? {
+            return fail(libc::ENOTEMPTY);
+        }
+        self.copier()?.node(&pnode, crate::copy_up::Data::All)?;
+        let pdir = self.tree.dir(&pnode, UPPER)?;
+        let leave = if lookup::in_lowers(&self.tree, &pnode, name)? {
+            Leave::Whiteout
+        } else {
+            Leave::Nothing
+        };
+        if !is_dir && !found.stack.upper && found.stat.st_nlink > 1 {
+            self.lower_name_gone(&pnode, name, &found)?;
+        }
+        self.keep_reachable(&pnode, name, &found)?;
+        let _names = pnode.names.lock();
+        // Again under the lock: a copy-up may have given it an upper copy.
+        let now = lookup::resolve(&self.tree, &pnode, name)?
+            .filter(|f| f.ino == found.ino)
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let _changing = pnode.changing();
+        if now.stack.upper {
+            upper.remove(&pdir, name, is_dir, leave)?;
+        } else {
+            upper.whiteout(&pdir, name)?;
+        }
+        self.gone(&now);
+        Ok(())
+    }
+
+    /// True when the directory `found` (at `name` in `parent`) shows nothing.
+    pub(super) fn is_empty_dir(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<bool> {
+        let probe = Node::detached(found.ino, found.kind, found.stack.clone(), parent.ino, name);
+        Ok(readdir::snapshot(&self.tree, &probe)?.len() <= 2)
+    }
+
+    /// The name `found` was reached by is gone. If it was the object's
+    /// last, the node is marked dead: an open file of it must not be copied
+    /// up to a name again, and a new object given its number (a filesystem
+    /// reuses numbers) gets a new node.
+    pub(super) fn gone(&self, found: &Found) {
+        if found.kind == libc::S_IFDIR {
+            self.tree.forget_dirs(found.ino, &found.stack);
+        }
+        let Ok(node) = self.tree.nodes.get(found.ino) else {
+            return;
+        };
+        let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
+        if found.stack.index.is_none() && last_name {
+            node.set_dead();
+        }
+    }
+
+    /// Before the upper name `name` (in `parent`) of a hard-linked object is
+    /// removed or replaced: if the node reaches its upper copy by that very
+    /// name, give it an index entry to reach it by from now on.
+    pub(super) fn keep_reachable(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
+        if !found.stack.upper || found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1 {
+            return Ok(());
+        }
+        let Ok(node) = self.tree.nodes.get(found.ino) else {
+            return Ok(());
+        };
+        let _guard = node.lock.lock();
+        if node.stack().index.is_some() || !node.is_at(parent.ino, name) {
+            return Ok(());
+        }
+        let pdir = self.tree.dir(parent, UPPER)?;
+        self.tree.index()?.add(pdir.fd(), name, found.ino, 0)?;
+        node.update_stack(|s| s.index = Some(index::key(found.ino)));
+        Ok(())
+    }
+
+    /// A lower name (`name` in `parent`, resolved to `found`) of a
+    /// hard-linked object goes away (unlink, or rename after which the name
+    /// is copied): the object's other names must count one link fewer,
+    /// which only an index entry can record.
+    pub(super) fn lower_name_gone(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
+        let live = self.tree.nodes.get(found.ino).ok();
+        let _guard = live.as_ref().map(|n| n.lock.lock());
+        let indexed = live
+            .as_ref()
+            .and_then(|n| n.stack().index)
+            .or(found.stack.index.clone());
+        if indexed.is_some() {
+            return self.tree.index()?.lower_name_gone(found.ino);
+        }
+        let src = Node::detached(found.ino, found.kind, found.stack.clone(), parent.ino, name);
+        let new = self.copier()?.to_index(&src)?;
+        if let (Some(node), Some(key)) = (&live, new.index) {
+            node.update_stack(|s| s.index = Some(key));
+        }
+        Ok(())
+    }
+}

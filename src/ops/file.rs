@@ -1,0 +1,115 @@
+//! Open files: open (copying up for a write), read, write and friends. An
+//! open file reads and writes one layer's file through its fd; copy-up
+//! points it at the copy.
+
+use super::{is_upper_copy, UnionFs};
+use crate::copy_up::Data;
+use crate::error::{fail, Error, Result};
+use crate::handles;
+use crate::layer::UPPER;
+use crate::sys;
+
+/// Open flags that ask to change the file.
+const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
+
+/// The flags to open a layer's file with for a caller's open. O_APPEND is
+/// dropped: the kernel already passes the end of file as the offset, and
+/// pwrite(2) on an O_APPEND fd would ignore offsets. Creation flags were
+/// handled by the union.
+pub(super) fn real_open_flags(flags: i32) -> i32 {
+    let keep = libc::O_ACCMODE
+        | libc::O_TRUNC
+        | libc::O_NONBLOCK
+        | libc::O_NOATIME
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_DIRECT;
+    flags & keep
+}
+
+impl UnionFs {
+    /// Opens a regular file; returns the handle number.
+    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let node = self.tree.nodes.get(ino)?;
+        if node.kind != libc::S_IFREG {
+            // As in opendir: a newer object with a removed file's number.
+            return fail(libc::ENOENT);
+        }
+        if node.is_dead() {
+            // Reopened through /proc/PID/fd after its last name was removed.
+            let (layer, fd) = self.fd_of_dead(&node, real_open_flags(flags) & !libc::O_TRUNC)?;
+            return Ok(self.handles.open_file(ino, layer, fd, flags));
+        }
+        if flags & WRITE_FLAGS != 0 {
+            let data = if flags & libc::O_TRUNC != 0 {
+                Data::Skip
+            } else {
+                Data::All
+            };
+            self.copier()?.node(&node, data)?;
+        }
+        let layer = node
+            .stack()
+            .top()
+            .ok_or_else(|| Error::errno(libc::ESTALE))?;
+        let fd = self.tree.open(&node, layer, real_open_flags(flags))?;
+        Ok(self.handles.open_file(ino, layer, fd, flags))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::pread(handles::fd_of(&real), &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.close_file(fh);
+    }
+
+    /// Writes through an open handle (always on the upper copy).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        if !is_upper_copy(real.0) {
+            return fail(libc::EBADF);
+        }
+        sys::pwrite(handles::fd_of(&real), data, offset)
+    }
+
+    pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        if !is_upper_copy(real.0) {
+            return fail(libc::EBADF);
+        }
+        sys::fallocate(handles::fd_of(&real), mode, offset, len)
+    }
+
+    pub fn fsync(&self, fh: u64, data_only: bool) -> Result<()> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        if !is_upper_copy(real.0) {
+            return Ok(()); // nothing of ours to flush in a lower
+        }
+        sys::fsync(handles::fd_of(&real), data_only)
+    }
+
+    pub fn fsyncdir(&self, ino: u64, data_only: bool) -> Result<()> {
+        let node = self.tree.nodes.get(ino)?;
+        if !node.stack().upper || self.upper.is_none() {
+            return Ok(());
+        }
+        let dir = self.tree.dir(&node, UPPER)?;
+        sys::fsync(dir.fd(), data_only)
+    }
+
+    /// lseek for SEEK_DATA / SEEK_HOLE (the kernel does the others).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handles.file(fh)?;
+        let real = h.real();
+        sys::lseek(handles::fd_of(&real), offset, whence)
+    }
+}

@@ -1,0 +1,201 @@
+//! Lookup, attributes and xattrs of one object.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use super::{is_upper_copy, Attr, UnionFs};
+use crate::copy_up::Data;
+use crate::error::{fail, Error, Result};
+use crate::handles;
+use crate::layer::UPPER;
+use crate::lookup;
+use crate::node::{Node, ROOT_INO};
+use crate::sys;
+use crate::upper::SetAttr;
+use crate::whiteout;
+
+impl UnionFs {
+    /// Resolves `name` in `parent` and records one kernel lookup of it.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let pnode = self.tree.nodes.get(parent)?;
+        if !pnode.is_dir() {
+            return fail(libc::ENOTDIR);
+        }
+        let found =
+            lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let mut st = found.stat;
+        let mut attr = self.finish_attr(found.ino, &found.stack, &mut st);
+        let node = self
+            .tree
+            .nodes
+            .remember(found.ino, found.kind, found.stack, parent, name);
+        attr.generation = node.generation;
+        if node.is_dir() {
+            for (layer, dir) in found.dirs {
+                self.tree.dirs.put(node.ino, layer, dir);
+            }
+        }
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.tree.forget(ino, n);
+    }
+
+    /// Attributes of `ino`; through the open file `fh` when given, so an
+    /// open file that was unlinked still answers fstat(2).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
+        let node = self.tree.nodes.get(ino)?;
+        if let Some(h) = fh.and_then(|fh| self.handles.file(fh).ok()) {
+            let real = h.real();
+            let mut st = sys::fstat(handles::fd_of(&real))?;
+            return Ok(self.finish_attr(ino, &node.stack(), &mut st));
+        }
+        self.attr_of(&node)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<OsString> {
+        let node = self.tree.nodes.get(ino)?;
+        if node.kind != libc::S_IFLNK {
+            return fail(libc::EINVAL);
+        }
+        let layer = node
+            .stack()
+            .top()
+            .ok_or_else(|| Error::errno(libc::ESTALE))?;
+        self.tree
+            .at(&node, layer, |dir, name| sys::readlinkat(dir.fd(), name))
+    }
+
+    /// Checks `access(2)` modes. The kernel checks permission bits itself
+    /// (`default_permissions`); this adds what only the union knows.
+    pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
+        self.tree.nodes.get(ino)?;
+        if mask & libc::W_OK != 0 {
+            self.check_writable()?;
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> Result<libc::statvfs> {
+        // The upper takes the writes, so its free space is what matters.
+        let layer = match self.tree.layers.upper() {
+            Some(u) => u,
+            None => self.tree.layers.get(1)?,
+        };
+        sys::fstatvfs(layer.root())
+    }
+
+    /// The fd to read or change a node's xattrs through: its top object.
+    fn top_fd(&self, node: &Node) -> Result<OwnedFd> {
+        if node.is_dead() {
+            return Ok(self.fd_of_dead(node, libc::O_RDONLY)?.1);
+        }
+        self.tree.open_top(node)
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let node = self.tree.nodes.get(ino)?;
+        if whiteout::is_private_xattr(name) {
+            return fail(libc::ENODATA);
+        }
+        let fd = self.top_fd(&node)?;
+        sys::getxattr_via_proc(fd.as_fd(), name)?.ok_or_else(|| Error::errno(libc::ENODATA))
+    }
+
+    /// The node's xattr names, NUL-terminated each, private ones left out.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.tree.nodes.get(ino)?;
+        let fd = self.top_fd(&node)?;
+        let mut out = Vec::new();
+        for name in sys::flistxattr(fd.as_fd())? {
+            if !whiteout::is_private_xattr(&name) {
+                out.extend_from_slice(name.as_bytes());
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let upper = self.upper()?;
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::errno(libc::EPERM).context("private xattr"));
+        }
+        let node = self.tree.nodes.get(ino)?;
+        self.copier()?.node(&node, Data::All)?;
+        let fd = self.top_fd(&node)?;
+        upper.set_xattr(fd.as_fd(), name, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        let upper = self.upper()?;
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::errno(libc::EPERM).context("private xattr"));
+        }
+        let node = self.tree.nodes.get(ino)?;
+        let fd = self.top_fd(&node)?;
+        // Nothing to copy up for an attribute that is not there.
+        if sys::fgetxattr(fd.as_fd(), name)?.is_none() {
+            return fail(libc::ENODATA);
+        }
+        self.copier()?.node(&node, Data::All)?;
+        let fd = self.top_fd(&node)?;
+        upper.remove_xattr(fd.as_fd(), name)
+    }
+
+    /// setattr: truncate, chmod, chown, utimes (after copy-up).
+    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
+        let upper = self.upper()?;
+        let node = self.tree.nodes.get(ino)?;
+        if node.is_dead() {
+            return self.setattr_dead(&node, set);
+        }
+        if node.ino == ROOT_INO {
+            // The root has no parent to name it by: change it through its fd.
+            upper.set_attr_fd(self.tree.root_dir(UPPER)?.fd(), set)?;
+            return self.attr_of(&node);
+        }
+        if set.size.is_some() && node.is_dir() {
+            return fail(libc::EISDIR);
+        }
+        let data = if set.size == Some(0) {
+            Data::Skip
+        } else {
+            Data::All
+        };
+        // A size change sets the mtime; a truncate to zero copies no data,
+        // so the copy is already empty and the layer would not see one.
+        let resized = match set.size {
+            Some(size) => self.attr_of(&node)?.st.st_size as u64 != size,
+            None => false,
+        };
+        self.copier()?.node(&node, data)?;
+        let layer = node
+            .stack()
+            .top()
+            .ok_or_else(|| Error::errno(libc::ESTALE))?;
+        self.tree.at_locked(&node, layer, |dir, name| {
+            upper.set_attr(dir.fd(), name, set, resized)
+        })?;
+        self.attr_of(&node)
+    }
+
+    /// setattr of an object whose last name is gone, through one of its
+    /// open files (fchmod(2) on an fd of an unlinked file).
+    fn setattr_dead(&self, node: &Node, set: SetAttr) -> Result<Attr> {
+        let flags = if set.size.is_some() {
+            libc::O_WRONLY
+        } else {
+            libc::O_RDONLY
+        };
+        let (layer, fd) = self.fd_of_dead(node, flags)?;
+        if !is_upper_copy(layer) {
+            return fail(libc::ENOENT);
+        }
+        self.upper()?.set_attr_fd(fd.as_fd(), set)?;
+        self.attr_of(node)
+    }
+}

@@ -1,0 +1,227 @@
+//! Each filesystem operation as a short script over the union modules, in
+//! plain Rust types (no FUSE): `fuse.rs` converts and replies, tests call
+//! these directly. By concern: [`inode`] (lookup, attributes, xattrs),
+//! [`file`] (open files), [`dir`] (listings, create, link, remove) and
+//! [`rename`].
+//!
+//! No lock covers the whole mount. A change of names in a directory holds
+//! that directory's `names` lock (two, in a fixed order, for a rename), a
+//! copy-up holds the object's node lock, and every layer object is reached
+//! through held directory fds, so a request never sees a path caught midway.
+
+mod dir;
+mod file;
+mod inode;
+mod rename;
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::copy_up::{CopyUp, Data};
+use crate::error::{fail, Error, Result};
+use crate::handles::Handles;
+use crate::index;
+use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
+use crate::node::{Node, Stack};
+use crate::sys::{self, Stat};
+use crate::tree::Tree;
+use crate::upper::Upper;
+use crate::whiteout::{self, WriteFormat};
+use crate::workdir::WorkDir;
+
+pub use crate::readdir::DirEntry;
+pub use crate::sys::SetTime;
+pub use crate::upper::SetAttr;
+
+/// Attributes of a merged object: the top layer's `lstat` with the union's
+/// inode number.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub ino: u64,
+    pub st: Stat,
+    /// Tells the object from an earlier one with the same number.
+    pub generation: u64,
+}
+
+/// How a mount behaves, beyond its layers.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Refuse every change (no upper, or `-o ro`).
+    pub read_only: bool,
+    /// How whiteouts and opaque markers are written into the upper.
+    pub format: WriteFormat,
+}
+
+/// A mounted union: layers, the inode table and the open handles.
+pub struct UnionFs {
+    pub tree: Tree,
+    pub handles: Handles,
+    pub opts: Options,
+    /// The work dir and write format; `None` for a lowers-only mount.
+    upper: Option<Upper>,
+}
+
+/// Who asks: new objects belong to the caller (its fsuid/fsgid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub enum NewObject {
+    /// A regular file, opened with these flags.
+    File {
+        mode: u32,
+        flags: i32,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: OsString,
+    },
+    /// A fifo, socket or device.
+    Special {
+        mode: u32,
+        rdev: u64,
+    },
+}
+
+/// True for the layers holding upper copies: the upper and the index
+/// (where a hard-linked object's copy is reached).
+fn is_upper_copy(layer: LayerId) -> bool {
+    layer == UPPER || layer == INDEX
+}
+
+impl UnionFs {
+    /// A union over `layers`. With an upper, `work` is its work dir
+    /// (created, locked and cleaned here); errors name the problem.
+    pub fn new(mut layers: LayerStack, work: Option<&Path>, mut opts: Options) -> Result<UnionFs> {
+        let mut meta_prefix = "user.unionfs.";
+        let mut upper = None;
+        if let Some(layer) = layers.upper() {
+            let work =
+                work.ok_or_else(|| Error::errno(libc::EINVAL).context("upper without work dir"))?;
+            let work = WorkDir::open(work, layer)?;
+            let format = work.choose_format(opts.format);
+            meta_prefix = work.meta_prefix();
+            let index = index::open_layer(work.root(), layer)?;
+            upper = Some(Upper { work, format });
+            layers.set_index(index);
+        } else {
+            opts.read_only = true;
+        }
+        Ok(UnionFs {
+            tree: Tree::new(layers, meta_prefix)?,
+            handles: Handles::default(),
+            opts,
+            upper,
+        })
+    }
+
+    /// EROFS when nothing may change.
+    fn check_writable(&self) -> Result<()> {
+        if self.opts.read_only {
+            return fail(libc::EROFS);
+        }
+        Ok(())
+    }
+
+    /// The writable side; EROFS for a read-only mount.
+    pub fn upper(&self) -> Result<&Upper> {
+        self.check_writable()?;
+        self.upper.as_ref().ok_or_else(|| Error::errno(libc::EROFS))
+    }
+
+    /// Copy-up over this mount's upper; EROFS for a read-only mount.
+    fn copier(&self) -> Result<CopyUp<'_>> {
+        Ok(CopyUp {
+            tree: &self.tree,
+            upper: self.upper()?,
+            handles: &self.handles,
+        })
+    }
+
+    /// The attributes of a node, read from its top layer.
+    fn attr_of(&self, node: &Node) -> Result<Attr> {
+        let stack = node.stack();
+        let mut st = if node.is_dead() {
+            let (_, fd) = self.fd_of_dead(node, libc::O_RDONLY)?;
+            sys::fstat(fd.as_fd())?
+        } else {
+            let layer = stack
+                .top()
+                .ok_or_else(|| Error::errno(libc::ESTALE).context("node with no layer"))?;
+            self.tree.stat(node, layer)?
+        };
+        Ok(self.finish_attr(node.ino, &stack, &mut st))
+    }
+
+    /// Puts the union's inode number into a layer's `lstat`; a merged
+    /// directory reports one link, as overlayfs does, since its real count
+    /// would miss the subdirectories of the other layers.
+    fn finish_attr(&self, ino: u64, stack: &Stack, st: &mut Stat) -> Attr {
+        // A hard-linked object answers from its index entry, which every
+        // name shares, and counts its names across layers.
+        if let (Some(key), Ok(index)) = (&stack.index, self.tree.index()) {
+            if let Ok(ist) = sys::statat(index.layer.root(), key) {
+                *st = ist;
+                st.st_nlink = index.nlink(ino, ist.st_nlink).unwrap_or(ist.st_nlink);
+            }
+        }
+        st.st_ino = ino;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR && stack.is_merged() {
+            st.st_nlink = 1;
+        }
+        Attr {
+            ino,
+            st: *st,
+            generation: 0,
+        }
+    }
+
+    /// The parent directory of a change: a directory, copied up.
+    fn dir_for_change(&self, parent: u64) -> Result<Arc<Node>> {
+        let pnode = self.tree.nodes.get(parent)?;
+        if !pnode.is_dir() {
+            return fail(libc::ENOTDIR);
+        }
+        if pnode.is_dead() {
+            return fail(libc::ENOENT);
+        }
+        self.copier()?.node(&pnode, Data::All)?;
+        Ok(pnode)
+    }
+
+    /// EPERM for a name that would forge a whiteout (`.wh.*`).
+    fn check_new_name(name: &std::ffi::OsStr) -> Result<()> {
+        if whiteout::is_marker_name(name) {
+            return Err(Error::errno(libc::EPERM).context("names starting .wh. are reserved"));
+        }
+        if name.len() > 255 {
+            return fail(libc::ENAMETOOLONG);
+        }
+        Ok(())
+    }
+
+    /// An fd on the object of a node whose last name is gone, reopened from
+    /// one of its open files (the only way left to reach it).
+    fn fd_of_dead(&self, node: &Node, flags: i32) -> Result<(LayerId, OwnedFd)> {
+        let h = self
+            .handles
+            .files_of(node.ino)
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::errno(libc::ENOENT).context("object was deleted"))?;
+        let (layer, fd) = h.real();
+        if flags & libc::O_ACCMODE != libc::O_RDONLY && !is_upper_copy(layer) {
+            // Its bytes are still a lower's, and it has no name to copy to.
+            return fail(libc::ENOENT);
+        }
+        Ok((layer, sys::reopen(fd.as_fd(), flags)?))
+    }
+}

@@ -41,6 +41,10 @@ impl From<crate::Error> for ToolError {
 
 impl From<io::Error> for ToolError {
     fn from(e: io::Error) -> ToolError {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            // The reader went away (`| head`): nothing to say about it.
+            return ToolError(String::new());
+        }
         let text = e.to_string();
         // Rust appends "(os error N)"; the errno text alone reads better.
         match text.find(" (os error") {
@@ -120,6 +124,14 @@ pub enum ToolCommand {
 /// Runs a tool; `Ok(code)` is the exit status (1 when `which` did not find
 /// a path). Messages for stderr are printed here, one line each.
 pub fn run(cmd: ToolCommand) -> Result<u8, ToolError> {
+    match run_tool(cmd) {
+        // Output cut short by a closed pipe: fail quietly.
+        Err(e) if e.0.is_empty() => Ok(1),
+        other => other,
+    }
+}
+
+fn run_tool(cmd: ToolCommand) -> Result<u8, ToolError> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let code = match cmd {

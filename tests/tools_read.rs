@@ -573,3 +573,61 @@ fn mount_v_turns_on_the_narration() {
         "no info lines in the log:\n{text}"
     );
 }
+
+#[test]
+fn redirect_paths_stop_like_kernel_overlayfs() {
+    if !require_kernel_overlay() {
+        return;
+    }
+    // Three redirected dirs: one whose path crosses a whiteout in lower 1,
+    // one whose path crosses an opaque dir of lower 1 that lacks the
+    // target, one plain; and a relative redirect under an absolute one.
+    let t = TestDir::new("tools-redirect-stops");
+    let upper = Layer::new("upper")
+        .tagged("w/mine")
+        .tagged("o/mine")
+        .tagged("ok/mine")
+        .dir("ok/rel");
+    let lower1 = Layer::new("lower1")
+        .whiteout("p")
+        .opaque("q")
+        .tagged("q/other");
+    let lower2 = Layer::new("lower2")
+        .tagged("p/t/hidden")
+        .tagged("q/t/hidden")
+        .tagged("r/t/shown")
+        .tagged("r/t/sib/deep");
+    let dirs = render_stack(&[upper, lower1, lower2], t.path(), Format::Kernel);
+    let set = |rel: &str, v: &[u8]| {
+        sys::lsetxattr(&dirs[0].join(rel), b"trusted.overlay.redirect", v).unwrap()
+    };
+    set("w", b"/p/t");
+    set("o", b"/q/t");
+    set("ok", b"/r/t");
+    set("ok/rel", b"sib");
+    let flat = t.join("flat");
+    let out = unionfs([
+        OsString::from("squash"),
+        "-l".into(),
+        lowers_arg(&[&dirs[0], &dirs[1], &dirs[2]]),
+        "-o".into(),
+        flat.clone().into(),
+    ]);
+    assert!(out.success(), "{out}");
+    let mnt = t.mkdir("kmnt");
+    let m = mount_kernel_overlay(
+        &[&dirs[0], &dirs[1], &dirs[2]],
+        None,
+        None,
+        &mnt,
+        &["redirect_dir=follow"],
+    );
+    let kernel = snapshot(m.path());
+    m.umount();
+    let ours = snapshot(&flat);
+    let mut d = kernel.diff(&ours, Fields::VIEW | Fields::OWNER | Fields::MODE);
+    d.retain(|l| !l.starts_with(". ") && !l.starts_with(".:"));
+    assert_no_failures("squash vs kernel overlayfs with redirects", &d);
+    assert!(ours.get("ok/shown").is_some() && ours.get("ok/rel/deep").is_some());
+    assert!(ours.get("w/hidden").is_none() && ours.get("o/hidden").is_none());
+}

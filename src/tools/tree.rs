@@ -153,6 +153,16 @@ enum Probe {
     Object(Stat),
 }
 
+/// Where a layer holds a name on a redirect's path from the layer root.
+enum Place {
+    /// This directory (its fd, marks and path) and the name in it.
+    At(Arc<OwnedFd>, DirMarks, OsString, OsString),
+    /// The layer has no directory there: look further down.
+    Absent,
+    /// A whiteout or non-directory on the path: nothing below shows.
+    Stop(Stop),
+}
+
 /// The layers of one union, open, and the rules to read them.
 pub struct Union {
     pub stack: LayerStack,
@@ -230,6 +240,40 @@ impl Union {
         Ok(Probe::Object(st))
     }
 
+    /// Walks a redirect's path `abs` down from the root of `layer`, as the
+    /// mount's lookup does: a whiteout or non-directory on the way stops
+    /// the lookup, an opaque directory on the way sets `opaque_on_path`.
+    fn place_on_path(
+        &self,
+        layer: LayerId,
+        abs: &OsStr,
+        opaque_on_path: &mut bool,
+    ) -> Result<Place> {
+        let (dir_path, base) = split_path(abs);
+        let open_dir =
+            |d: BorrowedFd, n: &OsStr| sys::openat(d, n, libc::O_RDONLY | libc::O_DIRECTORY, 0);
+        let mut fd = open_dir(self.root_fd(layer)?, OsStr::new("."))?;
+        let mut marks = whiteout::dir_marks(fd.as_fd())?.0;
+        let mut walked = OsString::new();
+        for c in components(dir_path) {
+            walked = join_path(&walked, c);
+            match self.probe(fd.as_fd(), marks, c)? {
+                Probe::Absent => return Ok(Place::Absent),
+                Probe::Whiteout(how) => return Ok(Place::Stop(Stop::Whiteout { layer, how })),
+                Probe::Object(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
+                    return Ok(Place::Stop(Stop::Shadow { layer }))
+                }
+                Probe::Object(_) => {}
+            }
+            let replaced = whiteout::has_oci_whiteout(fd.as_fd(), c)?;
+            let next = open_dir(fd.as_fd(), c)?;
+            marks = whiteout::dir_marks(next.as_fd())?.0;
+            *opaque_on_path |= marks.opaque || replaced;
+            fd = next;
+        }
+        Ok(Place::At(Arc::new(fd), marks, walked, base.to_os_string()))
+    }
+
     /// Resolves `name` in the merged directory `parent` with the mount's
     /// stop rules. With `explain`, goes on below the stop to list what the
     /// stop hides.
@@ -247,30 +291,40 @@ impl Union {
         // path from each layer root, or another name in the same parent.
         let mut absolute: Option<(LayerId, OsString)> = None;
         let mut lower_name = name.to_os_string();
+        // An opaque directory met on the way down a redirect's path: the
+        // search ends at the first layer without the name.
+        let mut opaque_on_path = false;
+        // Sets the stop (the first one wins); true when the walk ends here.
+        let stop_at = |out: &mut Lookup, stop: Stop| {
+            if out.stop.is_none() {
+                out.stop = Some(stop);
+                return !explain;
+            }
+            false
+        };
         for &id in &self.ids {
             let (pfd, pmarks, ppath, pname) = match &absolute {
                 Some((above, abs)) => {
                     if id <= *above {
                         continue;
                     }
-                    let (dir, base) = split_path(abs);
-                    let pfd = match sys::open_beneath(
-                        self.root_fd(id)?,
-                        dir,
-                        libc::O_RDONLY | libc::O_DIRECTORY,
-                        0,
-                    ) {
-                        Ok(fd) => fd,
-                        Err(e) if e.is(libc::ENOENT) || e.is(libc::ENOTDIR) => continue,
-                        Err(e) => return Err(e),
-                    };
-                    let (marks, _) = whiteout::dir_marks(pfd.as_fd())?;
-                    (
-                        Arc::new(pfd),
-                        marks,
-                        dir.to_os_string(),
-                        base.to_os_string(),
-                    )
+                    match self.place_on_path(id, abs, &mut opaque_on_path)? {
+                        Place::At(fd, marks, dir, base) => (fd, marks, dir, base),
+                        Place::Absent if opaque_on_path => {
+                            let how = "opaque dir on the redirect's path".to_owned();
+                            if stop_at(&mut out, Stop::Opaque { layer: id, how }) {
+                                break;
+                            }
+                            continue;
+                        }
+                        Place::Absent => continue,
+                        Place::Stop(stop) => {
+                            if stop_at(&mut out, stop) {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
                 }
                 None => {
                     let Some(pp) = parent.parts.iter().find(|p| p.layer == id) else {
@@ -282,13 +336,17 @@ impl Union {
             };
             let path_in_layer = join_path(&ppath, &pname);
             let st = match self.probe(pfd.as_fd(), pmarks, &pname)? {
+                Probe::Absent if opaque_on_path && out.stop.is_none() => {
+                    let how = "opaque dir on the redirect's path".to_owned();
+                    if stop_at(&mut out, Stop::Opaque { layer: id, how }) {
+                        break;
+                    }
+                    continue;
+                }
                 Probe::Absent => continue,
                 Probe::Whiteout(how) => {
-                    if out.stop.is_none() {
-                        out.stop = Some(Stop::Whiteout { layer: id, how });
-                        if !explain {
-                            break;
-                        }
+                    if stop_at(&mut out, Stop::Whiteout { layer: id, how }) {
+                        break;
                     }
                     continue;
                 }
@@ -335,9 +393,16 @@ impl Union {
                     None
                 };
                 if let Some(r) = &part.redirect {
-                    match r.as_bytes().strip_prefix(b"/") {
-                        Some(abs) => absolute = Some((id, OsStr::from_bytes(abs).to_os_string())),
-                        None => lower_name = r.clone(),
+                    match (r.as_bytes().strip_prefix(b"/"), &absolute) {
+                        (Some(abs), _) => {
+                            absolute = Some((id, OsStr::from_bytes(abs).to_os_string()))
+                        }
+                        // A relative redirect on a path from the root
+                        // replaces its last component.
+                        (None, Some((_, abs))) => {
+                            absolute = Some((id, join_path(split_path(abs).0, r)))
+                        }
+                        (None, None) => lower_name = r.clone(),
                     }
                 }
                 parts.push(part);

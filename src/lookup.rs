@@ -83,23 +83,54 @@ impl Cursor<'_> {
     }
 }
 
-/// The directory of `layer` where the name sits, per `at`, and the name in
-/// it; `None` when the layer has no such directory.
+/// Where a layer holds the name, per `at`.
+enum Place {
+    /// This directory of the layer, and the name in it.
+    At(Arc<LayerDir>, OsString),
+    /// The layer has no directory there: look further down.
+    Absent,
+    /// A whiteout or non-directory on a redirect's path: nothing below shows.
+    Stop,
+}
+
+/// Where `layer` holds `name` of `parent`, per `at`. On the way down a
+/// redirect's path, an opaque directory ends the search after this layer
+/// (`*opaque_on_path`), as kernel overlayfs does.
 fn place_in(
     tree: &Tree,
     parent: &Node,
     layer: LayerId,
     name: &OsStr,
     at: &LowerAt,
-) -> Result<Option<(Arc<LayerDir>, OsString)>> {
-    match at {
-        LowerAt::Parent => Ok(Some((tree.dir(parent, layer)?, name.to_os_string()))),
-        LowerAt::Named(n) => Ok(Some((tree.dir(parent, layer)?, n.clone()))),
-        LowerAt::Root(path) => {
-            let (dir, base) = split_path(path);
-            Ok(tree.walk(layer, dir)?.map(|d| (d, base.to_os_string())))
+    opaque_on_path: &mut bool,
+) -> Result<Place> {
+    let path = match at {
+        LowerAt::Parent => return Ok(Place::At(tree.dir(parent, layer)?, name.to_os_string())),
+        LowerAt::Named(n) => return Ok(Place::At(tree.dir(parent, layer)?, n.clone())),
+        LowerAt::Root(path) => path,
+    };
+    let (dir_path, base) = split_path(path);
+    let mut dir = tree.root_dir(layer)?;
+    for c in dir_path
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+    {
+        let c = OsStr::from_bytes(c);
+        match probe(&dir, c)? {
+            InLayer::Absent => return Ok(Place::Absent),
+            InLayer::WhiteOut => return Ok(Place::Stop),
+            InLayer::Object(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
+                return Ok(Place::Stop)
+            }
+            InLayer::Object(_) => {}
         }
+        let replaced = dir.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(dir.fd(), c)?;
+        let next = LayerDir::open_at(dir.fd(), c, layer != UPPER)?;
+        *opaque_on_path |= next.marks.opaque || replaced;
+        dir = Arc::new(next);
     }
+    Ok(Place::At(dir, base.to_os_string()))
 }
 
 /// Where the layers below a directory with this redirect hold it, given
@@ -137,12 +168,24 @@ pub fn resolve(tree: &Tree, parent: &Node, name: &OsStr) -> Result<Option<Found>
     let mut dirs = Vec::new();
     let mut at = LowerAt::Parent;
     let mut layer = None;
+    let mut opaque_on_path = false;
     while let Some(layer_id) = cursor.next(layer) {
         layer = Some(layer_id);
-        let Some((pdir, here)) = place_in(tree, cursor.parent, layer_id, name, &at)? else {
-            continue;
+        let (pdir, here) = match place_in(
+            tree,
+            cursor.parent,
+            layer_id,
+            name,
+            &at,
+            &mut opaque_on_path,
+        )? {
+            Place::At(dir, here) => (dir, here),
+            Place::Absent if opaque_on_path => break,
+            Place::Absent => continue,
+            Place::Stop => break,
         };
         let st = match probe(&pdir, &here)? {
+            InLayer::Absent if opaque_on_path => break,
             InLayer::Absent => continue,
             InLayer::WhiteOut => break,
             InLayer::Object(st) => st,

@@ -26,6 +26,10 @@ pub struct Tree {
     index_root: Option<Arc<LayerDir>>,
 }
 
+/// How often a reader looks again when names keep changing under it
+/// before it gives up (a livelock guard; one retry is the common case).
+const RETRIES: usize = 1000;
+
 /// How one step up from a node reaches its directory in one layer.
 enum Step {
     /// This name in the parent's directory of the layer.
@@ -106,11 +110,12 @@ impl Tree {
         if let Some(d) = self.dirs.get(node.ino, layer) {
             return Ok(d);
         }
-        loop {
+        for _ in 0..RETRIES {
             if let Some(d) = self.walk_down(node, layer)? {
                 return Ok(d);
             }
         }
+        Err(Error::errno(libc::EAGAIN).context("directory kept moving"))
     }
 
     /// One try of [`Tree::dir`]; `None` when a change of names in the
@@ -122,7 +127,8 @@ impl Tree {
         }
         // Up: the nodes to open, bottom first, with their parents and
         // names in the layer; stops at a directory held open.
-        let mut chain: Vec<(u64, u64, OsString)> = Vec::new();
+        let mut chain: Vec<(Option<Arc<Node>>, u64, u64, OsString)> = Vec::new();
+        let mut cur: Option<Arc<Node>> = None;
         let mut ino = node.ino;
         let mut step = self.step(node, layer)?;
         let mut dir = loop {
@@ -135,7 +141,7 @@ impl Tree {
                     break d;
                 }
                 Step::Under(parent, name) => {
-                    chain.push((ino, parent, name));
+                    chain.push((cur.take(), ino, parent, name));
                     if parent == ROOT_INO {
                         break self.root_dir(layer)?;
                     }
@@ -145,26 +151,25 @@ impl Tree {
                     let p = self.nodes.get(parent)?;
                     ino = parent;
                     step = self.step(&p, layer)?;
+                    cur = Some(p);
                 }
             }
         };
         // Down, one name at a time. Lowers never change; in the upper each
         // name is checked to have stayed put while it was opened.
-        for (ino, parent, name) in chain.into_iter().rev() {
+        for (held, ino, parent, name) in chain.into_iter().rev() {
             let opened = if immutable {
                 LayerDir::open_at(dir.fd(), &name, true)
             } else {
+                let child: &Node = held.as_deref().unwrap_or(node);
                 let pnode = self.nodes.get(parent)?;
                 let seen = pnode.settled();
                 let opened = LayerDir::open_at(dir.fd(), &name, false);
-                let child = self.nodes.get(ino).ok();
-                if !pnode.unchanged_since(seen)
-                    || child.as_ref().is_some_and(|n| !n.is_at(parent, &name))
-                {
+                if !pnode.unchanged_since(seen) || !child.is_at(parent, &name) {
                     return Ok(None);
                 }
                 // Removed before we looked: the name may be something else now.
-                if child.is_some_and(|n| n.is_dead()) {
+                if child.is_dead() {
                     return Err(Error::errno(libc::ENOENT).context("directory was removed"));
                 }
                 opened
@@ -180,6 +185,11 @@ impl Tree {
     pub fn dir_of(&self, ino: u64, layer: LayerId) -> Result<Arc<LayerDir>> {
         if ino == ROOT_INO {
             return self.root_dir(layer);
+        }
+        // Held open: also what reaches a directory the kernel has not looked
+        // up (a tree copy walks those), which has no node in the table.
+        if let Some(d) = self.dirs.get(ino, layer) {
+            return Ok(d);
         }
         let node = self.nodes.get(ino)?;
         self.dir(&node, layer)
@@ -224,7 +234,7 @@ impl Tree {
             let (dir, name) = self.locate(node, layer)?;
             return f(&dir, &name);
         }
-        loop {
+        for _ in 0..RETRIES {
             let (parent, name) = node.place();
             let pnode = self.nodes.get(parent)?;
             let seen = pnode.settled();
@@ -237,6 +247,7 @@ impl Tree {
                 return r;
             }
         }
+        Err(Error::errno(libc::EAGAIN).context("name kept moving"))
     }
 
     /// Runs `f` on `node`'s object in `layer` (its directory and name there)
@@ -252,7 +263,7 @@ impl Tree {
             let (dir, name) = self.locate(node, layer)?;
             return f(&dir, &name);
         }
-        loop {
+        for _ in 0..RETRIES {
             let (parent, name) = node.place();
             let pnode = self.nodes.get(parent)?;
             let dir = self.dir(&pnode, UPPER)?;
@@ -261,6 +272,7 @@ impl Tree {
                 return f(&dir, &name);
             }
         }
+        Err(Error::errno(libc::EAGAIN).context("name kept moving"))
     }
 
     /// Opens `node`'s object in `layer` (never following a symlink; no

@@ -234,6 +234,42 @@ fn check_opaque(upper: &Path, rel: &str, format: &str) -> Result<(), String> {
     }
 }
 
+/// The upper's directory `rel`, renamed there from `from` (`None`: a
+/// directory only the upper had). OCI format: an opaque copy of the whole
+/// tree. Overlay format: O(1), as kernel overlayfs `redirect_dir=on`: a
+/// redirect to where the lowers hold it and not opaque, or, for an
+/// upper-only dir, opaque.
+fn check_moved_dir(
+    upper: &Path,
+    rel: &str,
+    from: Option<&str>,
+    format: &str,
+    view: &Tree,
+) -> Vec<String> {
+    let mut fails = Vec::new();
+    if format == "oci" || from.is_none() {
+        push_err(&mut fails, check_opaque(upper, rel, format));
+        push_err(&mut fails, check_upper_holds(upper, rel, view));
+        return fails;
+    }
+    let p = upper.join(rel);
+    let want = format!("/{}", from.unwrap_or_default());
+    match csys::lgetxattr(&p, b"trusted.overlay.redirect") {
+        Ok(v) if v == want.as_bytes() => {}
+        other => fails.push(format!(
+            "upper/{rel}: trusted.overlay.redirect = {:?}, expected {want:?}",
+            other.map(show)
+        )),
+    }
+    if let Ok(v) = csys::lgetxattr(&p, b"trusted.overlay.opaque") {
+        fails.push(format!(
+            "upper/{rel} is opaque ({:?}): a redirected dir merges",
+            show(v)
+        ));
+    }
+    fails
+}
+
 /// The upper holds a whiteout at `rel` in the mount's write format.
 fn check_whiteout(upper: &Path, rel: &str, format: &str) -> Result<(), String> {
     let p = upper.join(rel);
@@ -682,8 +718,20 @@ fn dir_rename_lower_only_and_merged(format: &'static str) {
 
     // The upper: the moved dirs are opaque and whole, the old names whited
     // out (a lower has them).
-    push_err(&mut fails, check_opaque(&env.upper, "mg2", format));
-    push_err(&mut fails, check_opaque(&env.upper, "dst/lo2", format));
+    fails.extend(check_moved_dir(
+        &env.upper,
+        "mg2",
+        Some("mg"),
+        format,
+        &after,
+    ));
+    fails.extend(check_moved_dir(
+        &env.upper,
+        "dst/lo2",
+        Some("lo"),
+        format,
+        &after,
+    ));
     push_err(&mut fails, check_whiteout(&env.upper, "lo", format));
     push_err(&mut fails, check_whiteout(&env.upper, "mg", format));
     for leftover in ["newd", ".wh.newd"] {
@@ -694,8 +742,6 @@ fn dir_rename_lower_only_and_merged(format: &'static str) {
             ));
         }
     }
-    push_err(&mut fails, check_upper_holds(&env.upper, "mg2", &after));
-    push_err(&mut fails, check_upper_holds(&env.upper, "dst/lo2", &after));
     m.umount();
     sums.assert_unchanged();
 
@@ -850,9 +896,8 @@ fn dir_rename_targets(format: &'static str) {
                  (the target's lower entries must stay hidden)"
             ));
         }
-        push_err(&mut fails, check_opaque(&env.upper, new, format));
+        fails.extend(check_moved_dir(&env.upper, new, Some(old), format, &after));
         push_err(&mut fails, check_whiteout(&env.upper, old, format));
-        push_err(&mut fails, check_upper_holds(&env.upper, new, &after));
     }
     fails.extend(after.d_ino_mismatches());
     m.umount();
@@ -936,9 +981,14 @@ fn dir_rename_exchange() {
                 fails.push(format!("{name} lists {got:?}, expected {want:?}"));
             }
         }
-        for d in ["A", "M", "f", "C", "up/U"] {
-            push_err(&mut fails, check_opaque(&env.upper, d, format));
-            push_err(&mut fails, check_upper_holds(&env.upper, d, &after));
+        for (d, from) in [
+            ("A", Some("M")),
+            ("M", Some("A")),
+            ("f", Some("B")),
+            ("C", None),
+            ("up/U", Some("C")),
+        ] {
+            fails.extend(check_moved_dir(&env.upper, d, from, format, &after));
         }
         fails.extend(after.d_ino_mismatches());
         m.umount();
@@ -1030,7 +1080,24 @@ fn dir_rename_of_a_10k_file_lower_tree() {
             ));
         }
     }
-    push_err(&mut fails, check_opaque(&upper, "big2", "overlay"));
+    // O(1): the directory alone moved, with a redirect; nothing was copied.
+    let after = snapshot(&mnt);
+    fails.extend(check_moved_dir(
+        &upper,
+        "big2",
+        Some("big"),
+        "overlay",
+        &after,
+    ));
+    match fs::read_dir(upper.join("big2")) {
+        Ok(rd) => {
+            let n = rd.count();
+            if n != 0 {
+                fails.push(format!("upper/big2 holds {n} entries: the tree was copied"));
+            }
+        }
+        Err(e) => fails.push(format!("upper/big2: {e}")),
+    }
     push_err(&mut fails, check_whiteout(&upper, "big", "overlay"));
     m.umount();
     sums.assert_unchanged();

@@ -2,6 +2,8 @@
 //! open file reads and writes one layer's file through its fd; copy-up
 //! points it at the copy.
 
+use std::os::fd::AsFd;
+
 use super::{is_upper_copy, UnionFs};
 use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
@@ -53,6 +55,13 @@ impl UnionFs {
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
         let fd = self.tree.open(&node, layer, real_open_flags(flags))?;
+        if flags & libc::O_TRUNC != 0 && is_upper_copy(layer) {
+            // Through the fd, once it is surely this file's (see Tree::at),
+            // with the times O_TRUNC sets.
+            let fd = fd.as_fd();
+            sys::truncate_via_proc(fd, 0)?;
+            sys::futimens(fd, sys::SetTime::Omit, sys::SetTime::Now)?;
+        }
         Ok(self.handles.open_file(ino, layer, fd, flags))
     }
 

@@ -220,6 +220,9 @@ struct LayerFlags {
     /// Upper layer
     #[arg(short = 'u', long = "upper", value_name = "UPPER")]
     upper: Option<OsString>,
+    /// The upper's work dir, for its hard-link index [default: as mount's, if it exists]
+    #[arg(short = 'w', long = "work", value_name = "WORK")]
+    work: Option<OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -315,7 +318,18 @@ fn tool_layers(
         None if need_upper => return Err(usage_error("no upper layer given (use -u UPPER)")),
         None => None,
     };
-    Ok(Some(crate::tools::LayerArgs { lowers, upper }))
+    let work = match (&flags.work, &upper) {
+        (Some(_), None) => return Err(usage_error("a work dir (-w) needs an upper dir (-u)")),
+        (Some(w), Some(_)) => Some(existing_dir("work dir", Path::new(w))?),
+        // The mount's default, when a mount has made it.
+        (None, Some(u)) => Some(default_work_dir(u)).filter(|w| w.is_dir()),
+        (None, None) => None,
+    };
+    Ok(Some(crate::tools::LayerArgs {
+        lowers,
+        upper,
+        work,
+    }))
 }
 
 /// `tool_layers` for tools that cannot find a live mount.
@@ -369,6 +383,7 @@ fn parse_tool(sub: Sub) -> Result<Command, CliError> {
 pub struct TypedLayers {
     pub lowers: Vec<OsString>,
     pub upper: Option<OsString>,
+    pub work: Option<OsString>,
     pub mountpoint: OsString,
 }
 
@@ -389,9 +404,11 @@ pub fn typed_layers(args: &[OsString]) -> Option<TypedLayers> {
     let opts = MountOptions::parse(&raw.options).ok()?;
     let lower = only_once(raw.lower, "-l", opts.lowerdir, "lowerdir=").ok()??;
     let upper = only_once(raw.upper, "-u", opts.upperdir, "upperdir=").ok()?;
+    let work = only_once(raw.work, "-w", opts.workdir, "workdir=").ok()?;
     Some(TypedLayers {
         lowers: split_layer_list(&lower),
         upper,
+        work,
         mountpoint: raw.mountpoint,
     })
 }

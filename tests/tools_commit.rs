@@ -476,3 +476,69 @@ fn squash_writes_the_merged_view_without_markers_in_every_format() {
         assert_no_failures(&format!("{format:?}"), &failures);
     }
 }
+
+#[test]
+fn hard_links_copied_up_through_one_name_round_trip() {
+    if !require_mount_env() {
+        return;
+    }
+    // Two names of one lower inode; a write through one name copies the
+    // object up and the mount serves the other name from WORK/index.
+    let t = TestDir::new("commit-index");
+    let lower = Layer::new("lower")
+        .tagged("d/h1")
+        .link("d/h2", "d/h1")
+        .tagged("other");
+    let lowers = render_stack(&[lower], t.path(), Format::Kernel);
+    let upper = t.mkdir("upper");
+    let mnt = t.mkdir("mnt");
+    let m = mount_unionfs(&as_paths(&lowers), Some(&upper), None, &mnt, &[]);
+    fs::write(m.join("d/h1"), b"written through h1\n").unwrap();
+    let expected = snapshot(m.path());
+    m.umount();
+    assert_eq!(
+        expected.get("d/h2").map(|n| n.nlink),
+        Some(2),
+        "the mount's view"
+    );
+
+    let l = lowers_of(&lowers);
+    let out = run_ok(&[
+        "diff".as_ref(),
+        "-l".as_ref(),
+        &l,
+        "-u".as_ref(),
+        upper.as_os_str(),
+    ]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines, ["C /d", "C /d/h1", "C /d/h2"], "{out}");
+    let out = run_ok(&[
+        "which".as_ref(),
+        "-l".as_ref(),
+        &l,
+        "-u".as_ref(),
+        upper.as_os_str(),
+        "d/h2".as_ref(),
+    ]);
+    assert!(
+        out.stdout.contains("served by  upper (hard-link index)"),
+        "{out}"
+    );
+    round_trip(&t, &lowers, &upper, &expected, "overlay", "index");
+    let flat = t.join("flat");
+    run_ok(&[
+        "squash".as_ref(),
+        "-l".as_ref(),
+        &l,
+        "-u".as_ref(),
+        upper.as_os_str(),
+        "-o".as_ref(),
+        flat.as_os_str(),
+    ]);
+    let squashed = snapshot(&flat);
+    assert_eq!(squashed.get("d/h2").map(|n| n.nlink), Some(2));
+    assert_eq!(
+        squashed.get("d/h2").map(|n| n.hash),
+        expected.get("d/h2").map(|n| n.hash)
+    );
+}

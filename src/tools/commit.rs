@@ -20,7 +20,7 @@ use tar::{Builder, EntryType, Header};
 use super::diff::{self, Change};
 use super::tree::{portable_xattrs, show_path, Node, Union};
 use super::ToolError;
-use crate::layer::{join_path, split_path, LayerId};
+use crate::layer::{join_path, split_path};
 use crate::sys;
 use crate::whiteout;
 
@@ -129,7 +129,7 @@ impl<W: Write> Archive<W> {
     fn object(
         &mut self,
         node: &Node,
-        links: &mut HashMap<(LayerId, u64), OsString>,
+        links: &mut HashMap<(u64, u64), OsString>,
     ) -> Result<(), ToolError> {
         let top = node.top();
         let st = &top.stat;
@@ -137,8 +137,8 @@ impl<W: Write> Archive<W> {
         let fail = |e: &dyn std::fmt::Display| ToolError(format!("{}: {e}", show_path(path)));
         let head = |a: &Self, kind| a.header(kind, st.st_mode, st.st_uid, st.st_gid, st.st_mtime);
         match top.kind() {
-            libc::S_IFREG if st.st_nlink > 1 && links.contains_key(&(top.layer, st.st_ino)) => {
-                let first = links[&(top.layer, st.st_ino)].clone();
+            libc::S_IFREG if st.st_nlink > 1 && links.contains_key(&(st.st_dev, st.st_ino)) => {
+                let first = links[&(st.st_dev, st.st_ino)].clone();
                 let mut h = head(self, EntryType::Link);
                 self.tar
                     .append_link(&mut h, Path::new(path), Path::new(&first))
@@ -146,7 +146,7 @@ impl<W: Write> Archive<W> {
             }
             libc::S_IFREG => {
                 if st.st_nlink > 1 {
-                    links.insert((top.layer, st.st_ino), path.clone());
+                    links.insert((st.st_dev, st.st_ino), path.clone());
                 }
                 self.xattrs(node)?;
                 let mut h = head(self, EntryType::Regular);

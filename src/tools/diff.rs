@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use super::tree::{Node, Union};
 use super::ToolError;
-use crate::layer::{LayerId, UPPER};
+use crate::layer::{LayerId, INDEX, UPPER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -44,7 +44,7 @@ pub struct Entry {
 fn lower_parts(n: &Node) -> Vec<(LayerId, &OsStr)> {
     n.parts
         .iter()
-        .filter(|p| p.layer != UPPER)
+        .filter(|p| p.layer != UPPER && p.layer != INDEX)
         .map(|p| (p.layer, p.path.as_os_str()))
         .collect()
 }

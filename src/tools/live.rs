@@ -155,6 +155,12 @@ pub fn find(path: &Path) -> Result<Found, ToolError> {
             layers: LayerArgs {
                 lowers: typed.lowers.iter().map(|l| resolve_in(&cwd, l)).collect(),
                 upper: typed.upper.as_deref().map(|u| resolve_in(&cwd, u)),
+                work: match (&typed.work, &typed.upper) {
+                    (Some(w), _) => Some(resolve_in(&cwd, w)),
+                    (None, Some(u)) => Some(cli::default_work_dir(&resolve_in(&cwd, u))),
+                    (None, None) => None,
+                }
+                .filter(|w| w.is_dir()),
             },
             rel,
         });

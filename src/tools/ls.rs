@@ -6,7 +6,7 @@ use std::io::Write;
 
 use super::tree::{label, show_name, show_path, Node, Union};
 use super::ToolError;
-use crate::layer::UPPER;
+use crate::layer::{INDEX, UPPER};
 use crate::sys;
 
 /// `ls -l`-style type letter and permission bits.
@@ -44,9 +44,11 @@ fn entry_line(union: &Union, dir: &Node, child: &Node, colour: bool) -> Result<S
     // into it, or copies below the one that serves it.
     let lookup = union.lookup(dir, top.name(), true)?;
     let shadows = child.parts.len() > 1 || !lookup.cut.is_empty();
-    let layer = label(top.layer);
+    // An object served from the upper's hard-link index is the upper's.
+    let layer_id = if top.layer == INDEX { UPPER } else { top.layer };
+    let layer = label(layer_id);
     let layer = if colour {
-        let code = if top.layer == UPPER { "33" } else { "36" };
+        let code = if layer_id == UPPER { "33" } else { "36" };
         format!("\x1b[{code}m{layer:<8}\x1b[0m")
     } else {
         format!("{layer:<8}")

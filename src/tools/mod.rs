@@ -67,15 +67,22 @@ impl From<String> for ToolError {
 pub struct LayerArgs {
     pub lowers: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
+    /// The upper's work dir, whose hard-link index serves lower names of
+    /// objects copied up through another name.
+    pub work: Option<PathBuf>,
 }
 
 impl LayerArgs {
     fn open(&self) -> Result<Union, ToolError> {
-        Ok(Union::open(&self.lowers, self.upper.as_deref())?)
+        Ok(Union::open(
+            &self.lowers,
+            self.upper.as_deref(),
+            self.work.as_deref(),
+        )?)
     }
 
     fn open_lowers_only(&self) -> Result<Union, ToolError> {
-        Ok(Union::open(&self.lowers, None)?)
+        Ok(Union::open(&self.lowers, None, None)?)
     }
 }
 

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use super::stage::{Meta, Stage};
 use super::tree::{portable_xattrs, show_path, Node, Part, Union};
 use super::ToolError;
-use crate::layer::{split_path, LayerId};
+use crate::layer::split_path;
 use crate::sys;
 
 /// The metadata of a layer object, as a squash or an archive carries it.
@@ -32,7 +32,7 @@ pub fn copy_data(from: &Part, to: &mut File) -> Result<(), ToolError> {
 
 fn write_node(
     stage: &mut Stage,
-    links: &mut HashMap<(LayerId, u64), std::ffi::OsString>,
+    links: &mut HashMap<(u64, u64), std::ffi::OsString>,
     node: &Node,
 ) -> Result<(), ToolError> {
     let top = node.top();
@@ -44,7 +44,7 @@ fn write_node(
         libc::S_IFDIR => sys::mkdirat(dir.as_fd(), name, 0o700).map_err(fail)?,
         libc::S_IFREG => {
             if top.stat.st_nlink > 1 {
-                let key = (top.layer, top.stat.st_ino);
+                let key = (top.stat.st_dev, top.stat.st_ino);
                 if let Some(first) = links.get(&key) {
                     let (fp, fname) = split_path(first);
                     let fdir = stage.dir(fp)?;

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::layer::{join_path, split_path, LayerId, LayerStack, UPPER};
+use crate::layer::{join_path, split_path, LayerId, LayerStack, INDEX, UPPER};
+use crate::node::NodeTable;
 use crate::sys::{self, Stat};
 use crate::whiteout::{self, DirMarks, EntryRole};
 
@@ -21,6 +22,8 @@ use crate::whiteout::{self, DirMarks, EntryRole};
 pub fn label(layer: LayerId) -> String {
     if layer == UPPER {
         "upper".to_owned()
+    } else if layer == INDEX {
+        "upper (hard-link index)".to_owned()
     } else {
         format!("lower {layer}")
     }
@@ -118,9 +121,12 @@ impl Node {
     }
 
     /// The upper holds this object (copied up, created, or a directory of
-    /// the upper that merges with lower ones).
+    /// the upper that merges with lower ones), directly or through its
+    /// hard-link index.
     pub fn in_upper(&self) -> bool {
-        self.parts.iter().any(|p| p.layer == UPPER)
+        self.parts
+            .iter()
+            .any(|p| p.layer == UPPER || p.layer == INDEX)
     }
 }
 
@@ -168,14 +174,74 @@ pub struct Union {
     pub stack: LayerStack,
     /// Layer ids, top first.
     ids: Vec<LayerId>,
+    /// The upper's hard-link index (`WORK/index`), if the work dir has one.
+    index: Option<HardLinkIndex>,
+}
+
+/// `WORK/index`: an object with several lower names that was copied up
+/// through one of them serves every name from its entry there, named by
+/// the number the mount gives the object ([`NodeTable::ino_for`]).
+struct HardLinkIndex {
+    path: PathBuf,
+    dir: Arc<OwnedFd>,
+    numbers: NodeTable,
 }
 
 impl Union {
     /// Opens the layers (lowers top first). Nothing is written.
-    pub fn open(lowers: &[PathBuf], upper: Option<&std::path::Path>) -> Result<Union> {
+    pub fn open(
+        lowers: &[PathBuf],
+        upper: Option<&std::path::Path>,
+        work: Option<&std::path::Path>,
+    ) -> Result<Union> {
         let stack = LayerStack::open(upper, lowers)?;
         let ids = stack.all_ids();
-        Ok(Union { stack, ids })
+        let index = match work.filter(|_| upper.is_some()) {
+            Some(w) => {
+                let path = w.join("index");
+                match sys::open_dir_path(&path) {
+                    Ok(fd) => Some(HardLinkIndex {
+                        path,
+                        dir: Arc::new(fd),
+                        // Only its numbering is used; the prefix is for
+                        // origin xattrs, which the numbers do not read.
+                        numbers: NodeTable::new(&stack, "user.unionfs."),
+                    }),
+                    Err(e) if e.is(libc::ENOENT) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
+        Ok(Union { stack, ids, index })
+    }
+
+    /// The index entry serving a lower object with several names, if its
+    /// object was copied up through another name.
+    fn indexed(&self, lower: &Part) -> Result<Option<Part>> {
+        let Some(index) = &self.index else {
+            return Ok(None);
+        };
+        if lower.layer == UPPER || lower.is_dir() || lower.stat.st_nlink < 2 {
+            return Ok(None);
+        }
+        let ino = index
+            .numbers
+            .ino_for(self.stack.get(lower.layer)?, lower.stat.st_ino);
+        let key = crate::index::key(ino);
+        match sys::statat(index.dir.as_fd(), &key) {
+            Ok(stat) => Ok(Some(Part {
+                layer: INDEX,
+                path: key,
+                stat,
+                parent: Some(index.dir.clone()),
+                dir: None,
+                marks: DirMarks::default(),
+                redirect: None,
+            })),
+            Err(e) if e.is(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The layer ids, top first.
@@ -185,6 +251,13 @@ impl Union {
 
     /// Where a layer lives, for messages.
     pub fn layer_path(&self, layer: LayerId) -> String {
+        if layer == INDEX {
+            return self
+                .index
+                .as_ref()
+                .map(|i| i.path.display().to_string())
+                .unwrap_or_default();
+        }
         self.stack
             .get(layer)
             .map(|l| l.path.display().to_string())
@@ -422,6 +495,20 @@ impl Union {
                     break;
                 }
             }
+        }
+        if let Some(entry) = parts
+            .first()
+            .map(|p| self.indexed(p))
+            .transpose()?
+            .flatten()
+        {
+            if explain {
+                let lower = &parts[0];
+                out.cut
+                    .insert(0, (lower.layer, lower.path.clone(), lower.kind()));
+                out.stop.get_or_insert(Stop::Shadow { layer: INDEX });
+            }
+            parts = vec![entry];
         }
         if !parts.is_empty() {
             out.node = Some(Node {

@@ -21,7 +21,7 @@ use crate::node::{Node, Stack, ROOT_INO};
 use crate::readdir;
 use crate::sys::{self, SetTime, Stat};
 use crate::tree::Tree;
-use crate::upper::{Shape, Temp, Upper};
+use crate::upper::{keep_times, Shape, Temp, Upper};
 use crate::whiteout;
 
 /// Whether the file's bytes come along.
@@ -313,19 +313,6 @@ impl CopyUp<'_> {
     }
 }
 
-/// Runs `f`, which fills or changes the upper directory `dir` without
-/// changing what the merged view shows, and puts the directory's times back
-/// as they were, as kernel overlayfs does: a copy-up is not a change a user
-/// made.
-pub fn keep_times<T>(dir: BorrowedFd, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let before = sys::fstat(dir)?;
-    let out = f()?;
-    if let Err(e) = sys::futimens(dir, atime(&before), mtime(&before)) {
-        debug!("cannot restore directory times: {e}");
-    }
-    Ok(out)
-}
-
 /// What `CopyUp::build` made.
 struct Built {
     temp: Temp,
@@ -374,7 +361,13 @@ fn build(
     let temp = upper.make_temp(shape, sys::geteuid(), u32::MAX)?;
     let filled = (|| -> Result<()> {
         if kind == libc::S_IFREG && data == Data::All {
-            *method = copy_data(from.as_fd(), temp.fd.as_fd(), st.st_size as u64)?;
+            *method = match upper.copy_delay {
+                None => copy_data(from.as_fd(), temp.fd.as_fd(), st.st_size as u64)?,
+                Some(delay) => {
+                    copy_slowly(from.as_fd(), temp.fd.as_fd(), st.st_size as u64, delay)?;
+                    "read/write, slowed for a test"
+                }
+            };
         }
         upper.chown_temp(&temp, st.st_uid, st.st_gid)?;
         let xattrs = read_xattrs(from.as_fd())?;
@@ -489,6 +482,23 @@ fn copy_range(from: BorrowedFd, to: BorrowedFd, start: u64, end: u64) -> Result<
         }
     }
     Ok(true)
+}
+
+/// The test hook's copy: 1 MiB at a time, sleeping `delay` after each.
+fn copy_slowly(
+    from: BorrowedFd,
+    to: BorrowedFd,
+    len: u64,
+    delay: std::time::Duration,
+) -> Result<()> {
+    let mut off = 0;
+    while off < len {
+        let end = (off + (1 << 20)).min(len);
+        copy_by_read(from, to, off, end)?;
+        std::thread::sleep(delay);
+        off = end;
+    }
+    Ok(())
 }
 
 fn copy_by_read(from: BorrowedFd, to: BorrowedFd, mut off: u64, end: u64) -> Result<()> {

@@ -50,11 +50,14 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     } else {
         SessionACL::Owner
     };
+    // A worker busy with a long request (a copy-up, a tree copy) serves no
+    // other: more workers than cores keep the mount answering meanwhile.
     let threads = config.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
-            .max(2)
+            .saturating_mul(2)
+            .max(4)
     });
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;

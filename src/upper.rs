@@ -55,6 +55,10 @@ pub struct Temp {
 pub struct Upper {
     pub work: WorkDir,
     pub format: UpperFormat,
+    /// Test hook: copy-up copies by read/write and sleeps this long per
+    /// MiB (`UNIONFS_TEST_COPY_DELAY_MS`), so tests can watch a mount
+    /// while a copy-up is under way.
+    pub copy_delay: Option<std::time::Duration>,
 }
 
 /// What a removal must leave behind.
@@ -510,7 +514,7 @@ impl Upper {
 /// opaque directory nothing merges, so they hide nothing), keeping each
 /// directory's times.
 fn drop_whiteouts_below(dir: BorrowedFd) -> Result<()> {
-    crate::copy_up::keep_times(dir, || {
+    keep_times(dir, || {
         let marks = whiteout::dir_marks(dir)?.0;
         for e in sys::read_dir_all(dir)? {
             if e.d_type == libc::DT_DIR {
@@ -531,4 +535,21 @@ fn drop_whiteouts_below(dir: BorrowedFd) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Runs `f`, which fills or changes the upper directory `dir` without
+/// changing what the merged view shows, and puts the directory's times back
+/// as they were, as kernel overlayfs does: a copy-up is not a change a user
+/// made.
+pub fn keep_times<T>(dir: BorrowedFd, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = sys::fstat(dir)?;
+    let out = f()?;
+    if let Err(e) = sys::futimens(
+        dir,
+        SetTime::At(before.st_atime, before.st_atime_nsec),
+        SetTime::At(before.st_mtime, before.st_mtime_nsec),
+    ) {
+        debug!("cannot restore directory times: {e}");
+    }
+    Ok(out)
 }

@@ -110,7 +110,15 @@ impl UnionFs {
             let format = work.choose_format(opts.format);
             meta_prefix = work.meta_prefix();
             let index = index::open_layer(work.root(), layer)?;
-            upper = Some(Upper { work, format });
+            let copy_delay = std::env::var("UNIONFS_TEST_COPY_DELAY_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(std::time::Duration::from_millis);
+            upper = Some(Upper {
+                work,
+                format,
+                copy_delay,
+            });
             layers.set_index(index);
         } else {
             opts.read_only = true;

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use parking_lot::MutexGuard;
 
 use super::UnionFs;
-use crate::copy_up::keep_times;
+
 use crate::error::{fail, Error, Result};
 use crate::layer::UPPER;
 use crate::lookup::{self, Found};
 use crate::node::{Lower, LowerAt, Node};
 use crate::sys;
-use crate::upper::Leave;
+use crate::upper::{keep_times, Leave};
 
 /// What readying one side of a rename changed, for its node to follow.
 #[derive(Default)]

@@ -71,6 +71,9 @@ pub struct MountConfig {
     /// no effect here; ignored", for the caller to print after its own
     /// "unionfs: warning: " prefix.
     pub warnings: Vec<String>,
+    /// `-v`: log each copy-on-write event (copy-up, whiteout, opaque dir,
+    /// directory rename) at info level.
+    pub verbose: bool,
 }
 
 /// What the command line asks for.
@@ -82,6 +85,9 @@ pub enum Command {
     /// Help or version text: print it (it has no trailing newline) to stdout
     /// and exit 0.
     Print(String),
+    /// One of the layer tools (`which`, `ls`, `layers`, `diff`, `commit`,
+    /// `apply`, `squash`).
+    Tool(crate::tools::ToolCommand),
 }
 
 /// A bad command line.
@@ -119,8 +125,10 @@ fn invalid(what: impl std::fmt::Display) -> CliError {
 // clap definitions
 
 const USAGE: &str = "\
-unionfs mount -l LOWER[:LOWER...] [-u UPPER [-w WORK]] [OPTIONS] MNT
+unionfs mount -l LOWER[:LOWER...] [-u UPPER [-w WORK]] [-v] [OPTIONS] MNT
        unionfs umount MNT
+       unionfs which|ls|layers|diff|commit|squash -l LOWER[:LOWER...] [-u UPPER] ...
+       unionfs apply LAYER.tar[.gz] DIR [--format overlay|oci|auto]
        unionfs -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=WORK][,OPTS] [-f] MNT
        unionfs SOURCE MNT -o lowerdir=LOWER[:LOWER...][,OPTS]";
 
@@ -187,6 +195,222 @@ enum Sub {
     Mount(MountArgs),
     /// Unmount a unionfs mount
     Umount(UmountArgs),
+    /// Which layer serves each path, what it shadows, what hides other copies
+    Which(WhichArgs),
+    /// List a merged directory with the layer serving each entry
+    Ls(LsArgs),
+    /// Per-layer entries, bytes, whiteouts, opaque dirs and wasted bytes
+    Layers(LayersArgs),
+    /// What the upper changes (A/C/D lines, as docker diff)
+    Diff(LayersArgs),
+    /// Write the upper's changes as an OCI image layer tarball
+    Commit(CommitArgs),
+    /// Unpack an OCI image layer tarball into a directory usable as a layer
+    Apply(ApplyArgs),
+    /// Write the merged view as one plain directory
+    Squash(SquashArgs),
+}
+
+/// The layers a tool reads, given as `mount` takes them.
+#[derive(Args, Debug)]
+struct LayerFlags {
+    /// Lower layers, top first, separated by ':' (as for mount)
+    #[arg(short = 'l', long = "lower", value_name = "LOWER[:LOWER...]")]
+    lower: Option<OsString>,
+    /// Upper layer
+    #[arg(short = 'u', long = "upper", value_name = "UPPER")]
+    upper: Option<OsString>,
+    /// The upper's work dir, for its hard-link index [default: as mount's, if it exists]
+    #[arg(short = 'w', long = "work", value_name = "WORK")]
+    work: Option<OsString>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Without -l, each PATH is a path in a live unionfs mount.")]
+struct WhichArgs {
+    #[command(flatten)]
+    layers: LayerFlags,
+    /// Paths in the union (relative to its root with -l)
+    #[arg(value_name = "PATH", required = true)]
+    paths: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Without -l, DIR is a directory in a live unionfs mount.")]
+struct LsArgs {
+    #[command(flatten)]
+    layers: LayerFlags,
+    /// List subdirectories too
+    #[arg(short = 'R', long = "recursive")]
+    recursive: bool,
+    /// Directory of the union (relative to its root with -l)
+    #[arg(value_name = "DIR")]
+    dir: Option<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct LayersArgs {
+    #[command(flatten)]
+    layers: LayerFlags,
+}
+
+#[derive(Args, Debug)]
+struct CommitArgs {
+    #[command(flatten)]
+    layers: LayerFlags,
+    /// Output tarball ('-' for stdout; a name ending .gz or .tgz is compressed)
+    #[arg(short = 'o', long = "output", value_name = "LAYER.tar")]
+    output: OsString,
+    /// Sorted entries, times clamped to SOURCE_DATE_EPOCH (0 when unset)
+    #[arg(long)]
+    reproducible: bool,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// OCI layer tarball, plain or gzip ('-' for stdin)
+    #[arg(value_name = "LAYER.tar")]
+    archive: OsString,
+    /// Directory to create (or an empty one)
+    #[arg(value_name = "DIR")]
+    dir: OsString,
+    /// Whiteout format to write: overlay, oci or auto (overlay when root) [default: auto]
+    #[arg(long, value_name = "FORMAT", value_parser = parse_apply_format)]
+    format: Option<crate::tools::ApplyFormat>,
+}
+
+#[derive(Args, Debug)]
+struct SquashArgs {
+    #[command(flatten)]
+    layers: LayerFlags,
+    /// Directory to create (or an empty one)
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    output: OsString,
+}
+
+fn parse_apply_format(value: &str) -> Result<crate::tools::ApplyFormat, String> {
+    use crate::tools::ApplyFormat;
+    match value {
+        "overlay" => Ok(ApplyFormat::Overlay),
+        "oci" => Ok(ApplyFormat::Oci),
+        "auto" => Ok(ApplyFormat::Auto),
+        _ => Err("expected overlay, oci or auto".to_owned()),
+    }
+}
+
+/// Resolves a tool's `-l`/`-u` like mount's; `Ok(None)` when neither is
+/// given and the tool may find a live mount instead.
+fn tool_layers(
+    flags: LayerFlags,
+    need_upper: bool,
+) -> Result<Option<crate::tools::LayerArgs>, CliError> {
+    let Some(lower) = flags.lower else {
+        if flags.upper.is_some() || need_upper {
+            return Err(usage_error(
+                "no lower layers given (use -l LOWER[:LOWER...])",
+            ));
+        }
+        return Ok(None);
+    };
+    let lowers = resolve_lowers(&lower)?;
+    let upper = match &flags.upper {
+        Some(u) => Some(existing_dir("upper dir", Path::new(u))?),
+        None if need_upper => return Err(usage_error("no upper layer given (use -u UPPER)")),
+        None => None,
+    };
+    let work = match (&flags.work, &upper) {
+        (Some(_), None) => return Err(usage_error("a work dir (-w) needs an upper dir (-u)")),
+        (Some(w), Some(_)) => Some(existing_dir("work dir", Path::new(w))?),
+        // The mount's default, when a mount has made it.
+        (None, Some(u)) => Some(default_work_dir(u)).filter(|w| w.is_dir()),
+        (None, None) => None,
+    };
+    Ok(Some(crate::tools::LayerArgs {
+        lowers,
+        upper,
+        work,
+    }))
+}
+
+/// `tool_layers` for tools that cannot find a live mount.
+fn required_layers(
+    flags: LayerFlags,
+    need_upper: bool,
+) -> Result<crate::tools::LayerArgs, CliError> {
+    tool_layers(flags, need_upper)?
+        .ok_or_else(|| usage_error("no lower layers given (use -l LOWER[:LOWER...])"))
+}
+
+fn parse_tool(sub: Sub) -> Result<Command, CliError> {
+    use crate::tools::{ApplyFormat, ToolCommand};
+    let cmd = match sub {
+        Sub::Which(a) => ToolCommand::Which {
+            layers: tool_layers(a.layers, false)?,
+            paths: a.paths,
+        },
+        Sub::Ls(a) => ToolCommand::Ls {
+            layers: tool_layers(a.layers, false)?,
+            recursive: a.recursive,
+            dir: a.dir,
+        },
+        Sub::Layers(a) => ToolCommand::Layers(required_layers(a.layers, false)?),
+        Sub::Diff(a) => ToolCommand::Diff(required_layers(a.layers, true)?),
+        Sub::Commit(a) => ToolCommand::Commit {
+            layers: required_layers(a.layers, true)?,
+            output: a.output,
+            reproducible: a.reproducible,
+        },
+        Sub::Apply(a) => ToolCommand::Apply {
+            archive: a.archive,
+            dir: a.dir,
+            format: a.format.unwrap_or(ApplyFormat::Auto),
+        },
+        Sub::Squash(a) => ToolCommand::Squash {
+            layers: required_layers(a.layers, false)?,
+            output: a.output,
+        },
+        Sub::Mount(_) | Sub::Umount(_) => {
+            return Err(usage_error("internal: not a tool (try 'unionfs --help')"))
+        }
+    };
+    Ok(Command::Tool(cmd))
+}
+
+/// The layers a mount command line names, as typed (nothing resolved or
+/// checked): how the tools find a live mount's layers from its daemon's
+/// argv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedLayers {
+    pub lowers: Vec<OsString>,
+    pub upper: Option<OsString>,
+    pub work: Option<OsString>,
+    pub mountpoint: OsString,
+}
+
+/// Reads a mount command line (argv including argv[0]) the way
+/// [`parse_args`] does, without looking at the disk. `None` when it is not
+/// a well-formed mount.
+pub fn typed_layers(args: &[OsString]) -> Option<TypedLayers> {
+    let raw = match args.get(1)?.as_bytes() {
+        b"mount" => match Cli::try_parse_from(args).ok()?.command {
+            Sub::Mount(m) => RawMount::from(m),
+            _ => return None,
+        },
+        _ => match scan_compat(args.get(1..)?).ok()? {
+            Compat::Mount(raw) => raw,
+            Compat::Print(_) => return None,
+        },
+    };
+    let opts = MountOptions::parse(&raw.options).ok()?;
+    let lower = only_once(raw.lower, "-l", opts.lowerdir, "lowerdir=").ok()??;
+    let upper = only_once(raw.upper, "-u", opts.upperdir, "upperdir=").ok()?;
+    let work = only_once(raw.work, "-w", opts.workdir, "workdir=").ok()?;
+    Some(TypedLayers {
+        lowers: split_layer_list(&lower),
+        upper,
+        work,
+        mountpoint: raw.mountpoint,
+    })
 }
 
 #[derive(Args, Debug)]
@@ -219,6 +443,9 @@ struct MountArgs {
     /// FUSE worker threads [default: two per CPU, at least 4]
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     threads: Option<usize>,
+    /// Log each copy-on-write event (copy-up, whiteout, opaque dir, dir rename)
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +522,25 @@ struct RawMount {
     format: Option<WriteFormat>,
     log_file: Option<OsString>,
     threads: Option<usize>,
+    verbose: bool,
+}
+
+impl From<MountArgs> for RawMount {
+    fn from(m: MountArgs) -> RawMount {
+        RawMount {
+            lower: m.lower,
+            upper: m.upper,
+            work: m.work,
+            source: None,
+            mountpoint: m.mountpoint,
+            foreground: m.foreground,
+            options: m.options,
+            format: m.format,
+            log_file: m.log_file,
+            threads: m.threads,
+            verbose: m.verbose,
+        }
+    }
 }
 
 /// Parses argv (including argv[0]) into a validated [`Command`].
@@ -308,26 +554,16 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
         return Err(usage_error("missing arguments (try 'unionfs --help')"));
     };
     match first.as_bytes() {
-        b"mount" | b"umount" | b"help" | b"--help" | b"-h" | b"--version" | b"-V" => {
+        b"mount" | b"umount" | b"help" | b"--help" | b"-h" | b"--version" | b"-V" | b"which"
+        | b"ls" | b"layers" | b"diff" | b"commit" | b"apply" | b"squash" => {
             match Cli::try_parse_from(&args) {
                 Ok(Cli {
                     command: Sub::Mount(m),
-                }) => resolve(RawMount {
-                    lower: m.lower,
-                    upper: m.upper,
-                    work: m.work,
-                    source: None,
-                    mountpoint: m.mountpoint,
-                    foreground: m.foreground,
-                    options: m.options,
-                    format: m.format,
-                    log_file: m.log_file,
-                    threads: m.threads,
-                })
-                .map(Command::Mount),
+                }) => resolve(RawMount::from(m)).map(Command::Mount),
                 Ok(Cli {
                     command: Sub::Umount(u),
                 }) => resolve_umount(&u.mountpoint).map(Command::Umount),
+                Ok(Cli { command }) => parse_tool(command),
                 Err(e) => from_clap(e),
             }
         }
@@ -338,6 +574,19 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
 /// The fuse-overlayfs form (`-o DATA MNT`) and the mount.fuse form
 /// (`SOURCE MNT -o DATA`), flags and positionals in any order.
 fn parse_compat(args: &[OsString]) -> Result<Command, CliError> {
+    match scan_compat(args)? {
+        Compat::Mount(raw) => resolve(raw).map(Command::Mount),
+        Compat::Print(text) => Ok(Command::Print(text)),
+    }
+}
+
+/// A compatibility-form command line as typed: a mount, or help/version.
+enum Compat {
+    Mount(RawMount),
+    Print(String),
+}
+
+fn scan_compat(args: &[OsString]) -> Result<Compat, CliError> {
     let mut raw = RawMount::default();
     let mut positional: Vec<OsString> = Vec::new();
     let mut rest = args.iter();
@@ -350,9 +599,10 @@ fn parse_compat(args: &[OsString]) -> Result<Command, CliError> {
         }
         match bytes {
             b"--" => options_ended = true,
-            b"-h" | b"--help" => return Ok(Command::Print(help_text())),
-            b"-V" | b"--version" => return Ok(Command::Print(version_line())),
+            b"-h" | b"--help" => return Ok(Compat::Print(help_text())),
+            b"-V" | b"--version" => return Ok(Compat::Print(version_line())),
             b"-f" => raw.foreground = true,
+            b"-v" | b"--verbose" => raw.verbose = true,
             // fuse-overlayfs's (and libfuse's) debug switch, which implies -f.
             b"-d" | b"--debug" => {
                 raw.foreground = true;
@@ -405,7 +655,7 @@ fn parse_compat(args: &[OsString]) -> Result<Command, CliError> {
             )))
         }
     }
-    resolve(raw).map(Command::Mount)
+    Ok(Compat::Mount(raw))
 }
 
 fn bad_value(option: &str, value: &str, expected: String) -> CliError {
@@ -821,6 +1071,7 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         kernel_options: opts.kernel_options,
         threads: raw.threads.or(opts.threads),
         warnings: opts.warnings,
+        verbose: raw.verbose,
     })
 }
 

@@ -37,6 +37,7 @@ pub mod ops;
 pub mod passthrough;
 pub mod readdir;
 pub mod sys;
+pub mod tools;
 pub mod tree;
 pub mod upper;
 pub mod whiteout;

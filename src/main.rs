@@ -15,7 +15,17 @@ fn run() -> Result<(), (String, u8)> {
         Command::Umount(mnt) => {
             unionfs::daemon::unmount(&mnt).map_err(|m| (format!("unionfs: {m}"), 1))
         }
+        Command::Tool(tool) => match unionfs::tools::run(tool) {
+            Ok(0) => Ok(()),
+            Ok(code) => Err((String::new(), code)),
+            Err(e) => Err((format!("unionfs: {e}"), 1)),
+        },
         Command::Mount(config) => {
+            if config.verbose && std::env::var_os("RUST_LOG").is_none() {
+                // Before the logger starts and before any thread: the
+                // narrated mount is the info level of our own events.
+                std::env::set_var("RUST_LOG", "warn,fuser=error,unionfs=info");
+            }
             unionfs::logging::init(config.log_file.as_deref())
                 .map_err(|m| (format!("unionfs: {m}"), 1))?;
             for w in &config.warnings {
@@ -30,7 +40,9 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err((message, code)) => {
-            eprintln!("{message}");
+            if !message.is_empty() {
+                eprintln!("{message}");
+            }
             ExitCode::from(code)
         }
     }

@@ -192,6 +192,42 @@ pub fn has_oci_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     }
 }
 
+/// What one entry of a layer's directory listing is, by the rules above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryRole {
+    /// A real object, shown in the merged view if nothing above hides it.
+    Plain,
+    /// A whiteout of the given name (itself for 0/0 and xattr whiteouts,
+    /// `NAME` for `.wh.NAME`).
+    WhiteoutOf(OsString),
+    /// `.wh..wh..opq`: its directory is opaque.
+    OpaqueMarker,
+    /// Another AUFS-private `.wh..wh.*` entry: never shown, hides nothing.
+    Private,
+}
+
+/// Classifies the entry `name` (lstat `st`) of the layer directory `dir`.
+pub fn classify_entry(
+    dir: BorrowedFd,
+    marks: DirMarks,
+    name: &OsStr,
+    st: &sys::Stat,
+) -> Result<EntryRole> {
+    if name == OCI_OPAQUE {
+        return Ok(EntryRole::OpaqueMarker);
+    }
+    if is_marker_name(name) {
+        return Ok(match oci_whited_out_name(name) {
+            Some(hidden) => EntryRole::WhiteoutOf(hidden.to_os_string()),
+            None => EntryRole::Private,
+        });
+    }
+    if is_whiteout(dir, marks, name, st)? {
+        return Ok(EntryRole::WhiteoutOf(name.to_os_string()));
+    }
+    Ok(EntryRole::Plain)
+}
+
 /// The format a user asks for (`--format`): how whiteouts and opaque
 /// markers are written into the upper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,209 @@
+//! Finding the layers of a live unionfs mount from a path inside it: the
+//! mount from `/proc/self/mountinfo`, its layers from the command line of
+//! the daemon serving it (read the way `mount` reads it, [`crate::cli`]).
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::{LayerArgs, ToolError};
+use crate::cli;
+
+/// A path of a live mount, as layers and a path relative to the union root.
+pub struct Found {
+    pub layers: LayerArgs,
+    pub rel: OsString,
+}
+
+/// Decodes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &[u8]) -> OsString {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 4 <= field.len() {
+            let oct = &field[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = oct.iter().fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    OsString::from_vec(out)
+}
+
+/// Every mount point, with whether it is a FUSE mount (a unionfs mount
+/// shows as `fuse` or `fuse.unionfs`, its source the `fsname`, so the
+/// daemon's command line decides which FUSE mount is ours).
+fn mounts() -> Result<Vec<(PathBuf, bool)>, ToolError> {
+    let text = fs::read("/proc/self/mountinfo")
+        .map_err(|e| ToolError(format!("cannot read /proc/self/mountinfo: {e}")))?;
+    let mut out = Vec::new();
+    for line in text.split(|b| *b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        let fstype = fields.get(sep + 1).copied().unwrap_or_default();
+        if let Some(mp) = fields.get(4) {
+            let fuse = fstype == b"fuse" || fstype.starts_with(b"fuse.");
+            out.push((PathBuf::from(unescape(mp)), fuse));
+        }
+    }
+    Ok(out)
+}
+
+/// `path` made absolute, with `.`/`..` resolved through the real parents
+/// but the last name kept as it is (it may be a symlink, or deleted).
+fn place(path: &Path) -> Result<PathBuf, ToolError> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name))
+            if !matches!(abs.components().next_back(), Some(Component::ParentDir)) =>
+        {
+            let parent = fs::canonicalize(parent)
+                .map_err(|e| ToolError(format!("{}: {}", parent.display(), ToolError::from(e))))?;
+            Ok(parent.join(name))
+        }
+        _ => fs::canonicalize(&abs)
+            .map_err(|e| ToolError(format!("{}: {}", abs.display(), ToolError::from(e)))),
+    }
+}
+
+/// Command lines of processes that may be unionfs daemons.
+fn daemons() -> Vec<(PathBuf, Vec<OsString>)> {
+    let own_exe = fs::read_link("/proc/self/exe").ok();
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        if !name.as_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let base = entry.path();
+        let Ok(cmdline) = fs::read(base.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<OsString> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| OsStr::from_bytes(a).to_os_string())
+            .collect();
+        let Some(argv0) = args.first() else { continue };
+        let exe = fs::read_link(base.join("exe")).ok();
+        let named = Path::new(argv0)
+            .file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b"unionfs"));
+        if !(named || (exe.is_some() && exe == own_exe)) {
+            continue;
+        }
+        let Ok(cwd) = fs::read_link(base.join("cwd")) else {
+            continue;
+        };
+        out.push((cwd, args));
+    }
+    out
+}
+
+fn resolve_in(cwd: &Path, p: &OsStr) -> PathBuf {
+    let p = Path::new(p);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
+    fs::canonicalize(&joined).unwrap_or(joined)
+}
+
+/// Finds the live mount holding `path` and the layers its daemon serves.
+pub fn find(path: &Path) -> Result<Found, ToolError> {
+    let at = place(path)?;
+    let mount = mounts()?
+        .into_iter()
+        .filter(|(mp, _)| at.starts_with(mp))
+        // Mounted over each other: the last one listed is the one seen.
+        .max_by_key(|(mp, _)| mp.as_os_str().len())
+        .and_then(|(mp, fuse)| fuse.then_some(mp))
+        .ok_or_else(|| {
+            ToolError(format!(
+                "{} is not inside a unionfs mount (name the layers with -l LOWER[:LOWER...] [-u UPPER])",
+                path.display()
+            ))
+        })?;
+    let rel = at
+        .strip_prefix(&mount)
+        .map(|r| r.as_os_str().to_os_string())
+        .unwrap_or_default();
+    for (cwd, args) in daemons() {
+        let Some(typed) = cli::typed_layers(&args) else {
+            continue;
+        };
+        if resolve_in(&cwd, &typed.mountpoint) != mount {
+            continue;
+        }
+        return Ok(Found {
+            layers: LayerArgs {
+                lowers: typed.lowers.iter().map(|l| resolve_in(&cwd, l)).collect(),
+                upper: typed.upper.as_deref().map(|u| resolve_in(&cwd, u)),
+                work: match (&typed.work, &typed.upper) {
+                    (Some(w), _) => Some(resolve_in(&cwd, w)),
+                    (None, Some(u)) => Some(cli::default_work_dir(&resolve_in(&cwd, u))),
+                    (None, None) => None,
+                }
+                .filter(|w| w.is_dir()),
+            },
+            rel,
+        });
+    }
+    Err(ToolError(format!(
+        "no unionfs daemon found serving {} (name the layers with -l LOWER[:LOWER...] [-u UPPER])",
+        mount.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(br"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape(br"/x\134y"), "/x\\y");
+        assert_eq!(unescape(br"/plain\0"), "/plain\\0");
+    }
+
+    #[test]
+    fn a_daemon_command_line_names_its_layers() {
+        let argv = |s: &[&str]| s.iter().map(OsString::from).collect::<Vec<_>>();
+        let t = cli::typed_layers(&argv(&[
+            "unionfs", "mount", "-l", "a\\:b:c", "-u", "up", "-f", "mnt",
+        ]))
+        .unwrap();
+        assert_eq!(t.lowers, ["a:b", "c"]);
+        assert_eq!(t.upper.as_deref(), Some(OsStr::new("up")));
+        assert_eq!(t.mountpoint, "mnt");
+        let t = cli::typed_layers(&argv(&[
+            "/usr/bin/unionfs",
+            "-o",
+            "lowerdir=l1:l2,upperdir=u,workdir=w",
+            "/m",
+        ]))
+        .unwrap();
+        assert_eq!(t.lowers, ["l1", "l2"]);
+        assert_eq!(t.mountpoint, "/m");
+        let t = cli::typed_layers(&argv(&["unionfs", "src", "/m", "-o", "lowerdir=l"])).unwrap();
+        assert_eq!((t.lowers, t.upper), (vec![OsString::from("l")], None));
+        assert!(cli::typed_layers(&argv(&["unionfs", "--version"])).is_none());
+        assert!(cli::typed_layers(&argv(&["unionfs", "umount", "/m"])).is_none());
+    }
+}

@@ -1,0 +1,123 @@
+//! `unionfs ls`: a merged directory listing in which every entry names the
+//! layer that serves it, with `*` where it shadows lower copies.
+
+use std::ffi::OsStr;
+use std::io::Write;
+
+use super::tree::{label, show_name, show_path, Node, Union};
+use super::ToolError;
+use crate::layer::{INDEX, UPPER};
+use crate::sys;
+
+/// `ls -l`-style type letter and permission bits.
+pub fn mode_string(mode: u32) -> String {
+    let t = match mode & libc::S_IFMT {
+        libc::S_IFDIR => 'd',
+        libc::S_IFLNK => 'l',
+        libc::S_IFIFO => 'p',
+        libc::S_IFCHR => 'c',
+        libc::S_IFBLK => 'b',
+        libc::S_IFSOCK => 's',
+        _ => '-',
+    };
+    let mut s = String::from(t);
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
+    ];
+    for (bit, c) in bits {
+        s.push(if mode & bit != 0 { c } else { '-' });
+    }
+    s
+}
+
+fn entry_line(union: &Union, dir: &Node, child: &Node, colour: bool) -> Result<String, ToolError> {
+    let top = child.top();
+    // Lower copies the entry hides: other layers' directories that merge
+    // into it, or copies below the one that serves it.
+    let lookup = union.lookup(dir, top.name(), true)?;
+    let shadows = child.parts.len() > 1 || !lookup.cut.is_empty();
+    // An object served from the upper's hard-link index is the upper's.
+    let layer_id = if top.layer == INDEX { UPPER } else { top.layer };
+    let layer = label(layer_id);
+    let layer = if colour {
+        let code = if layer_id == UPPER { "33" } else { "36" };
+        format!("\x1b[{code}m{layer:<8}\x1b[0m")
+    } else {
+        format!("{layer:<8}")
+    };
+    let mut name = show_name(top.name());
+    match top.kind() {
+        libc::S_IFDIR => name.push('/'),
+        libc::S_IFLNK => {
+            if let Some(parent) = &top.parent {
+                let target = sys::readlinkat(std::os::fd::AsFd::as_fd(&**parent), top.name())?;
+                name.push_str(" -> ");
+                name.push_str(&show_name(&target));
+            }
+        }
+        _ => {}
+    }
+    Ok(format!(
+        "{layer} {} {} {:>10} {name}",
+        if shadows { '*' } else { ' ' },
+        mode_string(top.stat.st_mode),
+        top.stat.st_size
+    ))
+}
+
+fn list(
+    union: &Union,
+    dir: &Node,
+    recursive: bool,
+    colour: bool,
+    out: &mut dyn Write,
+) -> Result<(), ToolError> {
+    let children = union.children(dir)?;
+    if recursive {
+        writeln!(out, "{}:", show_path(&dir.path))?;
+    }
+    for child in &children {
+        writeln!(out, "{}", entry_line(union, dir, child, colour)?)?;
+    }
+    if recursive {
+        for child in children.iter().filter(|c| c.is_dir()) {
+            writeln!(out)?;
+            list(union, child, recursive, colour, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Lists the merged directory `rel` (relative to the union root).
+pub fn run(
+    union: &Union,
+    rel: &OsStr,
+    recursive: bool,
+    colour: bool,
+    out: &mut dyn Write,
+) -> Result<(), ToolError> {
+    let Some(node) = union.resolve(rel)? else {
+        return Err(ToolError(format!(
+            "ls: {}: not in the union (see 'unionfs which')",
+            show_path(rel)
+        )));
+    };
+    if !node.is_dir() {
+        let root = union.root()?;
+        let parent = match crate::layer::split_path(&node.path).0 {
+            p if p.is_empty() => root,
+            p => union.resolve(p)?.unwrap_or(root),
+        };
+        writeln!(out, "{}", entry_line(union, &parent, &node, colour)?)?;
+        return Ok(());
+    }
+    list(union, &node, recursive, colour, out)
+}

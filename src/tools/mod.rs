@@ -1,0 +1,218 @@
+//! Tools that read layers without a mount (issue 10): `which`, `ls`,
+//! `layers`, `diff`, `commit`, `apply`, `squash`. They share the offline
+//! union reader in [`tree`], which resolves names with the mount's marker
+//! rules from [`crate::whiteout`], and they only ever read the layers they
+//! are given (`apply` and `squash` write a new directory, `commit` an
+//! archive).
+
+pub mod apply;
+pub mod commit;
+pub mod diff;
+pub mod layers;
+pub mod live;
+pub mod ls;
+pub mod squash;
+pub mod stage;
+pub mod tree;
+pub mod which;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use tree::Union;
+
+/// A tool's failure: one line for stderr (without the "unionfs: " prefix).
+#[derive(Debug)]
+pub struct ToolError(pub String);
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<crate::Error> for ToolError {
+    fn from(e: crate::Error) -> ToolError {
+        ToolError(e.to_string())
+    }
+}
+
+impl From<io::Error> for ToolError {
+    fn from(e: io::Error) -> ToolError {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            // The reader went away (`| head`): nothing to say about it.
+            return ToolError(String::new());
+        }
+        let text = e.to_string();
+        // Rust appends "(os error N)"; the errno text alone reads better.
+        match text.find(" (os error") {
+            Some(i) => ToolError(text[..i].to_owned()),
+            None => ToolError(text),
+        }
+    }
+}
+
+impl From<String> for ToolError {
+    fn from(s: String) -> ToolError {
+        ToolError(s)
+    }
+}
+
+/// Layers given on the command line, as `mount` takes them: lowers top
+/// first, each an existing directory (symlinks resolved), and an optional
+/// upper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerArgs {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    /// The upper's work dir, whose hard-link index serves lower names of
+    /// objects copied up through another name.
+    pub work: Option<PathBuf>,
+}
+
+impl LayerArgs {
+    fn open(&self) -> Result<Union, ToolError> {
+        Ok(Union::open(
+            &self.lowers,
+            self.upper.as_deref(),
+            self.work.as_deref(),
+        )?)
+    }
+
+    fn open_lowers_only(&self) -> Result<Union, ToolError> {
+        Ok(Union::open(&self.lowers, None, None)?)
+    }
+}
+
+/// The whiteout format `apply` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyFormat {
+    /// Char device 0/0 and `overlay.opaque=y`: mounts under kernel overlayfs.
+    Overlay,
+    /// `.wh.NAME` and `.wh..wh..opq`, as in the archive.
+    Oci,
+    /// Overlay when we may make device nodes (root), else OCI.
+    Auto,
+}
+
+/// A tool invocation, parsed and checked by the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolCommand {
+    /// `layers: None`: the paths are in live unionfs mounts.
+    Which {
+        layers: Option<LayerArgs>,
+        paths: Vec<OsString>,
+    },
+    Ls {
+        layers: Option<LayerArgs>,
+        recursive: bool,
+        dir: Option<OsString>,
+    },
+    Layers(LayerArgs),
+    Diff(LayerArgs),
+    Commit {
+        layers: LayerArgs,
+        output: OsString,
+        reproducible: bool,
+    },
+    Apply {
+        archive: OsString,
+        dir: OsString,
+        format: ApplyFormat,
+    },
+    Squash {
+        layers: LayerArgs,
+        output: OsString,
+    },
+}
+
+/// Runs a tool; `Ok(code)` is the exit status (1 when `which` did not find
+/// a path). Messages for stderr are printed here, one line each.
+pub fn run(cmd: ToolCommand) -> Result<u8, ToolError> {
+    match run_tool(cmd) {
+        // Output cut short by a closed pipe: fail quietly.
+        Err(e) if e.0.is_empty() => Ok(1),
+        other => other,
+    }
+}
+
+fn run_tool(cmd: ToolCommand) -> Result<u8, ToolError> {
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let code = match cmd {
+        ToolCommand::Which { layers, paths } => {
+            let mut missing = Vec::new();
+            match layers {
+                Some(l) => missing = which::run(&l.open()?, &paths, &mut out)?,
+                None => {
+                    for p in &paths {
+                        let found = live::find(std::path::Path::new(p))?;
+                        let union = found.layers.open()?;
+                        missing.extend(which::run(&union, &[found.rel], &mut out)?);
+                    }
+                }
+            }
+            out.flush()?;
+            for m in &missing {
+                eprintln!("unionfs: which: {m}");
+            }
+            u8::from(!missing.is_empty())
+        }
+        ToolCommand::Ls {
+            layers,
+            recursive,
+            dir,
+        } => {
+            let (union, rel) = match layers {
+                Some(l) => (l.open()?, dir.unwrap_or_default()),
+                None => {
+                    let target = dir.unwrap_or_else(|| ".".into());
+                    let found = live::find(std::path::Path::new(&target))?;
+                    (found.layers.open()?, found.rel)
+                }
+            };
+            let colour = io::IsTerminal::is_terminal(&io::stdout());
+            ls::run(&union, &rel, recursive, colour, &mut out)?;
+            0
+        }
+        ToolCommand::Layers(l) => {
+            layers::run(&l.open()?, &mut out)?;
+            0
+        }
+        ToolCommand::Diff(l) => {
+            for c in diff::changes(&l.open()?, &l.open_lowers_only()?)? {
+                writeln!(out, "{} {}", c.change.letter(), tree::show_path(&c.path))?;
+            }
+            0
+        }
+        ToolCommand::Commit {
+            layers,
+            output,
+            reproducible,
+        } => {
+            commit::run(
+                &layers.open()?,
+                &layers.open_lowers_only()?,
+                &output,
+                reproducible,
+            )?;
+            0
+        }
+        ToolCommand::Apply {
+            archive,
+            dir,
+            format,
+        } => {
+            apply::run(&archive, &dir, format)?;
+            0
+        }
+        ToolCommand::Squash { layers, output } => {
+            squash::run(&layers.open()?, &output)?;
+            0
+        }
+    };
+    out.flush()?;
+    Ok(code)
+}

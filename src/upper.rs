@@ -251,7 +251,7 @@ impl Upper {
         let mut value = b"/".to_vec();
         value.extend_from_slice(lower_path.as_encoded_bytes());
         info!(
-            "redirect {what} -> /{} (directory renamed without copying its tree)",
+            "redirect {what}: its lower contents stay at /{} (renamed without copying its tree)",
             lower_path.to_string_lossy()
         );
         sys::fsetxattr(dir, OsStr::new(xattr), &value, 0)

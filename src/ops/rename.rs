@@ -135,6 +135,13 @@ impl UnionFs {
                 self.moved(d, parent, name, ready.lowers.clone(), Vec::new());
             }
         }
+        if src_dir && log::log_enabled!(log::Level::Info) {
+            log::info!(
+                "rename dir {} -> {}",
+                self.tree.path_in(&pnode, name),
+                self.tree.path_in(&npnode, newname)
+            );
+        }
         // Under an opaque directory whiteouts hide nothing: drop them, once
         // the rename is done (so they cannot free the room it needed).
         if src_ready.opaque {

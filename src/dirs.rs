@@ -24,6 +24,9 @@ pub struct LayerDir {
     /// `overlay.redirect`): a path from the layer root when it starts with
     /// `/`, else a name in the same parent.
     pub redirect: Option<OsString>,
+    /// The directory's inode number in its layer, when known (0 if not):
+    /// tells a lookup that a held lower directory is the one it found.
+    pub real_ino: u64,
     /// For a lower (which never changes): whether any `.wh.NAME` entry is
     /// in it, found by one listing on first need. Most image layers have
     /// none, and then a missing name needs no second look for `.wh.NAME`.
@@ -38,6 +41,7 @@ impl LayerDir {
             fd,
             marks,
             redirect,
+            real_ino: 0,
             oci_whiteouts: immutable.then(OnceLock::new),
         })
     }
@@ -53,6 +57,18 @@ impl LayerDir {
             other => other?,
         };
         LayerDir::new(fd, immutable)
+    }
+
+    /// [`LayerDir::open_at`] of a directory whose inode number is known.
+    pub fn open_known(
+        parent: BorrowedFd,
+        name: &OsStr,
+        immutable: bool,
+        real_ino: u64,
+    ) -> Result<LayerDir> {
+        let mut d = LayerDir::open_at(parent, name, immutable)?;
+        d.real_ino = real_ino;
+        Ok(d)
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

@@ -211,7 +211,24 @@ pub fn resolve(tree: &Tree, parent: &Node, name: &OsStr) -> Result<Option<Found>
         if !is_dir {
             break;
         }
-        let dir = Arc::new(LayerDir::open_at(pdir.fd(), &here, layer_id != UPPER)?);
+        // A lower directory never changes: one held open for this node
+        // serves again (a lookup repeats for every name below it).
+        let held = match origin {
+            Some((l, ost)) if layer_id != UPPER => tree
+                .dirs
+                .get(tree.nodes.ino_for(tree.layers.get(l)?, ost.st_ino), layer_id)
+                .filter(|d| d.real_ino == st.st_ino),
+            _ => None,
+        };
+        let dir = match held {
+            Some(d) => d,
+            None => Arc::new(LayerDir::open_known(
+                pdir.fd(),
+                &here,
+                layer_id != UPPER,
+                st.st_ino,
+            )?),
+        };
         let opaque = dir.marks.opaque;
         if let Some(r) = &dir.redirect {
             at = redirected(&at, r);

@@ -154,9 +154,15 @@ impl UnionFs {
         attr.generation = node.generation;
         let fh = match what {
             NewObject::File { flags, .. } => {
-                let fd = self
-                    .tree
-                    .open(&node, UPPER, real_open_flags(flags) & !libc::O_TRUNC)?;
+                // The fd it was built through serves, unless the caller asked
+                // for flags that change how I/O is done.
+                let special = libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT | libc::O_NOATIME;
+                let fd = if flags & special == 0 {
+                    temp.fd
+                } else {
+                    self.tree
+                        .open(&node, UPPER, real_open_flags(flags) & !libc::O_TRUNC)?
+                };
                 Some(self.handles.open_file(ino, UPPER, fd, flags))
             }
             _ => None,

@@ -216,7 +216,10 @@ pub fn resolve(tree: &Tree, parent: &Node, name: &OsStr) -> Result<Option<Found>
         let held = match origin {
             Some((l, ost)) if layer_id != UPPER => tree
                 .dirs
-                .get(tree.nodes.ino_for(tree.layers.get(l)?, ost.st_ino), layer_id)
+                .get(
+                    tree.nodes.ino_for(tree.layers.get(l)?, ost.st_ino),
+                    layer_id,
+                )
                 .filter(|d| d.real_ino == st.st_ino),
             _ => None,
         };

@@ -180,11 +180,10 @@ impl UnionFs {
             )),
         };
         let what = self.tree.path_in(parent, name);
-        let pdir = self.tree.dir(parent, UPPER)?;
         if found.stack.lowers.is_empty() {
             // Only the upper has it: nothing to copy. Landing where a lower
             // has the name, it must not merge with that.
-            let udir = sys::openat(pdir.fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let udir = self.upper_dir(parent, name)?;
             let opaque = lookup::in_lowers(&self.tree, to_parent, to_name)?
                 && !crate::whiteout::dir_marks(udir.as_fd())?.0.opaque;
             if opaque {
@@ -202,6 +201,12 @@ impl UnionFs {
         } else {
             self.rename_tree_copy(parent, name, found, &node, &what)
         }
+    }
+
+    /// The upper directory `name` of `parent`, opened to mark it.
+    fn upper_dir(&self, parent: &Node, name: &OsStr) -> Result<std::os::fd::OwnedFd> {
+        let pdir = self.tree.dir(parent, UPPER)?;
+        sys::openat(pdir.fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
     }
 
     /// The directory alone is copied up, and records in a redirect the path
@@ -227,8 +232,7 @@ impl UnionFs {
         if !found.stack.upper {
             copier.entry(parent, name, found)?;
         }
-        let pdir = self.tree.dir(parent, UPPER)?;
-        let udir = sys::openat(pdir.fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let udir = self.upper_dir(parent, name)?;
         if let Some(Lower {
             at: LowerAt::Root(top),
             ..
@@ -256,8 +260,7 @@ impl UnionFs {
         let copier = self.copier()?;
         log::info!("tree copy {what} (directory rename in the OCI format)");
         let below = copier.tree_of(parent, name, node)?;
-        let pdir = self.tree.dir(parent, UPPER)?;
-        let udir = sys::openat(pdir.fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let udir = self.upper_dir(parent, name)?;
         // Opaque, it no longer takes its number from the lowers: record the
         // number it had (an upper dir we did not copy up lacks it).
         if self.tree.nodes.read_origin(udir.as_fd()).is_none() {

@@ -66,6 +66,11 @@ impl FuseFs {
     }
 }
 
+/// How an open file served through the daemon is replied: the page cache
+/// survives the open (a file changes only through us), and close(2) sends
+/// no FLUSH, which we would only answer.
+const CACHED_FILE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+
 /// A lookup that found nothing, cached by the kernel as a negative entry:
 /// names only appear through requests the kernel sees.
 fn negative_entry() -> FileAttr {
@@ -392,8 +397,8 @@ impl Filesystem for FuseFs {
             Err(e) => return reply.error(failed("open", e)),
         };
         match self.serve(ino.0, fh, |fd| reply.open_backing(fd)) {
-            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id),
+            None => reply.opened(FileHandle(fh), CACHED_FILE),
         }
     }
 
@@ -665,16 +670,10 @@ impl Filesystem for FuseFs {
                         &attr,
                         gen,
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_NOFLUSH,
                         &id,
                     ),
-                    None => reply.created(
-                        &TTL,
-                        &attr,
-                        gen,
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_KEEP_CACHE,
-                    ),
+                    None => reply.created(&TTL, &attr, gen, FileHandle(fh), CACHED_FILE),
                 }
             }
             Ok((_, None)) => reply.error(Errno::EIO),

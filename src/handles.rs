@@ -41,7 +41,9 @@ impl FileHandle {
 pub struct DirHandle {
     pub ino: u64,
     /// Taken at opendir, retaken on a rewind to offset 0 after reading.
-    pub entries: Mutex<Vec<DirEntry>>,
+    /// `None` until the first readdir for a directory whose listing the
+    /// kernel may keep (it then often never asks).
+    pub entries: Mutex<Option<Vec<DirEntry>>>,
     /// Set once a readdir past offset 0 has been answered from `entries`.
     pub served: AtomicBool,
 }
@@ -94,7 +96,7 @@ impl Handles {
     }
 
     /// Registers an open directory with its first snapshot.
-    pub fn open_dir(&self, ino: u64, entries: Vec<DirEntry>) -> u64 {
+    pub fn open_dir(&self, ino: u64, entries: Option<Vec<DirEntry>>) -> u64 {
         let fh = self.next_fh();
         self.dirs.insert(
             fh,

@@ -133,6 +133,11 @@ pub struct Node {
     /// The object's last name is gone (it may still be open): it must not
     /// be copied up to a name, and its number may come back for a new one.
     dead: AtomicBool,
+    /// Bit 0: the object is known to carry no xattr a user sees, so a
+    /// getxattr needs no system call (`ls -l` asks for `security.selinux`
+    /// of every file). The rest counts xattr changes, so that a look that
+    /// raced with a change does not set the bit.
+    xattrs: AtomicU64,
 }
 
 impl Node {
@@ -162,7 +167,33 @@ impl Node {
             seq: AtomicU64::new(0),
             generation,
             dead: AtomicBool::new(false),
+            xattrs: AtomicU64::new(0),
         }
+    }
+
+    /// True when the object is known to carry no user-visible xattr.
+    pub fn has_no_xattrs(&self) -> bool {
+        self.xattrs.load(Ordering::Acquire) & 1 == 1
+    }
+
+    /// Where xattr changes stand, before a look at the object's xattrs.
+    pub fn xattr_state(&self) -> u64 {
+        self.xattrs.load(Ordering::Acquire)
+    }
+
+    /// The look begun at `state` found no user-visible xattr: remembered,
+    /// unless an xattr changed meanwhile.
+    pub fn found_no_xattrs(&self, state: u64) {
+        let _ = self
+            .xattrs
+            .compare_exchange(state, state | 1, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// An xattr of the object was set or removed.
+    pub fn xattrs_changed(&self) {
+        let _ = self
+            .xattrs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| Some((s & !1) + 2));
     }
 
     /// Marks the object deleted (its last name was removed).

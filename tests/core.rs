@@ -291,3 +291,50 @@ fn no_request_waits_for_a_slow_copy_up_or_tree_rename() {
     sums.assert_unchanged();
     assert_no_failures("requests during a slow copy-up and tree rename", &fails);
 }
+
+/// The daemon remembers that an object has no xattr (so `ls -l`'s
+/// `security.selinux` miss costs no system call); an xattr set afterwards,
+/// on a lower file (copied up) or an upper one, is seen at once, and its
+/// removal too.
+#[test]
+fn an_xattr_set_after_a_miss_is_seen() {
+    if !require_mount_env() {
+        return;
+    }
+    let t = TestDir::new("xattr-miss");
+    let dirs = render_stack(&[Layer::new("l1").tagged("f")], t.path(), Format::Kernel);
+    let (upper, work, mnt) = (t.mkdir("upper"), t.join("work"), t.mkdir("mnt"));
+    let lowers = as_paths(&dirs);
+    let sums = checksum_layers(&lowers);
+    let m = mount_unionfs(&lowers, Some(&upper), Some(&work), &mnt, &[]);
+    fs::write(mnt.join("g"), b"upper g").expect("create g");
+    for name in ["f", "g"] {
+        let p = mnt.join(name);
+        for _ in 0..2 {
+            let miss = common::sys::lgetxattr(&p, b"user.k");
+            assert_eq!(errno_of(&miss), Some(libc::ENODATA), "{name}: {miss:?}");
+            assert!(
+                common::sys::llistxattr(&p).expect("list").is_empty(),
+                "{name}"
+            );
+        }
+        common::sys::lsetxattr(&p, b"user.k", b"v").expect("setxattr");
+        assert_eq!(
+            common::sys::lgetxattr(&p, b"user.k").expect("get"),
+            b"v",
+            "{name}"
+        );
+        assert_eq!(
+            common::sys::llistxattr(&p).expect("list"),
+            [b"user.k".to_vec()],
+            "{name}"
+        );
+        common::sys::lremovexattr(&p, b"user.k").expect("removexattr");
+        let gone = common::sys::lgetxattr(&p, b"user.k");
+        assert_eq!(errno_of(&gone), Some(libc::ENODATA), "{name}: {gone:?}");
+    }
+    // The lower file was copied up to take the xattr; the lower is untouched.
+    assert_eq!(read(&upper.join("f")), tag("l1", "f"));
+    m.umount();
+    sums.assert_unchanged();
+}

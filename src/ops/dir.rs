@@ -33,7 +33,13 @@ impl UnionFs {
             return fail(libc::ENOENT);
         }
         let cacheable = !node.stack().upper;
-        let entries = readdir::snapshot(&self.tree, &node)?;
+        // A listing the kernel may keep is read at the first readdir, as
+        // the kernel then usually serves it from its copy and never asks;
+        // one that changes with the upper is read now.
+        let entries = match cacheable {
+            true => None,
+            false => Some(readdir::snapshot(&self.tree, &node)?),
+        };
         Ok((self.handles.open_dir(ino, entries), cacheable))
     }
 
@@ -51,11 +57,15 @@ impl UnionFs {
     ) -> Result<()> {
         let h = self.handles.dir(fh)?;
         let node = self.tree.nodes.get(h.ino)?;
-        if offset == 0 && h.served.swap(false, Ordering::Relaxed) {
+        let mut guard = h.entries.lock();
+        let rewound = offset == 0 && h.served.swap(false, Ordering::Relaxed);
+        if rewound || guard.is_none() {
             // rewinddir(3): show the directory as it is now.
-            *h.entries.lock() = readdir::snapshot(&self.tree, &node)?;
+            *guard = Some(readdir::snapshot(&self.tree, &node)?);
         }
-        let mut entries = h.entries.lock();
+        let Some(entries) = guard.as_mut() else {
+            return Ok(());
+        };
         let start = (offset as usize).min(entries.len());
         for (i, e) in entries.iter_mut().enumerate().skip(start) {
             if inos {

@@ -98,23 +98,37 @@ impl UnionFs {
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         let node = self.tree.nodes.get(ino)?;
-        if whiteout::is_private_xattr(name) {
+        if whiteout::is_private_xattr(name) || node.has_no_xattrs() {
             return fail(libc::ENODATA);
         }
+        let state = node.xattr_state();
         let fd = self.top_fd(&node)?;
-        sys::getxattr_via_proc(fd.as_fd(), name)?.ok_or_else(|| Error::errno(libc::ENODATA))
+        if let Some(value) = sys::getxattr_via_proc(fd.as_fd(), name)? {
+            return Ok(value);
+        }
+        // A miss: if the object has no xattr at all, later ones cost nothing.
+        if visible_xattrs(fd.as_fd())?.is_empty() {
+            node.found_no_xattrs(state);
+        }
+        fail(libc::ENODATA)
     }
 
     /// The node's xattr names, NUL-terminated each, private ones left out.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.tree.nodes.get(ino)?;
+        if node.has_no_xattrs() {
+            return Ok(Vec::new());
+        }
+        let state = node.xattr_state();
         let fd = self.top_fd(&node)?;
+        let names = visible_xattrs(fd.as_fd())?;
+        if names.is_empty() {
+            node.found_no_xattrs(state);
+        }
         let mut out = Vec::new();
-        for name in sys::flistxattr(fd.as_fd())? {
-            if !whiteout::is_private_xattr(&name) {
-                out.extend_from_slice(name.as_bytes());
-                out.push(0);
-            }
+        for name in names {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
         }
         Ok(out)
     }
@@ -127,7 +141,10 @@ impl UnionFs {
         let node = self.tree.nodes.get(ino)?;
         self.copier()?.node(&node, Data::All)?;
         let fd = self.top_fd(&node)?;
-        upper.set_xattr(fd.as_fd(), name, value, flags)
+        let r = upper.set_xattr(fd.as_fd(), name, value, flags);
+        // After the change: a look that began before it then keeps nothing.
+        node.xattrs_changed();
+        r
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
@@ -143,7 +160,9 @@ impl UnionFs {
         }
         self.copier()?.node(&node, Data::All)?;
         let fd = self.top_fd(&node)?;
-        upper.remove_xattr(fd.as_fd(), name)
+        let r = upper.remove_xattr(fd.as_fd(), name);
+        node.xattrs_changed();
+        r
     }
 
     /// setattr: truncate, chmod, chown, utimes (after copy-up).
@@ -198,4 +217,11 @@ impl UnionFs {
         self.upper()?.set_attr_fd(fd.as_fd(), set)?;
         self.attr_of(node)
     }
+}
+
+/// The names of the xattrs a user sees on an object (private ones left out).
+fn visible_xattrs(fd: std::os::fd::BorrowedFd) -> Result<Vec<OsString>> {
+    let mut names = sys::flistxattr(fd)?;
+    names.retain(|n| !whiteout::is_private_xattr(n));
+    Ok(names)
 }

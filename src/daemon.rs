@@ -27,7 +27,13 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     };
     // Modes arrive with the caller's umask applied; ours must not apply twice.
     sys::set_umask(0);
-    let fs = UnionFs::new(layers, config.work.as_deref(), opts).map_err(|e| e.to_string())?;
+    let mut owners = config.owners.clone();
+    owners.uid.overflow = overflow_id("uid");
+    owners.gid.overflow = overflow_id("gid");
+    let fs = UnionFs::new(layers, config.work.as_deref(), opts)
+        .map_err(|e| e.to_string())?
+        .with_owners(owners)
+        .with_volatile(config.volatile);
     let fs = Arc::new(fs);
 
     let is_root = sys::geteuid() == 0;
@@ -84,6 +90,12 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         config.lowers,
         config.upper
     );
+    if !config.owners.is_identity() {
+        info!("owners mapped: {:?}", config.owners);
+    }
+    if config.volatile {
+        info!("volatile: fsync, fdatasync and fsyncdir are not passed on");
+    }
 
     // SIGTERM/SIGINT unmount; the session then ends by itself.
     sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
@@ -102,6 +114,15 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     let r = session.run();
     info!("session ended: {r:?}");
     r.map_err(|e| format!("session ended: {e}"))
+}
+
+/// What the kernel shows for an owner it cannot map (`kind` is "uid" or
+/// "gid"), so an unmapped owner looks the same here as in a user namespace.
+fn overflow_id(kind: &str) -> u32 {
+    std::fs::read_to_string(format!("/proc/sys/kernel/overflow{kind}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(crate::idmap::DEFAULT_OVERFLOW)
 }
 
 fn kernel_option(o: &str) -> MountOption {

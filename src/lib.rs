@@ -28,6 +28,7 @@ pub mod dirs;
 pub mod error;
 pub mod fuse;
 pub mod handles;
+pub mod idmap;
 pub mod index;
 pub mod layer;
 pub mod logging;

@@ -87,6 +87,12 @@ impl UnionFs {
     ) -> Result<(Attr, Option<u64>)> {
         let upper = self.upper()?;
         Self::check_new_name(name)?;
+        // The new object is stored under the caller's ids on disk; a caller
+        // with none cannot own anything here.
+        let (uid, gid) = self
+            .owners
+            .caller_to_disk(caller.uid, caller.gid)
+            .ok_or_else(|| Error::errno(libc::EPERM).context("caller's ids are not mapped"))?;
         if let NewObject::Special { mode, rdev } = what {
             if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
                 return Err(Error::errno(libc::EPERM).context("a 0/0 device is a whiteout"));
@@ -97,11 +103,7 @@ impl UnionFs {
         let pst = sys::fstat(pdir.fd())?;
         // A setgid directory hands its group down (and, to directories, the bit).
         let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
-        let gid = if setgid_parent {
-            pst.st_gid
-        } else {
-            caller.gid
-        };
+        let gid = if setgid_parent { pst.st_gid } else { gid };
         let (shape, mode) = match &what {
             NewObject::File { mode, .. } => (Shape::File, *mode),
             NewObject::Dir { mode } => {
@@ -113,7 +115,7 @@ impl UnionFs {
                 (Shape::Special(mode & libc::S_IFMT, *rdev), *mode)
             }
         };
-        let temp = upper.make_temp(shape, caller.uid, gid)?;
+        let temp = upper.make_temp(shape, uid, gid)?;
         let is_dir = matches!(what, NewObject::Dir { .. });
         let placed = (|| -> Result<()> {
             upper.chmod_temp(&temp, mode)?;

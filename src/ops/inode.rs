@@ -8,6 +8,7 @@ use super::{is_upper_copy, Attr, UnionFs};
 use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
 use crate::handles;
+use crate::idmap::Way;
 use crate::layer::UPPER;
 use crate::lookup;
 use crate::node::{Node, ROOT_INO};
@@ -102,7 +103,13 @@ impl UnionFs {
             return fail(libc::ENODATA);
         }
         let fd = self.top_fd(&node)?;
-        sys::getxattr_via_proc(fd.as_fd(), name)?.ok_or_else(|| Error::errno(libc::ENODATA))
+        let value =
+            sys::getxattr_via_proc(fd.as_fd(), name)?.ok_or_else(|| Error::errno(libc::ENODATA))?;
+        if self.owners.maps_xattr(name.as_bytes()) {
+            // A stored value that is no ACL is shown as it is.
+            return Ok(self.owners.map_acl(&value, Way::ToShown).unwrap_or(value));
+        }
+        Ok(value)
     }
 
     /// The node's xattr names, NUL-terminated each, private ones left out.
@@ -124,6 +131,16 @@ impl UnionFs {
         if whiteout::is_private_xattr(name) {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
         }
+        let mapped;
+        let value = if self.owners.maps_xattr(name.as_bytes()) {
+            mapped = self
+                .owners
+                .map_acl(value, Way::ToDisk)
+                .ok_or_else(|| Error::errno(libc::EINVAL).context("ACL names an unmapped id"))?;
+            &mapped[..]
+        } else {
+            value
+        };
         let node = self.tree.nodes.get(ino)?;
         self.copier()?.node(&node, Data::All)?;
         let fd = self.top_fd(&node)?;
@@ -147,8 +164,18 @@ impl UnionFs {
     }
 
     /// setattr: truncate, chmod, chown, utimes (after copy-up).
-    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, ino: u64, mut set: SetAttr) -> Result<Attr> {
         let upper = self.upper()?;
+        // Owners are stored as their disk ids; one with none cannot be
+        // stored (it would read back as another id), as chown(2) refuses an
+        // id that has no mapping in the caller's namespace.
+        let unmapped = || Error::errno(libc::EINVAL).context("owner id is not mapped");
+        if let Some(uid) = set.uid {
+            set.uid = Some(self.owners.uid.to_disk(uid).ok_or_else(unmapped)?);
+        }
+        if let Some(gid) = set.gid {
+            set.gid = Some(self.owners.gid.to_disk(gid).ok_or_else(unmapped)?);
+        }
         let node = self.tree.nodes.get(ino)?;
         if node.is_dead() {
             return self.setattr_dead(&node, set);

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crate::copy_up::{CopyUp, Data};
 use crate::error::{fail, Error, Result};
 use crate::handles::Handles;
+use crate::idmap::Owners;
 use crate::index;
 use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
 use crate::node::{Node, Stack};
@@ -61,6 +62,11 @@ pub struct UnionFs {
     pub opts: Options,
     /// The work dir and write format; `None` for a lowers-only mount.
     upper: Option<Upper>,
+    /// How owners on disk map to the owners shown (`uidmapping=`, ...).
+    owners: Owners,
+    /// `volatile`: syncs are not passed on (the caller will throw the upper
+    /// away after a crash anyway, as with overlayfs `volatile`).
+    volatile: bool,
 }
 
 /// Who asks: new objects belong to the caller (its fsuid/fsgid).
@@ -128,7 +134,21 @@ impl UnionFs {
             handles: Handles::default(),
             opts,
             upper,
+            owners: Owners::default(),
+            volatile: false,
         })
+    }
+
+    /// Maps owners between the layers and the view (see [`crate::idmap`]).
+    pub fn with_owners(mut self, owners: Owners) -> UnionFs {
+        self.owners = owners;
+        self
+    }
+
+    /// Makes fsync, fdatasync and fsyncdir no-ops (`-o volatile`).
+    pub fn with_volatile(mut self, volatile: bool) -> UnionFs {
+        self.volatile = volatile;
+        self
     }
 
     /// EROFS when nothing may change.
@@ -169,9 +189,10 @@ impl UnionFs {
         Ok(self.finish_attr(node.ino, &stack, &mut st))
     }
 
-    /// Puts the union's inode number into a layer's `lstat`; a merged
-    /// directory reports one link, as overlayfs does, since its real count
-    /// would miss the subdirectories of the other layers.
+    /// Puts the union's inode number into a layer's `lstat` and shows its
+    /// owners as mapped; a merged directory reports one link, as overlayfs
+    /// does, since its real count would miss the subdirectories of the
+    /// other layers.
     fn finish_attr(&self, ino: u64, stack: &Stack, st: &mut Stat) -> Attr {
         // A hard-linked object answers from its index entry, which every
         // name shares, and counts its names across layers.
@@ -182,6 +203,10 @@ impl UnionFs {
             }
         }
         st.st_ino = ino;
+        if !self.owners.is_identity() {
+            st.st_uid = self.owners.uid.to_shown(st.st_uid);
+            st.st_gid = self.owners.gid.to_shown(st.st_gid);
+        }
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR && stack.is_merged() {
             st.st_nlink = 1;
         }

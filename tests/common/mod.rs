@@ -224,7 +224,7 @@ fn test_name() -> String {
         .to_string()
 }
 
-fn skip_or_fail(what: &str) -> bool {
+pub fn skip_or_fail(what: &str) -> bool {
     let msg = format!(
         "\n\
          ************************************************************\n\

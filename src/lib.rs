@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod dirs;
 pub mod error;
 pub mod fuse;
+pub mod fuse_conn;
 pub mod handles;
 pub mod idmap;
 pub mod index;

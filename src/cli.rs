@@ -76,6 +76,10 @@ pub struct MountConfig {
     pub owners: Owners,
     /// `-o volatile` (or fuse-overlayfs's `fsync=0`): syncs are not passed on.
     pub volatile: bool,
+    /// `-o xattr_permissions=0|1|2`: keep owners and modes written into the
+    /// upper in `security.fuseoverlayfs.override_stat` (1) or
+    /// `user.containers.override_stat` (2) instead of the inode.
+    pub xattr_permissions: u8,
     /// One line per accepted but ignored option, e.g. "option 'noatime' has
     /// no effect here; ignored", for the caller to print after its own
     /// "unionfs: warning: " prefix.
@@ -168,6 +172,10 @@ Options for -o (comma-separated; '\\,' is a literal comma):
   squash_to_root  squash_to_uid=N  squash_to_gid=N
                              show every owner as root / N (writes unchanged)
   volatile, fsync=0          do not pass fsync/fdatasync/fsyncdir on
+  xattr_permissions=0|1|2    keep owners and modes of new and changed files in
+                             security.fuseoverlayfs.override_stat (1) or
+                             user.containers.override_stat (2); layers whose
+                             root carries one of those are read that way
 Options of fuse-overlayfs and overlayfs that mean nothing here (noatime,
 context=, xino=, index=, ...) are accepted with a warning. Layout changing
 ones (metacopy=on, plugins=, ...) are refused.
@@ -471,6 +479,7 @@ struct MountOptions {
     squash_to_uid: Option<u32>,
     squash_to_gid: Option<u32>,
     volatile: bool,
+    xattr_permissions: u8,
 }
 
 /// Flags handed to the kernel as they are.
@@ -542,10 +551,6 @@ const REFUSED: &[(&str, &str)] = &[
         "noxattrs",
         "unionfs always passes extended attributes through",
     ),
-    (
-        "xattr_permissions",
-        "unionfs does not keep ownership in xattrs",
-    ),
     ("nonempty", "unionfs mounts only on an empty directory"),
 ];
 
@@ -555,7 +560,6 @@ const REFUSED_UNLESS_OFF: &[(&str, &[&str])] = &[
     ("metacopy", &["off"]),
     ("nfs_export", &["off"]),
     ("noxattrs", &["0"]),
-    ("xattr_permissions", &["0"]),
 ];
 
 impl MountOptions {
@@ -646,6 +650,16 @@ impl MountOptions {
                 } else {
                     self.squash_to_gid = Some(id);
                 }
+                Ok(())
+            }
+            "xattr_permissions" => {
+                let v = text_value(name, value)?;
+                self.xattr_permissions = match v.as_str() {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    _ => return Err(bad_value(name, &v, "expected 0, 1 or 2".into())),
+                };
                 Ok(())
             }
             // Kernel overlayfs's `volatile`; fuse-overlayfs spells it `fsync=0`.
@@ -899,6 +913,7 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         threads: raw.threads.or(opts.threads),
         owners,
         volatile: opts.volatile,
+        xattr_permissions: opts.xattr_permissions,
         warnings: opts.warnings,
     })
 }

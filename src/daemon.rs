@@ -35,6 +35,7 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     let fs = UnionFs::new(layers, config.work.as_deref(), opts)
         .map_err(|e| e.to_string())?
         .with_owners(owners)
+        .with_forced_permissions(config.xattr_permissions)
         .with_volatile(config.volatile);
     let fs = Arc::new(fs);
 

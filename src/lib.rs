@@ -36,6 +36,7 @@ pub mod logging;
 pub mod lookup;
 pub mod node;
 pub mod ops;
+pub mod override_stat;
 pub mod readdir;
 pub mod sys;
 pub mod tree;

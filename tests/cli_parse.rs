@@ -1026,6 +1026,14 @@ fn owner_mapping_options_as_containers_storage_writes_them() {
     let config = mount(&[os("-o"), data, os(&l.mnt)]);
     assert_eq!(config.owners.uid.squash, Some(7));
     assert_eq!(config.owners.gid.squash, Some(0));
+    for (opt, n) in [
+        ("xattr_permissions=0", 0),
+        ("xattr_permissions=1", 1),
+        ("xattr_permissions=2", 2),
+    ] {
+        let data = join(&[l.data().bytes(), b",", opt.as_bytes()]);
+        assert_eq!(mount(&[os("-o"), data, os(&l.mnt)]).xattr_permissions, n);
+    }
     let data = join(&[l.data().bytes(), b",fsync=1"]);
     assert!(!mount(&[os("-o"), data, os(&l.mnt)]).volatile);
     let data = join(&[l.data().bytes(), b",fsync=0"]);
@@ -1055,6 +1063,7 @@ fn bad_owner_mappings_are_refused() {
         ("squash_to_root=1", "no value"),
         ("volatile=1", "no value"),
         ("fsync=2", "0 or 1"),
+        ("xattr_permissions=3", "0, 1 or 2"),
     ] {
         let e = fails(&with(opt), &[needle]);
         assert_eq!(e.exit_code, 2, "{opt}");

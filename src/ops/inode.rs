@@ -26,6 +26,10 @@ impl UnionFs {
         let found =
             lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
         let mut st = found.stat;
+        if let Some(layer) = found.stack.top() {
+            let probe = Node::detached(found.ino, found.kind, found.stack.clone(), parent, name);
+            self.force_at(&probe, layer, &mut st);
+        }
         let mut attr = self.finish_attr(found.ino, &found.stack, &mut st);
         let node = self
             .tree
@@ -52,6 +56,7 @@ impl UnionFs {
         if let Some(h) = fh.and_then(|fh| self.handles.file(fh).ok()) {
             let real = h.real();
             let mut st = sys::fstat(handles::fd_of(&real))?;
+            self.force_fd(real.0, handles::fd_of(&real), &mut st);
             return Ok(self.finish_attr(ino, &node.stack(), &mut st));
         }
         self.attr_of(&node)
@@ -182,7 +187,9 @@ impl UnionFs {
         }
         if node.ino == ROOT_INO {
             // The root has no parent to name it by: change it through its fd.
-            upper.set_attr_fd(self.tree.root_dir(UPPER)?.fd(), set)?;
+            let root = self.tree.root_dir(UPPER)?;
+            let set = self.set_forced(root.fd(), set)?;
+            upper.set_attr_fd(root.fd(), set)?;
             return self.attr_of(&node);
         }
         if set.size.is_some() && node.is_dir() {
@@ -205,9 +212,36 @@ impl UnionFs {
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
         self.tree.at_locked(&node, layer, |dir, name| {
+            let set = match self.upper_forced_name() {
+                None => set,
+                Some(_) => {
+                    let fd = sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                    self.set_forced(fd.as_fd(), set)?
+                }
+            };
             upper.set_attr(dir.fd(), name, set, resized)
         })?;
         self.attr_of(&node)
+    }
+
+    /// With forced permissions, records the owner and mode changes of `set`
+    /// in the override of the upper object open as `fd` (a file or
+    /// directory) and returns what is left to apply to the inode.
+    fn set_forced(&self, fd: std::os::fd::BorrowedFd, mut set: SetAttr) -> Result<SetAttr> {
+        if self.upper_forced_name().is_none()
+            || (set.uid.is_none() && set.gid.is_none() && set.mode.is_none())
+        {
+            return Ok(set);
+        }
+        let real = sys::fstat(fd)?;
+        if !matches!(real.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) {
+            return Ok(set);
+        }
+        self.change_forced(UPPER, fd, &real, set.uid, set.gid, set.mode)?;
+        set.uid = None;
+        set.gid = None;
+        set.mode = None;
+        Ok(set)
     }
 
     /// setattr of an object whose last name is gone, through one of its

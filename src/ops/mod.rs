@@ -11,6 +11,7 @@
 
 mod dir;
 mod file;
+mod forced;
 mod inode;
 mod rename;
 
@@ -35,6 +36,7 @@ use crate::workdir::WorkDir;
 pub use crate::readdir::DirEntry;
 pub use crate::sys::SetTime;
 pub use crate::upper::SetAttr;
+pub use forced::ForcedNames;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -64,6 +66,8 @@ pub struct UnionFs {
     upper: Option<Upper>,
     /// How owners on disk map to the owners shown (`uidmapping=`, ...).
     owners: Owners,
+    /// Where owners and modes are kept in xattrs (`xattr_permissions=`).
+    forced: forced::ForcedNames,
     /// `volatile`: syncs are not passed on (the caller will throw the upper
     /// away after a crash anyway, as with overlayfs `volatile`).
     volatile: bool,
@@ -135,8 +139,16 @@ impl UnionFs {
             opts,
             upper,
             owners: Owners::default(),
+            forced: forced::ForcedNames::default(),
             volatile: false,
         })
+    }
+
+    /// Keeps owners and modes in override xattrs where a layer root says so
+    /// or, in the upper, where `xattr_permissions=option` (1 or 2) asks.
+    pub fn with_forced_permissions(mut self, option: u8) -> UnionFs {
+        self.forced = forced::ForcedNames::probe(&self.tree.layers, option);
+        self
     }
 
     /// Maps owners between the layers and the view (see [`crate::idmap`]).
@@ -171,6 +183,7 @@ impl UnionFs {
             tree: &self.tree,
             upper: self.upper()?,
             handles: &self.handles,
+            forced: &self.forced,
         })
     }
 
@@ -178,13 +191,17 @@ impl UnionFs {
     fn attr_of(&self, node: &Node) -> Result<Attr> {
         let stack = node.stack();
         let mut st = if node.is_dead() {
-            let (_, fd) = self.fd_of_dead(node, libc::O_RDONLY)?;
-            sys::fstat(fd.as_fd())?
+            let (layer, fd) = self.fd_of_dead(node, libc::O_RDONLY)?;
+            let mut st = sys::fstat(fd.as_fd())?;
+            self.force_fd(layer, fd.as_fd(), &mut st);
+            st
         } else {
             let layer = stack
                 .top()
                 .ok_or_else(|| Error::errno(libc::ESTALE).context("node with no layer"))?;
-            self.tree.stat(node, layer)?
+            let mut st = self.tree.stat(node, layer)?;
+            self.force_at(node, layer, &mut st);
+            st
         };
         Ok(self.finish_attr(node.ino, &stack, &mut st))
     }

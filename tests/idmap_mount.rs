@@ -223,3 +223,46 @@ fn squash_shows_one_owner_and_writes_the_callers() {
     m.umount();
     sum.assert_unchanged();
 }
+
+#[test]
+fn containers_storage_option_string_mounts() {
+    if !require_mount_env() {
+        return;
+    }
+    let t = TestDir::new("idmap-cs");
+    let l1 = Layer::new(L1).tagged("etc/conf").owner(0, 0);
+    let lowers = render_stack(&[l1], t.path(), Format::Kernel);
+    let upper = t.mkdir("upper");
+    let work = t.join("work");
+    let mnt = t.mkdir("mnt");
+    let sum = checksum_layers(&as_paths(&lowers));
+    // As containers/storage runs its mount_program: `PROGRAM -o DATA MNT`,
+    // with a leading-colon mapping, a quoted SELinux context holding a
+    // comma, an empty element and volatile.
+    let m = mount_unionfs_form(
+        Form::DashO,
+        &as_paths(&lowers),
+        Some(&upper),
+        Some(&work),
+        &mnt,
+        &[
+            "-o",
+            "uidmapping=:0:100000:65536,gidmapping=0:100000:1:1:200001:65535,\
+             context=\"system_u:object_r:container_file_t:s0:c1,c2\",,volatile",
+        ],
+    );
+    assert_eq!(owner(&m.join("etc/conf")), (BASE, BASE));
+    let out = as_id(
+        BASE,
+        &format!(
+            "echo x >> {}/etc/conf && sync {0}/etc/conf",
+            m.path().display()
+        ),
+    );
+    assert!(out.success(), "{out}");
+    assert_eq!(owner(&upper.join("etc/conf")), (0, 0));
+    std::os::unix::fs::chown(m.join("etc/conf"), None, Some(200001)).unwrap();
+    assert_eq!(owner(&upper.join("etc/conf")), (0, 1));
+    m.umount();
+    sum.assert_unchanged();
+}

@@ -5,10 +5,13 @@
 //! passes `uidmapping=0:100000:65536`: the layers keep the container's ids,
 //! 0.., and the host sees 100000..). Reading maps disk to shown; an id no
 //! range covers shows as the kernel's overflow id (65534), as a user
-//! namespace shows an unmapped owner. Writing maps shown to disk; an id no
-//! range covers cannot be stored (it would come back as another id), so
-//! the change is refused. Squashing only changes what is shown: writes
-//! still store the caller's (mapped) ids, as fuse-overlayfs does.
+//! namespace shows an unmapped owner. Writing maps shown to disk. A chown or
+//! ACL naming an id no range covers is refused (stored, it would come back
+//! as another id). A new object made by a caller no range covers (the host's
+//! root, when podman fills in /etc/hostname or /etc/mtab) is stored with the
+//! overflow id, as fuse-overlayfs does: refusing would break podman.
+//! Squashing only changes what is shown: writes still store the caller's
+//! (mapped) ids, as fuse-overlayfs does.
 //!
 //! Pure: no system calls, so every rule is unit-tested here.
 
@@ -147,10 +150,13 @@ impl Owners {
         self.uid.is_identity() && self.gid.is_identity()
     }
 
-    /// Owner ids for a new object made by a caller with these ids; `None`
-    /// when the caller has no id on disk.
-    pub fn caller_to_disk(&self, uid: u32, gid: u32) -> Option<(u32, u32)> {
-        Some((self.uid.to_disk(uid)?, self.gid.to_disk(gid)?))
+    /// Owner ids for a new object made by a caller with these ids; an id
+    /// with no place on disk becomes the overflow id.
+    pub fn caller_to_disk(&self, uid: u32, gid: u32) -> (u32, u32) {
+        (
+            self.uid.to_disk(uid).unwrap_or(self.uid.overflow),
+            self.gid.to_disk(gid).unwrap_or(self.gid.overflow),
+        )
     }
 
     /// True when `name` is an ACL xattr whose value needs converting.
@@ -316,5 +322,7 @@ mod tests {
         assert!(owners.maps_xattr(b"system.posix_acl_access"));
         assert!(!owners.maps_xattr(b"user.x"));
         assert!(!Owners::default().maps_xattr(b"system.posix_acl_access"));
+        // A caller with no place on disk creates as the overflow id.
+        assert_eq!(owners.caller_to_disk(100001, 5), (1, DEFAULT_OVERFLOW));
     }
 }

@@ -88,12 +88,8 @@ impl UnionFs {
     ) -> Result<(Attr, Option<u64>)> {
         let upper = self.upper()?;
         Self::check_new_name(name)?;
-        // The new object is stored under the caller's ids on disk; a caller
-        // with none cannot own anything here.
-        let (uid, gid) = self
-            .owners
-            .caller_to_disk(caller.uid, caller.gid)
-            .ok_or_else(|| Error::errno(libc::EPERM).context("caller's ids are not mapped"))?;
+        // The new object is stored under the caller's ids on disk.
+        let (uid, gid) = self.owners.caller_to_disk(caller.uid, caller.gid);
         if let NewObject::Special { mode, rdev } = what {
             if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
                 return Err(Error::errno(libc::EPERM).context("a 0/0 device is a whiteout"));

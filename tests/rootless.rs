@@ -253,3 +253,67 @@ fn root_of_an_unprivileged_user_namespace() {
     );
     sum.assert_unchanged();
 }
+
+/// Forced permissions where they are needed: the root of a user namespace
+/// that maps one id cannot store other owners or setuid bits for real, so
+/// `xattr_permissions=2` keeps them in `user.containers.override_stat`.
+#[test]
+fn forced_permissions_in_a_user_namespace() {
+    if !require_mount_env() || !require_tools() {
+        return;
+    }
+    let s = setup("rootless-forced");
+    let sum = checksum_layers(&[&s.lower]);
+    let m = s.mnt.display();
+    let inner = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         trap 'rc=$?; umount -l {m} 2>/dev/null || :; exit $rc' EXIT; set -e; \
+         {bin} mount -l {l} -u {u} -w {w} -o xattr_permissions=2 {m}; \
+         echo x > {m}/new; chmod 4711 {m}/new; \
+         echo \"NEW $(stat -c '%a %u:%g' {m}/new)\"; \
+         chmod 600 {m}/d/f; echo \"COPIED $(stat -c '%a' {m}/d/f)\"; \
+         {bin} umount {m}; echo UNMOUNTED",
+        fuse = s.fuse.display(),
+        bin = unionfs_bin(),
+        l = s.lower.display(),
+        u = s.upper.display(),
+        w = s.work.display(),
+    );
+    let out = run(
+        Command::new("setpriv")
+            .arg(format!("--reuid={USER}"))
+            .arg(format!("--regid={USER}"))
+            .args(["--clear-groups", "--"])
+            .args(["unshare", "--user", "--map-root-user", "--mount", "--"])
+            .args(["sh", "-c"])
+            .arg(inner),
+        Duration::from_secs(60),
+    );
+    if out.code() == Some(97) {
+        skip_or_fail(&format!("cannot lend /dev/fuse in a user namespace: {out}"));
+        return;
+    }
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("NEW 4711 0:0"), "{out}");
+    assert!(out.stdout.contains("COPIED 600"), "{out}");
+    assert!(out.stdout.contains("UNMOUNTED"), "{out}");
+    let xattr = |p: &str| {
+        String::from_utf8(
+            sys::lgetxattr(&s.upper.join(p), b"user.containers.override_stat").unwrap(),
+        )
+        .unwrap()
+    };
+    // The inode holds what the daemon could set; the override the rest.
+    let new = fs::symlink_metadata(s.upper.join("new")).unwrap();
+    // (created 0644 by `echo` under umask 022; chmod changed only the override)
+    assert_eq!((new.uid(), new.mode() & 0o7777), (USER, 0o644));
+    assert_eq!(xattr("new"), "0:0:4711:file");
+    let copied = fs::symlink_metadata(s.upper.join("d/f")).unwrap();
+    assert_eq!(
+        copied.mode() & 0o7777,
+        0o644,
+        "real mode untouched by chmod"
+    );
+    assert_eq!(xattr("d/f"), "0:0:0600:file");
+    sum.assert_unchanged();
+}

@@ -143,3 +143,43 @@ fn overrides_are_shown_hidden_and_written() {
     m.umount();
     sum.assert_unchanged();
 }
+
+#[test]
+fn hard_links_share_their_override_after_copy_up() {
+    if !require_mount_env() {
+        return;
+    }
+    let t = TestDir::new("forced-links");
+    let l1 = Layer::new(L1)
+        .tagged("a")
+        .owner(1000, 1000)
+        .mode(0o644)
+        .xattr(XATTR, "0:0:0700:file")
+        .link("b", "a");
+    let lowers = render_stack(&[l1], t.path(), Format::Kernel);
+    sys::lsetxattr(&lowers[0], XATTR.as_bytes(), b"0:0:0755:dir").unwrap();
+    let upper = t.mkdir("upper");
+    let work = t.join("work");
+    let mnt = t.mkdir("mnt");
+    let sum = checksum_layers(&as_paths(&lowers));
+    let m = mount_unionfs(
+        &as_paths(&lowers),
+        Some(&upper),
+        Some(&work),
+        &mnt,
+        &["-o", "xattr_permissions=2"],
+    );
+    assert_eq!(st(&m.join("b")).mode() & 0o7777, 0o700);
+    fs::set_permissions(m.join("a"), fs::Permissions::from_mode(0o750)).unwrap();
+    for name in ["a", "b"] {
+        let s = st(&m.join(name));
+        assert_eq!(
+            (s.uid(), s.mode() & 0o7777, s.nlink()),
+            (0, 0o750, 2),
+            "{name}"
+        );
+    }
+    assert_eq!(override_of(&upper.join("a")), "0:0:0750:file");
+    m.umount();
+    sum.assert_unchanged();
+}

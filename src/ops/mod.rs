@@ -217,6 +217,11 @@ impl UnionFs {
             if let Ok(ist) = sys::statat(index.layer.root(), key) {
                 *st = ist;
                 st.st_nlink = index.nlink(ino, ist.st_nlink).unwrap_or(ist.st_nlink);
+                if !self.forced.is_off() {
+                    if let Ok(fd) = sys::openat(index.layer.root(), key, libc::O_PATH, 0) {
+                        self.force_fd(INDEX, fd.as_fd(), st);
+                    }
+                }
             }
         }
         st.st_ino = ino;

@@ -323,7 +323,13 @@ impl CopyUp<'_> {
     /// Forced permissions: the copy keeps the override of the object `name`
     /// in `dir` (of `layer`), under the upper's xattr name (private xattrs
     /// are not copied with the others).
-    fn carry_override(&self, layer: u16, dir: BorrowedFd, name: &OsStr, temp: &Temp) -> Result<()> {
+    fn carry_override(
+        &self,
+        layer: crate::layer::LayerId,
+        dir: BorrowedFd,
+        name: &OsStr,
+        temp: &Temp,
+    ) -> Result<()> {
         let (Some(from), Some(to)) = (self.forced.of(layer), self.forced.of(UPPER)) else {
             return Ok(());
         };
@@ -334,8 +340,7 @@ impl CopyUp<'_> {
         let Some(value) = sys::getxattr_via_proc(src.as_fd(), OsStr::new(from))? else {
             return Ok(());
         };
-        debug!("copy_up override {from} -> {to}");
-        sys::fsetxattr(temp.fd.as_fd(), OsStr::new(to), &value, 0)
+        self.upper.set_override(temp.fd.as_fd(), to, &value)
     }
 }
 

@@ -115,8 +115,7 @@ impl UnionFs {
             return Ok(());
         };
         let value = override_stat::format(f, mode, rdev);
-        log::debug!("override_stat {value}");
-        match sys::fsetxattr(fd, OsStr::new(name), value.as_bytes(), 0) {
+        match self.upper()?.set_override(fd, name, value.as_bytes()) {
             Err(e)
                 if e.is(libc::EPERM)
                     && mode & libc::S_IFMT != libc::S_IFREG

@@ -33,6 +33,9 @@ need rsync rsync                   # hard_cases.rs: rsync -aH of the mount
 need setfacl acl                   # write_mount.rs: ACLs
 need flock util-linux              # write_mount.rs: a lock held by another process
 need setfattr attr                 # differential repro scripts
+need strace strace                 # volatile_mount.rs: which syncs the daemon makes
+need sync coreutils                # volatile_mount.rs: fsync/fdatasync/fsyncdir through the mount
+need kill procps                   # volatile_mount.rs: stops strace
 # write_mount.rs reads an oci-format upper back through an independent
 # implementation (oci_format_upper_holds_exactly_the_whiteouts_of_an_image_layer_diff).
 need fuse-overlayfs fuse-overlayfs

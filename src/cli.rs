@@ -20,6 +20,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use clap::error::ErrorKind;
+
+use crate::idmap::{self, IdMap, Range};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// The most lower layers one mount may stack.
@@ -33,6 +35,7 @@ const EXIT_USAGE: i32 = 2;
 /// Exit code for a well-formed command line that the disk contradicts.
 const EXIT_INVALID: i32 = 1;
 
+pub use crate::idmap::Owners;
 pub use crate::whiteout::WriteFormat;
 
 /// A validated mount request: every path absolute and resolved, every layer
@@ -67,6 +70,16 @@ pub struct MountConfig {
     pub kernel_options: Vec<String>,
     /// `--threads` / `-o threads=`: FUSE worker threads, 1 to 1024.
     pub threads: Option<usize>,
+    /// `-o uidmapping=`, `gidmapping=`, `squash_to_root`, `squash_to_uid=`,
+    /// `squash_to_gid=`: owners shown vs stored. The overflow ids are the
+    /// default (65534); the daemon reads the kernel's.
+    pub owners: Owners,
+    /// `-o volatile` (or fuse-overlayfs's `fsync=0`): syncs are not passed on.
+    pub volatile: bool,
+    /// `-o xattr_permissions=0|1|2`: keep owners and modes written into the
+    /// upper in `security.fuseoverlayfs.override_stat` (1) or
+    /// `user.containers.override_stat` (2) instead of the inode.
+    pub xattr_permissions: u8,
     /// One line per accepted but ignored option, e.g. "option 'noatime' has
     /// no effect here; ignored", for the caller to print after its own
     /// "unionfs: warning: " prefix.
@@ -77,6 +90,8 @@ pub struct MountConfig {
 }
 
 /// What the command line asks for.
+// Made once per run: boxing the large variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Command {
     Mount(MountConfig),
@@ -159,10 +174,19 @@ Options for -o (comma-separated; '\\,' is a literal comma):
   fsname=NAME                the source name shown in the mount table
   nodev nosuid noexec dev suid exec sync async dirsync
                              passed to the kernel
+  uidmapping=D:S:L[:D:S:L...]  gidmapping=...
+                             owners stored as D.. in the layers show as S..
+                             (L ids per range); unmapped ones show as 65534
+  squash_to_root  squash_to_uid=N  squash_to_gid=N
+                             show every owner as root / N (writes unchanged)
+  volatile, fsync=0          do not pass fsync/fdatasync/fsyncdir on
+  xattr_permissions=0|1|2    keep owners and modes of new and changed files in
+                             security.fuseoverlayfs.override_stat (1) or
+                             user.containers.override_stat (2); layers whose
+                             root carries one of those are read that way
 Options of fuse-overlayfs and overlayfs that mean nothing here (noatime,
-context=, xino=, index=, volatile, fsync=, ...) are accepted with a warning.
-Ownership and layout changing ones (uidmapping=, squash_to_root,
-metacopy=on, plugins=, ...) are refused.
+context=, xino=, index=, ...) are accepted with a warning. Layout changing
+ones (metacopy=on, plugins=, ...) are refused.
 
 Write a ':' inside a lower path as '\\:' and a '\\' as '\\\\'. The work dir must
 be on the upper's filesystem and outside it; by default it is
@@ -699,6 +723,13 @@ struct MountOptions {
     fsname: Option<String>,
     kernel_options: Vec<String>,
     warnings: Vec<String>,
+    uidmapping: Option<Vec<Range>>,
+    gidmapping: Option<Vec<Range>>,
+    squash_to_root: bool,
+    squash_to_uid: Option<u32>,
+    squash_to_gid: Option<u32>,
+    volatile: bool,
+    xattr_permissions: u8,
 }
 
 /// Flags handed to the kernel as they are.
@@ -722,7 +753,6 @@ const IGNORED_FLAGS: &[&str] = &[
     "nolazytime",
     "noacl",
     "static_nlink",
-    "volatile",
     "debug",
     "userxattr",
     "auto_unmount",
@@ -744,7 +774,6 @@ const IGNORED_WITH_VALUE: &[&str] = &[
     "fscontext",
     "defcontext",
     "rootcontext",
-    "fsync",
     "xino",
     "index",
     "redirect_dir",
@@ -761,11 +790,6 @@ const IGNORED_WITH_VALUE: &[&str] = &[
 
 /// Options that would change what the mount shows, with why they are refused.
 const REFUSED: &[(&str, &str)] = &[
-    ("uidmapping", "unionfs does not remap file owners"),
-    ("gidmapping", "unionfs does not remap file owners"),
-    ("squash_to_root", "unionfs does not remap file owners"),
-    ("squash_to_uid", "unionfs does not remap file owners"),
-    ("squash_to_gid", "unionfs does not remap file owners"),
     (
         "metacopy",
         "unionfs always copies data up with the metadata",
@@ -777,10 +801,6 @@ const REFUSED: &[(&str, &str)] = &[
         "noxattrs",
         "unionfs always passes extended attributes through",
     ),
-    (
-        "xattr_permissions",
-        "unionfs does not keep ownership in xattrs",
-    ),
     ("nonempty", "unionfs mounts only on an empty directory"),
 ];
 
@@ -790,7 +810,6 @@ const REFUSED_UNLESS_OFF: &[(&str, &[&str])] = &[
     ("metacopy", &["off"]),
     ("nfs_export", &["off"]),
     ("noxattrs", &["0"]),
-    ("xattr_permissions", &["0"]),
 ];
 
 impl MountOptions {
@@ -852,6 +871,62 @@ impl MountOptions {
                 self.fsname = Some(text_value(name, value)?);
                 Ok(())
             }
+            "uidmapping" | "gidmapping" => {
+                let v = text_value(name, value)?;
+                let ranges = idmap::parse_ranges(&v).map_err(usage_error)?;
+                let slot = if name == "uidmapping" {
+                    &mut self.uidmapping
+                } else {
+                    &mut self.gidmapping
+                };
+                if slot.is_some() {
+                    return Err(usage_error(format!("option '{name}' given twice")));
+                }
+                *slot = Some(ranges);
+                Ok(())
+            }
+            "squash_to_root" => {
+                no_value(name, value)?;
+                self.squash_to_root = true;
+                Ok(())
+            }
+            "squash_to_uid" | "squash_to_gid" => {
+                let v = text_value(name, value)?;
+                let id = v
+                    .parse::<u32>()
+                    .map_err(|_| bad_value(name, &v, "expected a numeric id".into()))?;
+                if name == "squash_to_uid" {
+                    self.squash_to_uid = Some(id);
+                } else {
+                    self.squash_to_gid = Some(id);
+                }
+                Ok(())
+            }
+            "xattr_permissions" => {
+                let v = text_value(name, value)?;
+                self.xattr_permissions = match v.as_str() {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    _ => return Err(bad_value(name, &v, "expected 0, 1 or 2".into())),
+                };
+                Ok(())
+            }
+            // Kernel overlayfs's `volatile`; fuse-overlayfs spells it `fsync=0`.
+            "volatile" => {
+                no_value(name, value)?;
+                self.volatile = true;
+                Ok(())
+            }
+            "fsync" => {
+                let v = text_value(name, value)?;
+                match v.as_str() {
+                    "0" => self.volatile = true,
+                    "1" => self.volatile = false,
+                    _ => return Err(bad_value(name, &v, "expected 0 or 1".into())),
+                }
+                Ok(())
+            }
             "ro" | "rw" => {
                 no_value(name, value)?;
                 self.read_only = name == "ro";
@@ -886,6 +961,21 @@ impl MountOptions {
                 Ok(())
             }
             _ => Err(unknown()),
+        }
+    }
+
+    /// The owner mapping asked for. Squashing to a given id wins over
+    /// squashing to root, as in fuse-overlayfs.
+    fn owners(&self) -> Owners {
+        let root = self.squash_to_root.then_some(0);
+        let map = |ranges: &Option<Vec<Range>>, squash: Option<u32>| IdMap {
+            ranges: ranges.clone().unwrap_or_default(),
+            squash: squash.or(root),
+            overflow: idmap::DEFAULT_OVERFLOW,
+        };
+        Owners {
+            uid: map(&self.uidmapping, self.squash_to_uid),
+            gid: map(&self.gidmapping, self.squash_to_gid),
         }
     }
 
@@ -1003,6 +1093,7 @@ pub fn default_work_dir(upper: &Path) -> PathBuf {
 /// Merges flags and `-o`, resolves every path, and checks the layout.
 fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
     let opts = MountOptions::parse(&raw.options)?;
+    let owners = opts.owners();
 
     let lower_list = only_once(raw.lower, "-l", opts.lowerdir, "lowerdir=")?.ok_or_else(|| {
         usage_error("no lower layers given (use -l LOWER[:LOWER...] or -o lowerdir=...)")
@@ -1070,6 +1161,9 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         allow_other: opts.allow_other,
         kernel_options: opts.kernel_options,
         threads: raw.threads.or(opts.threads),
+        owners,
+        volatile: opts.volatile,
+        xattr_permissions: opts.xattr_permissions,
         warnings: opts.warnings,
         verbose: raw.verbose,
     })

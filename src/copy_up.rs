@@ -42,6 +42,8 @@ pub struct CopyUp<'a> {
     pub tree: &'a Tree,
     pub upper: &'a Upper,
     pub handles: &'a Handles,
+    /// Which override xattr each layer keeps forced permissions in.
+    pub forced: &'a crate::ops::ForcedNames,
 }
 
 impl CopyUp<'_> {
@@ -281,6 +283,10 @@ impl CopyUp<'_> {
         debug!("copy_up {} from layer {layer} ({data:?})", show(&sname));
         let mut method = "metadata only";
         let temp = build(upper, sdir.fd(), &sname, &st, data, &mut method)
+            .and_then(|temp| {
+                self.carry_override(layer, sdir.fd(), &sname, &temp)
+                    .map(|()| temp)
+            })
             .map_err(|e| e.context(format!("copy-up of {}", show(&sname))))?;
         let recorded =
             upper.write_origin(temp.fd.as_fd(), &self.tree.nodes.origin_xattr(), src.ino);
@@ -310,6 +316,31 @@ impl CopyUp<'_> {
             },
             method,
         })
+    }
+}
+
+impl CopyUp<'_> {
+    /// Forced permissions: the copy keeps the override of the object `name`
+    /// in `dir` (of `layer`), under the upper's xattr name (private xattrs
+    /// are not copied with the others).
+    fn carry_override(
+        &self,
+        layer: crate::layer::LayerId,
+        dir: BorrowedFd,
+        name: &OsStr,
+        temp: &Temp,
+    ) -> Result<()> {
+        let (Some(from), Some(to)) = (self.forced.of(layer), self.forced.of(UPPER)) else {
+            return Ok(());
+        };
+        if !matches!(temp.kind, libc::S_IFREG | libc::S_IFDIR) {
+            return Ok(());
+        }
+        let src = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let Some(value) = sys::getxattr_via_proc(src.as_fd(), OsStr::new(from))? else {
+            return Ok(());
+        };
+        self.upper.set_override(temp.fd.as_fd(), to, &value)
     }
 }
 

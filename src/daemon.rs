@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 use log::{error, info};
@@ -11,6 +12,7 @@ use log::{error, info};
 use crate::cli::MountConfig;
 use crate::error::Error;
 use crate::fuse::FuseFs;
+use crate::fuse_conn;
 use crate::layer::LayerStack;
 use crate::ops::{Options, UnionFs};
 use crate::sys;
@@ -27,7 +29,14 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     };
     // Modes arrive with the caller's umask applied; ours must not apply twice.
     sys::set_umask(0);
-    let fs = UnionFs::new(layers, config.work.as_deref(), opts).map_err(|e| e.to_string())?;
+    let mut owners = config.owners.clone();
+    owners.uid.overflow = overflow_id("uid");
+    owners.gid.overflow = overflow_id("gid");
+    let fs = UnionFs::new(layers, config.work.as_deref(), opts)
+        .map_err(|e| e.to_string())?
+        .with_owners(owners)
+        .with_forced_permissions(config.xattr_permissions)
+        .with_volatile(config.volatile);
     let fs = Arc::new(fs);
 
     let is_root = sys::geteuid() == 0;
@@ -84,6 +93,12 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         config.lowers,
         config.upper
     );
+    if !config.owners.is_identity() {
+        info!("owners mapped: {:?}", config.owners);
+    }
+    if config.volatile {
+        info!("volatile: fsync, fdatasync and fsyncdir are not passed on");
+    }
 
     // SIGTERM/SIGINT unmount; the session then ends by itself.
     sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
@@ -101,7 +116,25 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
 
     let r = session.run();
     info!("session ended: {r:?}");
+    // Test hook: linger with the union (and its locks) still held, as a
+    // slow exit would, so tests can check that `unionfs umount` waits.
+    if let Some(ms) = std::env::var("UNIONFS_TEST_EXIT_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    drop(fs);
     r.map_err(|e| format!("session ended: {e}"))
+}
+
+/// What the kernel shows for an owner it cannot map (`kind` is "uid" or
+/// "gid"), so an unmapped owner looks the same here as in a user namespace.
+fn overflow_id(kind: &str) -> u32 {
+    std::fs::read_to_string(format!("/proc/sys/kernel/overflow{kind}"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(crate::idmap::DEFAULT_OVERFLOW)
 }
 
 fn kernel_option(o: &str) -> MountOption {
@@ -146,11 +179,32 @@ fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), Error> {
     }
 }
 
-/// `unionfs umount MNT`: unmounts, refusing (EBUSY) while files are open.
+/// How long `unionfs umount` waits for the daemon to let go.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// `unionfs umount MNT`: unmounts, refusing (EBUSY) while files are open,
+/// and returns once the processes serving the mount have let go of it
+/// (the daemon exits and drops its locks a moment after the unmount), so
+/// that the same upper can be mounted again at once.
 pub fn unmount(mnt: &Path) -> Result<(), String> {
+    let conn = fuse_conn::connection_of(mnt);
+    let serving = conn.map(fuse_conn::holders).unwrap_or_default();
     let r = match sys::umount(mnt) {
         Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, false),
         other => other,
     };
-    r.map_err(|e| format!("cannot unmount {}: {e}", mnt.display()))
+    r.map_err(|e| format!("cannot unmount {}: {e}", mnt.display()))?;
+    if conn.is_some() {
+        let left = fuse_conn::wait_exited(serving, RELEASE_WAIT);
+        if !left.is_empty() {
+            // Unmounted all the same: say why a remount may find it busy.
+            eprintln!(
+                "unionfs: warning: {} unmounted, but process(es) {left:?} that served it \
+                 still run after {} s",
+                mnt.display(),
+                RELEASE_WAIT.as_secs()
+            );
+        }
+    }
+    Ok(())
 }

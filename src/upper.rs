@@ -215,6 +215,13 @@ impl Upper {
         sys::fsetxattr(fd, name, value, flags)
     }
 
+    /// Records an object's forced owner and mode (`xattr_permissions=`) in
+    /// the override xattr `name`.
+    pub fn set_override(&self, fd: BorrowedFd, name: &str, value: &[u8]) -> Result<()> {
+        debug!("override_stat {name}={}", String::from_utf8_lossy(value));
+        sys::fsetxattr(fd, OsStr::new(name), value, 0)
+    }
+
     pub fn remove_xattr(&self, fd: BorrowedFd, name: &OsStr) -> Result<()> {
         debug!("removexattr_upper {}", show(name));
         sys::fremovexattr(fd, name)

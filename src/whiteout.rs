@@ -52,7 +52,10 @@ pub const PRIVATE_XATTR_PREFIXES: [&[u8]; 5] = [
 /// True for an xattr name a user must neither see nor set.
 pub fn is_private_xattr(name: &OsStr) -> bool {
     let n = name.as_bytes();
+    // Forced permissions' overrides are the union's too: setting one would
+    // forge an owner.
     PRIVATE_XATTR_PREFIXES.iter().any(|p| n.starts_with(p))
+        || crate::override_stat::is_override_name(n)
 }
 
 /// True for names that are format markers and never appear in the merged

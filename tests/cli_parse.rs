@@ -771,8 +771,6 @@ fn meaningless_options_warn() {
         "index=off",
         "redirect_dir=off",
         "metacopy=off",
-        "volatile",
-        "fsync=0",
         "userxattr",
         "static_nlink",
         "noacl",
@@ -785,7 +783,10 @@ fn meaningless_options_warn() {
             "no warning for {name}: {warnings}"
         );
     }
-    assert_eq!(config.warnings.len(), 15, "{warnings}");
+    assert_eq!(config.warnings.len(), 13, "{warnings}");
+    // volatile and fsync=0 now mean something.
+    assert!(!warnings.contains("volatile") && !warnings.contains("fsync"));
+    assert!(config.volatile);
     // The caller adds the "unionfs: warning: " prefix.
     assert!(config.warnings.iter().all(|w| w.starts_with("option '")));
     assert!(!warnings.contains("default_permissions"));
@@ -801,11 +802,6 @@ fn semantic_options_are_refused() {
     let s = Scratch::new("refuse");
     let l = s.layers();
     for (option, name) in [
-        ("uidmapping=0:1000:1", "uidmapping"),
-        ("gidmapping=0:1000:1", "gidmapping"),
-        ("squash_to_root", "squash_to_root"),
-        ("squash_to_uid=5", "squash_to_uid"),
-        ("squash_to_gid=5", "squash_to_gid"),
         ("metacopy=on", "metacopy"),
         ("metacopy", "metacopy"),
         ("plugins=/x.so", "plugins"),
@@ -979,4 +975,101 @@ fn umount_resolves_the_mount_point() {
         &[&shown(&missing), "no such directory"],
     );
     fails(&[os("umount")], &["MNT"]);
+}
+
+// ---------------------------------------------------------------------------
+// Owner mapping, squashing and volatile
+
+fn ranges(text: &[(u32, u32, u32)]) -> Vec<unionfs::idmap::Range> {
+    text.iter()
+        .map(|&(disk, shown, len)| unionfs::idmap::Range { disk, shown, len })
+        .collect()
+}
+
+#[test]
+fn owner_mapping_options_as_containers_storage_writes_them() {
+    let s = Scratch::new("idmap");
+    let l = s.layers();
+    // What containers/storage hands its mount_program for a rootless
+    // container: several ranges, an SELinux context with a quoted comma,
+    // and (older versions) a leading colon; plus an empty element.
+    let data = join(&[
+        l.data().bytes(),
+        b",,uidmapping=0:1000:1:1:100000:65536,gidmapping=:0:1000:1:1:100000:65536",
+        b",context=\"system_u:object_r:container_file_t:s0:c1,c2\",volatile,",
+    ]);
+    let config = mount(&[os("-o"), data, os(&l.mnt)]);
+    let want = ranges(&[(0, 1000, 1), (1, 100000, 65536)]);
+    assert_eq!(config.owners.uid.ranges, want);
+    assert_eq!(config.owners.gid.ranges, want);
+    assert_eq!(config.owners.uid.squash, None);
+    assert_eq!(config.owners.uid.overflow, 65534);
+    assert!(config.volatile);
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("context="));
+
+    // The mount subcommand and mount.fuse forms read the same options.
+    let config = mount(&[
+        os("mount"),
+        os("-l"),
+        os(&l.l1),
+        os("-o"),
+        os("uidmapping=0:100000:65536"),
+        os(&l.mnt),
+    ]);
+    assert_eq!(config.owners.uid.ranges, ranges(&[(0, 100000, 65536)]));
+    assert!(config.owners.gid.is_identity());
+    assert!(!config.volatile);
+
+    // Squashing: to a given id wins over to root, per kind.
+    let data = join(&[l.data().bytes(), b",squash_to_root,squash_to_uid=7"]);
+    let config = mount(&[os("-o"), data, os(&l.mnt)]);
+    assert_eq!(config.owners.uid.squash, Some(7));
+    assert_eq!(config.owners.gid.squash, Some(0));
+    for (opt, n) in [
+        ("xattr_permissions=0", 0),
+        ("xattr_permissions=1", 1),
+        ("xattr_permissions=2", 2),
+    ] {
+        let data = join(&[l.data().bytes(), b",", opt.as_bytes()]);
+        assert_eq!(mount(&[os("-o"), data, os(&l.mnt)]).xattr_permissions, n);
+    }
+    let data = join(&[l.data().bytes(), b",fsync=1"]);
+    assert!(!mount(&[os("-o"), data, os(&l.mnt)]).volatile);
+    let data = join(&[l.data().bytes(), b",fsync=0"]);
+    assert!(mount(&[os("-o"), data, os(&l.mnt)]).volatile);
+}
+
+#[test]
+fn bad_owner_mappings_are_refused() {
+    let s = Scratch::new("idmap-bad");
+    let l = s.layers();
+    let with = |extra: &str| {
+        vec![
+            os("-o"),
+            join(&[l.data().bytes(), b",", extra.as_bytes()]),
+            os(&l.mnt),
+        ]
+    };
+    for (opt, needle) in [
+        ("uidmapping=0:1000", "triples"),
+        ("uidmapping=0:1000:1:1", "triples"),
+        ("gidmapping=a:1:1", "not a number"),
+        ("uidmapping=0:1000:0", "length 0"),
+        ("uidmapping=0:100:10:5:200:1", "overlapping"),
+        ("uidmapping=", "needs a value"),
+        ("uidmapping=:", "no ranges"),
+        ("squash_to_uid=x", "numeric"),
+        ("squash_to_root=1", "no value"),
+        ("volatile=1", "no value"),
+        ("fsync=2", "0 or 1"),
+        ("xattr_permissions=3", "0, 1 or 2"),
+    ] {
+        let e = fails(&with(opt), &[needle]);
+        assert_eq!(e.exit_code, 2, "{opt}");
+    }
+    fails(
+        &with("uidmapping=0:1:1,uidmapping=0:2:1"),
+        &["uidmapping", "twice"],
+    );
 }

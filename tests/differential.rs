@@ -508,13 +508,6 @@ fn differential_against_kernel_overlayfs() {
         "differential: operations that succeeded / run, per kind: {}",
         mix.join(", ")
     );
-    let retries = runner::MOUNT_RETRIES.load(Ordering::Relaxed);
-    if retries > 0 {
-        eprintln!(
-            "differential: note: {retries} remount attempt(s) found the upper still locked by the \
-             previous daemon (`unionfs umount` returned before it let go) and were retried"
-        );
-    }
     if !skipped_bugs().is_empty() {
         eprintln!(
             "differential: WARNING: known bugs skipped (UNIONFS_DIFF_SKIP_KNOWN_BUGS): {:?}",

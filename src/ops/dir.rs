@@ -14,6 +14,7 @@ use crate::index;
 use crate::layer::UPPER;
 use crate::lookup::{self, Found};
 use crate::node::{Node, Stack};
+use crate::override_stat;
 use crate::readdir::{self, DirEntry};
 use crate::sys;
 use crate::upper::{Leave, Shape};
@@ -103,6 +104,8 @@ impl UnionFs {
     ) -> Result<(Attr, Option<u64>)> {
         let upper = self.upper()?;
         Self::check_new_name(name)?;
+        // The new object is stored under the caller's ids on disk.
+        let (uid, gid) = self.owners.caller_to_disk(caller.uid, caller.gid);
         if let NewObject::Special { mode, rdev } = what {
             if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
                 return Err(Error::errno(libc::EPERM).context("a 0/0 device is a whiteout"));
@@ -110,14 +113,11 @@ impl UnionFs {
         }
         let pnode = self.dir_for_change(parent)?;
         let pdir = self.tree.dir(&pnode, UPPER)?;
-        let pst = sys::fstat(pdir.fd())?;
+        let mut pst = sys::fstat(pdir.fd())?;
+        self.force_fd(UPPER, pdir.fd(), &mut pst);
         // A setgid directory hands its group down (and, to directories, the bit).
         let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
-        let gid = if setgid_parent {
-            pst.st_gid
-        } else {
-            caller.gid
-        };
+        let gid = if setgid_parent { pst.st_gid } else { gid };
         let (shape, mode) = match &what {
             NewObject::File { mode, .. } => (Shape::File, *mode),
             NewObject::Dir { mode } => {
@@ -129,10 +129,32 @@ impl UnionFs {
                 (Shape::Special(mode & libc::S_IFMT, *rdev), *mode)
             }
         };
-        let temp = upper.make_temp(shape, caller.uid, gid)?;
         let is_dir = matches!(what, NewObject::Dir { .. });
+        // With forced permissions the daemon owns the inode and the owner
+        // and mode live in the override xattr.
+        let forced = self.upper_forced_name().is_some();
+        let temp = if forced {
+            upper.make_temp(shape, sys::geteuid(), u32::MAX)?
+        } else {
+            upper.make_temp(shape, uid, gid)?
+        };
         let placed = (|| -> Result<()> {
-            upper.chmod_temp(&temp, mode)?;
+            if forced {
+                upper.chmod_temp(&temp, override_stat::real_perm(mode, is_dir))?;
+                let f = override_stat::Forced {
+                    uid,
+                    gid,
+                    perm: mode & 0o7777,
+                    kind: None,
+                };
+                let rdev = match what {
+                    NewObject::Special { rdev, .. } => rdev,
+                    _ => 0,
+                };
+                self.write_forced(temp.fd.as_fd(), &f, temp.kind, rdev)?;
+            } else {
+                upper.chmod_temp(&temp, mode)?;
+            }
             // Over a name a lower still has, the new directory must not
             // merge with it: it starts empty.
             if is_dir && lookup::in_lowers(&self.tree, &pnode, name)? {
@@ -150,6 +172,7 @@ impl UnionFs {
         }
 
         let mut st = sys::fstat(temp.fd.as_fd())?;
+        self.force_fd(UPPER, temp.fd.as_fd(), &mut st);
         let ino = self
             .tree
             .nodes

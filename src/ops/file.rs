@@ -99,6 +99,9 @@ impl UnionFs {
 
     pub fn fsync(&self, fh: u64, data_only: bool) -> Result<()> {
         let h = self.handles.file(fh)?;
+        if self.volatile {
+            return Ok(());
+        }
         let real = h.real();
         if !is_upper_copy(real.0) {
             return Ok(()); // nothing of ours to flush in a lower
@@ -108,7 +111,7 @@ impl UnionFs {
 
     pub fn fsyncdir(&self, ino: u64, data_only: bool) -> Result<()> {
         let node = self.tree.nodes.get(ino)?;
-        if !node.stack().upper || self.upper.is_none() {
+        if self.volatile || !node.stack().upper || self.upper.is_none() {
             return Ok(());
         }
         let dir = self.tree.dir(&node, UPPER)?;

@@ -8,6 +8,7 @@ use super::{is_upper_copy, Attr, UnionFs};
 use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
 use crate::handles;
+use crate::idmap::Way;
 use crate::layer::UPPER;
 use crate::lookup;
 use crate::node::{Node, ROOT_INO};
@@ -25,6 +26,10 @@ impl UnionFs {
         let found =
             lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
         let mut st = found.stat;
+        if let Some(layer) = found.stack.top() {
+            let probe = Node::detached(found.ino, found.kind, found.stack.clone(), parent, name);
+            self.force_at(&probe, layer, &mut st);
+        }
         let mut attr = self.finish_attr(found.ino, &found.stack, &mut st);
         let node = self
             .tree
@@ -51,6 +56,7 @@ impl UnionFs {
         if let Some(h) = fh.and_then(|fh| self.handles.file(fh).ok()) {
             let real = h.real();
             let mut st = sys::fstat(handles::fd_of(&real))?;
+            self.force_fd(real.0, handles::fd_of(&real), &mut st);
             return Ok(self.finish_attr(ino, &node.stack(), &mut st));
         }
         self.attr_of(&node)
@@ -103,14 +109,18 @@ impl UnionFs {
         }
         let state = node.xattr_state();
         let fd = self.top_fd(&node)?;
-        if let Some(value) = sys::getxattr_via_proc(fd.as_fd(), name)? {
-            return Ok(value);
+        let Some(value) = sys::getxattr_via_proc(fd.as_fd(), name)? else {
+            // A miss: if the object has no xattr at all, later ones cost nothing.
+            if visible_xattrs(fd.as_fd())?.is_empty() {
+                node.found_no_xattrs(state);
+            }
+            return fail(libc::ENODATA);
+        };
+        if self.owners.maps_xattr(name.as_bytes()) {
+            // A stored value that is no ACL is shown as it is.
+            return Ok(self.owners.map_acl(&value, Way::ToShown).unwrap_or(value));
         }
-        // A miss: if the object has no xattr at all, later ones cost nothing.
-        if visible_xattrs(fd.as_fd())?.is_empty() {
-            node.found_no_xattrs(state);
-        }
-        fail(libc::ENODATA)
+        Ok(value)
     }
 
     /// The node's xattr names, NUL-terminated each, private ones left out.
@@ -138,6 +148,16 @@ impl UnionFs {
         if whiteout::is_private_xattr(name) {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
         }
+        let mapped;
+        let value = if self.owners.maps_xattr(name.as_bytes()) {
+            mapped = self
+                .owners
+                .map_acl(value, Way::ToDisk)
+                .ok_or_else(|| Error::errno(libc::EINVAL).context("ACL names an unmapped id"))?;
+            &mapped[..]
+        } else {
+            value
+        };
         let node = self.tree.nodes.get(ino)?;
         self.copier()?.node(&node, Data::All)?;
         let fd = self.top_fd(&node)?;
@@ -166,15 +186,27 @@ impl UnionFs {
     }
 
     /// setattr: truncate, chmod, chown, utimes (after copy-up).
-    pub fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, ino: u64, mut set: SetAttr) -> Result<Attr> {
         let upper = self.upper()?;
+        // Owners are stored as their disk ids; one with none cannot be
+        // stored (it would read back as another id), as chown(2) refuses an
+        // id that has no mapping in the caller's namespace.
+        let unmapped = || Error::errno(libc::EINVAL).context("owner id is not mapped");
+        if let Some(uid) = set.uid {
+            set.uid = Some(self.owners.uid.to_disk(uid).ok_or_else(unmapped)?);
+        }
+        if let Some(gid) = set.gid {
+            set.gid = Some(self.owners.gid.to_disk(gid).ok_or_else(unmapped)?);
+        }
         let node = self.tree.nodes.get(ino)?;
         if node.is_dead() {
             return self.setattr_dead(&node, set);
         }
         if node.ino == ROOT_INO {
             // The root has no parent to name it by: change it through its fd.
-            upper.set_attr_fd(self.tree.root_dir(UPPER)?.fd(), set)?;
+            let root = self.tree.root_dir(UPPER)?;
+            let set = self.set_forced(root.fd(), set)?;
+            upper.set_attr_fd(root.fd(), set)?;
             return self.attr_of(&node);
         }
         if set.size.is_some() && node.is_dir() {
@@ -197,9 +229,36 @@ impl UnionFs {
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
         self.tree.at_locked(&node, layer, |dir, name| {
+            let set = match self.upper_forced_name() {
+                None => set,
+                Some(_) => {
+                    let fd = sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                    self.set_forced(fd.as_fd(), set)?
+                }
+            };
             upper.set_attr(dir.fd(), name, set, resized)
         })?;
         self.attr_of(&node)
+    }
+
+    /// With forced permissions, records the owner and mode changes of `set`
+    /// in the override of the upper object open as `fd` (a file or
+    /// directory) and returns what is left to apply to the inode.
+    fn set_forced(&self, fd: std::os::fd::BorrowedFd, mut set: SetAttr) -> Result<SetAttr> {
+        if self.upper_forced_name().is_none()
+            || (set.uid.is_none() && set.gid.is_none() && set.mode.is_none())
+        {
+            return Ok(set);
+        }
+        let real = sys::fstat(fd)?;
+        if !matches!(real.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) {
+            return Ok(set);
+        }
+        self.change_forced(UPPER, fd, &real, set.uid, set.gid, set.mode)?;
+        set.uid = None;
+        set.gid = None;
+        set.mode = None;
+        Ok(set)
     }
 
     /// setattr of an object whose last name is gone, through one of its

@@ -11,6 +11,7 @@
 
 mod dir;
 mod file;
+mod forced;
 mod inode;
 mod rename;
 
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use crate::copy_up::{CopyUp, Data};
 use crate::error::{fail, Error, Result};
 use crate::handles::Handles;
+use crate::idmap::Owners;
 use crate::index;
 use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
 use crate::node::{Node, Stack};
@@ -34,6 +36,7 @@ use crate::workdir::WorkDir;
 pub use crate::readdir::DirEntry;
 pub use crate::sys::SetTime;
 pub use crate::upper::SetAttr;
+pub use forced::ForcedNames;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -61,6 +64,13 @@ pub struct UnionFs {
     pub opts: Options,
     /// The work dir and write format; `None` for a lowers-only mount.
     upper: Option<Upper>,
+    /// How owners on disk map to the owners shown (`uidmapping=`, ...).
+    owners: Owners,
+    /// Where owners and modes are kept in xattrs (`xattr_permissions=`).
+    forced: forced::ForcedNames,
+    /// `volatile`: syncs are not passed on (the caller will throw the upper
+    /// away after a crash anyway, as with overlayfs `volatile`).
+    volatile: bool,
 }
 
 /// Who asks: new objects belong to the caller (its fsuid/fsgid).
@@ -128,7 +138,29 @@ impl UnionFs {
             handles: Handles::default(),
             opts,
             upper,
+            owners: Owners::default(),
+            forced: forced::ForcedNames::default(),
+            volatile: false,
         })
+    }
+
+    /// Keeps owners and modes in override xattrs where a layer root says so
+    /// or, in the upper, where `xattr_permissions=option` (1 or 2) asks.
+    pub fn with_forced_permissions(mut self, option: u8) -> UnionFs {
+        self.forced = forced::ForcedNames::probe(&self.tree.layers, option);
+        self
+    }
+
+    /// Maps owners between the layers and the view (see [`crate::idmap`]).
+    pub fn with_owners(mut self, owners: Owners) -> UnionFs {
+        self.owners = owners;
+        self
+    }
+
+    /// Makes fsync, fdatasync and fsyncdir no-ops (`-o volatile`).
+    pub fn with_volatile(mut self, volatile: bool) -> UnionFs {
+        self.volatile = volatile;
+        self
     }
 
     /// EROFS when nothing may change.
@@ -151,6 +183,7 @@ impl UnionFs {
             tree: &self.tree,
             upper: self.upper()?,
             handles: &self.handles,
+            forced: &self.forced,
         })
     }
 
@@ -158,20 +191,25 @@ impl UnionFs {
     fn attr_of(&self, node: &Node) -> Result<Attr> {
         let stack = node.stack();
         let mut st = if node.is_dead() {
-            let (_, fd) = self.fd_of_dead(node, libc::O_RDONLY)?;
-            sys::fstat(fd.as_fd())?
+            let (layer, fd) = self.fd_of_dead(node, libc::O_RDONLY)?;
+            let mut st = sys::fstat(fd.as_fd())?;
+            self.force_fd(layer, fd.as_fd(), &mut st);
+            st
         } else {
             let layer = stack
                 .top()
                 .ok_or_else(|| Error::errno(libc::ESTALE).context("node with no layer"))?;
-            self.tree.stat(node, layer)?
+            let mut st = self.tree.stat(node, layer)?;
+            self.force_at(node, layer, &mut st);
+            st
         };
         Ok(self.finish_attr(node.ino, &stack, &mut st))
     }
 
-    /// Puts the union's inode number into a layer's `lstat`; a merged
-    /// directory reports one link, as overlayfs does, since its real count
-    /// would miss the subdirectories of the other layers.
+    /// Puts the union's inode number into a layer's `lstat` and shows its
+    /// owners as mapped; a merged directory reports one link, as overlayfs
+    /// does, since its real count would miss the subdirectories of the
+    /// other layers.
     fn finish_attr(&self, ino: u64, stack: &Stack, st: &mut Stat) -> Attr {
         // A hard-linked object answers from its index entry, which every
         // name shares, and counts its names across layers.
@@ -179,9 +217,18 @@ impl UnionFs {
             if let Ok(ist) = sys::statat(index.layer.root(), key) {
                 *st = ist;
                 st.st_nlink = index.nlink(ino, ist.st_nlink).unwrap_or(ist.st_nlink);
+                if !self.forced.is_off() {
+                    if let Ok(fd) = sys::openat(index.layer.root(), key, libc::O_PATH, 0) {
+                        self.force_fd(INDEX, fd.as_fd(), st);
+                    }
+                }
             }
         }
         st.st_ino = ino;
+        if !self.owners.is_identity() {
+            st.st_uid = self.owners.uid.to_shown(st.st_uid);
+            st.st_gid = self.owners.gid.to_shown(st.st_gid);
+        }
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR && stack.is_merged() {
             st.st_nlink = 1;
         }

@@ -224,7 +224,7 @@ fn test_name() -> String {
         .to_string()
 }
 
-fn skip_or_fail(what: &str) -> bool {
+pub fn skip_or_fail(what: &str) -> bool {
     let msg = format!(
         "\n\
          ************************************************************\n\
@@ -779,22 +779,12 @@ impl Mount {
                 }
             }
             MountKind::KernelOverlay | MountKind::Tmpfs => {
-                // A FUSE daemon that just unmounted may hold layer fds here
-                // for a moment while it exits: retry briefly on failure.
-                let mut out = run(
+                // No retry: `unionfs umount` returns only once the daemon of
+                // a mount over this one has exited and let go of its fds.
+                let out = run(
                     Command::new("umount").arg(&self.mnt),
                     Duration::from_secs(20),
                 );
-                for _ in 0..20 {
-                    if out.success() {
-                        break;
-                    }
-                    thread::sleep(Duration::from_millis(100));
-                    out = run(
-                        Command::new("umount").arg(&self.mnt),
-                        Duration::from_secs(20),
-                    );
-                }
                 if !out.success() {
                     problems.push(format!("umount failed: {out}"));
                     lazy_umount(&self.mnt);

@@ -7,8 +7,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::common::{
     as_paths, mount_args, mount_kernel_overlay, render_stack, try_mount_unionfs_args, Form, Format,
@@ -25,27 +24,13 @@ use crate::{expected_for, Site};
 /// `index=on` so hard links survive copy-up as in unionfs.
 pub const KERNEL_OPTS: &[&str] = &["redirect_dir=on", "index=on"];
 
-/// Mounts that had to wait for the previous daemon of the same upper to let
-/// go of its lock (`unionfs umount` returns before the daemon exits).
-pub static MOUNT_RETRIES: AtomicUsize = AtomicUsize::new(0);
-
-/// `unionfs mount`, retried for up to 5 s while the daemon of a previous
-/// mount of the same upper still holds its lock.
+/// `unionfs mount`, once: `unionfs umount` returns only after the previous
+/// daemon of the same upper has exited, so its lock is always free here.
 fn mount_unionfs(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path, extra: &[&str]) -> Mount {
     let args = mount_args(Form::Mount, lowers, Some(upper), Some(work), mnt, extra);
-    let start = Instant::now();
-    loop {
-        match try_mount_unionfs_args(&args, mnt) {
-            Ok(m) => return m,
-            Err(e)
-                if e.contains("already used by a live mount")
-                    && start.elapsed() < Duration::from_secs(5) =>
-            {
-                MOUNT_RETRIES.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("{e}"),
-        }
+    match try_mount_unionfs_args(&args, mnt) {
+        Ok(m) => m,
+        Err(e) => panic!("{e}"),
     }
 }
 

@@ -1,0 +1,154 @@
+//! Forced permissions (`xattr_permissions=`, see [`crate::override_stat`]):
+//! reading a layer object's override into its attributes, writing the
+//! upper's. Off (no syscall at all) unless the option is given or a layer
+//! root carries an override xattr.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use super::UnionFs;
+use crate::error::Result;
+use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
+use crate::node::Node;
+use crate::override_stat::{self, Forced};
+use crate::sys::{self, Stat};
+
+/// Which override xattr each layer uses (index = layer id, 0 the upper);
+/// empty when no layer uses one.
+#[derive(Debug, Clone, Default)]
+pub struct ForcedNames(Vec<Option<&'static str>>);
+
+impl ForcedNames {
+    /// Probes each layer root for an override xattr, as fuse-overlayfs
+    /// does; the upper falls back to the one `xattr_permissions=N` names.
+    pub fn probe(layers: &LayerStack, option: u8) -> ForcedNames {
+        let mut names = Vec::new();
+        for id in layers.all_ids() {
+            let Ok(layer) = layers.get(id) else { continue };
+            let on_root = override_stat::NAMES
+                .into_iter()
+                .find(|n| matches!(sys::fgetxattr(layer.root(), OsStr::new(n)), Ok(Some(_))));
+            let name = match (on_root, id) {
+                (Some(n), _) => Some(n),
+                (None, UPPER) if layer.is_upper() => override_stat::name_for_option(option),
+                _ => None,
+            };
+            let i = usize::from(id);
+            if names.len() <= i {
+                names.resize(i + 1, None);
+            }
+            names[i] = name;
+        }
+        if names.iter().all(Option::is_none) {
+            names.clear();
+        }
+        ForcedNames(names)
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The name objects in `layer` keep their override in.
+    pub fn of(&self, layer: LayerId) -> Option<&'static str> {
+        let layer = if layer == INDEX { UPPER } else { layer };
+        self.0.get(usize::from(layer)).copied().flatten()
+    }
+}
+
+/// Only regular files and directories carry overrides (a device or symlink
+/// cannot hold a user xattr; containers/storage stores a rootless device as
+/// a file with a `char-M-m` override).
+fn may_carry(st: &Stat) -> bool {
+    matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+}
+
+impl UnionFs {
+    /// Reads the override of the object open as `fd` (in `layer`).
+    fn forced_of_fd(&self, layer: LayerId, fd: BorrowedFd) -> Option<Forced> {
+        let name = self.forced.of(layer)?;
+        let value = sys::getxattr_via_proc(fd, OsStr::new(name)).ok()??;
+        override_stat::parse(&value)
+    }
+
+    /// Shows the override of the object open as `fd` in `st`, if it has one.
+    pub(super) fn force_fd(&self, layer: LayerId, fd: BorrowedFd, st: &mut Stat) {
+        if self.forced.is_off() || !may_carry(st) {
+            return;
+        }
+        if let Some(f) = self.forced_of_fd(layer, fd) {
+            override_stat::apply(&f, st);
+        }
+    }
+
+    /// Shows the override of `node`'s object in `layer` in `st`.
+    pub(super) fn force_at(&self, node: &Node, layer: LayerId, st: &mut Stat) {
+        if self.forced.is_off() || !may_carry(st) || self.forced.of(layer).is_none() {
+            return;
+        }
+        let f = self.tree.at(node, layer, |dir, name| {
+            let fd = sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            Ok(self.forced_of_fd(layer, fd.as_fd()))
+        });
+        if let Ok(Some(f)) = f {
+            override_stat::apply(&f, st);
+        }
+    }
+
+    /// The xattr the upper keeps overrides in; `None` when it keeps owners
+    /// and modes in the inodes.
+    pub(super) fn upper_forced_name(&self) -> Option<&'static str> {
+        self.forced.of(UPPER)
+    }
+
+    /// Records `f` as the override of the upper object open as `fd` (type
+    /// and device from `mode`, `rdev`). A symlink or device cannot hold
+    /// a user xattr: it keeps its real attributes.
+    pub(super) fn write_forced(
+        &self,
+        fd: BorrowedFd,
+        f: &Forced,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<()> {
+        let Some(name) = self.upper_forced_name() else {
+            return Ok(());
+        };
+        let value = override_stat::format(f, mode, rdev);
+        match self.upper()?.set_override(fd, name, value.as_bytes()) {
+            Err(e)
+                if e.is(libc::EPERM)
+                    && mode & libc::S_IFMT != libc::S_IFREG
+                    && mode & libc::S_IFMT != libc::S_IFDIR =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// A chown/chmod of the upper object open as `fd` (in `layer`), whose
+    /// real lstat is `real`, recorded in its override; the caller leaves
+    /// the real owner and mode alone.
+    pub(super) fn change_forced(
+        &self,
+        layer: LayerId,
+        fd: BorrowedFd,
+        real: &Stat,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        let mut f = self
+            .forced_of_fd(layer, fd)
+            .unwrap_or_else(|| override_stat::of_stat(real));
+        f.uid = uid.unwrap_or(f.uid);
+        f.gid = gid.unwrap_or(f.gid);
+        if let Some(mode) = mode {
+            f.perm = mode & 0o7777;
+        }
+        let kind = f.kind.map_or(real.st_mode & libc::S_IFMT, |(k, _)| k);
+        let rdev = f.kind.map_or(real.st_rdev, |(_, r)| r);
+        self.write_forced(fd, &f, kind, rdev)
+    }
+}

@@ -1,0 +1,319 @@
+//! Rootless mounts, as the users unionfs exists for run it: an unprivileged
+//! user mounting through the setuid `fusermount3`, and the root of an
+//! unprivileged user namespace (`unshare --user --map-root-user --mount`,
+//! as rootless podman does). Each runs a script of copy-up, delete, dir
+//! rename and unmount as that user; the test then checks the transcript,
+//! what landed in the upper (only `user.` xattrs: `trusted.` ones cannot be
+//! written without privilege) and that the lowers are unchanged.
+//!
+//! Everything runs inside the test's own private mount namespace, so the
+//! mounts are invisible outside. /dev/fuse may be root-only (mode 0600):
+//! inside that namespace a 0666 node of the same device is bind-mounted over
+//! it, as a distribution's default /dev/fuse is.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The unprivileged user the scripts run as.
+const USER: u32 = 1000;
+const L1: &str = "lower1";
+
+struct Setup {
+    t: TestDir,
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+    fuse: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let t = TestDir::new(name);
+    let l1 = Layer::new(L1)
+        .tagged("d/f")
+        .tagged("gone")
+        .tagged("dir/sub/x")
+        .tagged("dir/y");
+    let lower = render_stack(&[l1], t.path(), Format::Kernel).remove(0);
+    let upper = t.mkdir("upper");
+    let work = t.mkdir("work");
+    let mnt = t.mkdir("mnt");
+    for dir in [&lower, &upper, &work, &mnt] {
+        chown_tree(dir, USER);
+    }
+    let fuse = t.join("fuse");
+    sys::mknod(&fuse, libc::S_IFCHR | 0o666, sys::makedev(10, 229)).expect("mknod fuse");
+    fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)).unwrap();
+    Setup {
+        t,
+        lower,
+        upper,
+        work,
+        mnt,
+        fuse,
+    }
+}
+
+fn chown_tree(p: &Path, uid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
+    if fs::symlink_metadata(p).unwrap().is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            chown_tree(&e.unwrap().path(), uid);
+        }
+    }
+}
+
+/// The operations, as the user: mount, read, copy-up by append, delete a
+/// lower file, rename a lower dir, list, unmount, check it is gone.
+fn script(s: &Setup, extra: &str) -> String {
+    let m = s.mnt.display();
+    format!(
+        "set -e; B={bin}; M={m}; \
+         \"$B\" mount -l {l} -u {u} -w {w} {extra} \"$M\"; \
+         echo \"READ $(cat \"$M/d/f\")\"; \
+         echo more >> \"$M/d/f\"; \
+         rm \"$M/gone\"; \
+         mv \"$M/dir\" \"$M/dir2\"; \
+         echo \"LIST $(ls \"$M\" | tr '\\n' ' ')\"; \
+         echo \"SUB $(cat \"$M/dir2/sub/x\")\"; \
+         echo \"AFTER $(cat \"$M/d/f\" | tr '\\n' ' ')\"; \
+         \"$B\" umount \"$M\"; \
+         if grep -q \" $M \" /proc/self/mounts; then echo STILL-MOUNTED; else echo UNMOUNTED; fi",
+        bin = unionfs_bin(),
+        l = s.lower.display(),
+        u = s.upper.display(),
+        w = s.work.display(),
+    )
+}
+
+fn require_tools() -> bool {
+    for tool in ["unshare", "setpriv", "fusermount3"] {
+        if Command::new(tool).arg("--help").output().is_err() {
+            return skip_or_fail(&format!("{tool} is not installed"));
+        }
+    }
+    true
+}
+
+/// Checks the transcript and the upper after a run; `oci` says which
+/// format the upper must be in (`None`: whichever `auto` chose).
+fn check(s: &Setup, out: &CmdOutput, oci: Option<bool>) {
+    assert!(out.success(), "{out}");
+    let tag = |p: &str| String::from_utf8(tag(L1, p)).unwrap();
+    assert!(
+        out.stdout
+            .contains(&format!("READ {}", tag("d/f").trim_end())),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("LIST d dir2 \n") || out.stdout.contains("LIST d dir2 "),
+        "{out}"
+    );
+    assert!(
+        out.stdout
+            .contains(&format!("SUB {}", tag("dir/sub/x").trim_end())),
+        "{out}"
+    );
+    assert!(out.stdout.contains("UNMOUNTED"), "{out}");
+
+    let u = &s.upper;
+    let mut want = tag("d/f").into_bytes();
+    want.extend_from_slice(b"more\n");
+    assert_eq!(read(&u.join("d/f")), want, "copy-up in the upper");
+    assert!(
+        sys::lgetxattr(&u.join("d/f"), b"user.unionfs.origin").is_ok(),
+        "the copy records its origin in a user. xattr"
+    );
+    let overlay_wh = |p: &Path| {
+        fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+    };
+    let oci_wh = |name: &str| u.join(format!(".wh.{name}")).exists();
+    let is_overlay = overlay_wh(&u.join("gone"));
+    if let Some(oci) = oci {
+        assert_eq!(is_overlay, !oci, "format of the upper");
+    }
+    if is_overlay {
+        // Overlay format (a 0/0 device can be made without privilege since
+        // Linux 5.8): the renamed dir records its origin in user.overlay.
+        assert!(overlay_wh(&u.join("dir")), "whiteout at the old dir name");
+        let r = sys::lgetxattr(&u.join("dir2"), b"user.overlay.redirect");
+        assert_eq!(r.ok().as_deref(), Some(&b"/dir"[..]), "redirect");
+    } else {
+        assert!(oci_wh("gone") && oci_wh("dir"), "oci whiteouts");
+        assert!(
+            u.join("dir2/.wh..wh..opq").exists(),
+            "renamed dir is opaque"
+        );
+        assert_eq!(read(&u.join("dir2/sub/x")), tag("dir/sub/x").into_bytes());
+    }
+    assert_no_trusted_xattrs(u);
+}
+
+fn assert_no_trusted_xattrs(p: &Path) {
+    for name in sys::llistxattr(p).unwrap_or_default() {
+        assert!(
+            !name.starts_with(b"trusted."),
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&name)
+        );
+    }
+    if fs::symlink_metadata(p).unwrap().is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            assert_no_trusted_xattrs(&e.unwrap().path());
+        }
+    }
+}
+
+/// As uid USER, mounting through the setuid fusermount3, inside a private
+/// mount namespace of this test (made by root, who also lends /dev/fuse).
+fn fusermount_run(extra: &str) {
+    if !require_mount_env() || !require_tools() {
+        return;
+    }
+    let s = setup(&format!("rootless-fusermount{}", extra.replace(' ', "")));
+    let sum = checksum_layers(&[&s.lower]);
+    let user_script = script(&s, extra);
+    let outer = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         setpriv --reuid={USER} --regid={USER} --clear-groups -- sh -c '{inner}'; rc=$?; \
+         umount -l {m} 2>/dev/null; exit $rc",
+        fuse = s.fuse.display(),
+        inner = user_script.replace('\'', "'\\''"),
+        m = s.mnt.display(),
+    );
+    let out = run(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(outer),
+        Duration::from_secs(60),
+    );
+    check(&s, &out, (!extra.is_empty()).then_some(true));
+    // The daemon ran as the user: its copy belongs to the user.
+    assert_eq!(
+        fs::symlink_metadata(s.upper.join("d/f")).unwrap().uid(),
+        USER
+    );
+    sum.assert_unchanged();
+    drop(s.t);
+}
+
+#[test]
+fn unprivileged_user_through_fusermount3() {
+    fusermount_run("");
+}
+
+#[test]
+fn unprivileged_user_through_fusermount3_oci_format() {
+    fusermount_run("--format oci");
+}
+
+#[test]
+fn root_of_an_unprivileged_user_namespace() {
+    if !require_mount_env() || !require_tools() {
+        return;
+    }
+    let s = setup("rootless-userns");
+    let sum = checksum_layers(&[&s.lower]);
+    let inner = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         trap 'rc=$?; umount -l {m} 2>/dev/null || :; exit $rc' EXIT; \
+         [ \"$(id -u)\" = 0 ] || exit 98; {script}",
+        fuse = s.fuse.display(),
+        m = s.mnt.display(),
+        script = script(&s, ""),
+    );
+    let out = run(
+        Command::new("setpriv")
+            .arg(format!("--reuid={USER}"))
+            .arg(format!("--regid={USER}"))
+            .args(["--clear-groups", "--"])
+            .args(["unshare", "--user", "--map-root-user", "--mount", "--"])
+            .args(["sh", "-c"])
+            .arg(inner),
+        Duration::from_secs(60),
+    );
+    if out.code() == Some(97) || out.stderr.contains("unshare failed") {
+        skip_or_fail(&format!(
+            "unprivileged user namespaces are not available: {out}"
+        ));
+        return;
+    }
+    check(&s, &out, None);
+    // Root inside is USER outside: that is who owns the copy on disk.
+    assert_eq!(
+        fs::symlink_metadata(s.upper.join("d/f")).unwrap().uid(),
+        USER
+    );
+    sum.assert_unchanged();
+}
+
+/// Forced permissions where they are needed: the root of a user namespace
+/// that maps one id cannot store other owners or setuid bits for real, so
+/// `xattr_permissions=2` keeps them in `user.containers.override_stat`.
+#[test]
+fn forced_permissions_in_a_user_namespace() {
+    if !require_mount_env() || !require_tools() {
+        return;
+    }
+    let s = setup("rootless-forced");
+    let sum = checksum_layers(&[&s.lower]);
+    let m = s.mnt.display();
+    let inner = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         trap 'rc=$?; umount -l {m} 2>/dev/null || :; exit $rc' EXIT; set -e; \
+         {bin} mount -l {l} -u {u} -w {w} -o xattr_permissions=2 {m}; \
+         echo x > {m}/new; chmod 4711 {m}/new; \
+         echo \"NEW $(stat -c '%a %u:%g' {m}/new)\"; \
+         chmod 600 {m}/d/f; echo \"COPIED $(stat -c '%a' {m}/d/f)\"; \
+         {bin} umount {m}; echo UNMOUNTED",
+        fuse = s.fuse.display(),
+        bin = unionfs_bin(),
+        l = s.lower.display(),
+        u = s.upper.display(),
+        w = s.work.display(),
+    );
+    let out = run(
+        Command::new("setpriv")
+            .arg(format!("--reuid={USER}"))
+            .arg(format!("--regid={USER}"))
+            .args(["--clear-groups", "--"])
+            .args(["unshare", "--user", "--map-root-user", "--mount", "--"])
+            .args(["sh", "-c"])
+            .arg(inner),
+        Duration::from_secs(60),
+    );
+    if out.code() == Some(97) {
+        skip_or_fail(&format!("cannot lend /dev/fuse in a user namespace: {out}"));
+        return;
+    }
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("NEW 4711 0:0"), "{out}");
+    assert!(out.stdout.contains("COPIED 600"), "{out}");
+    assert!(out.stdout.contains("UNMOUNTED"), "{out}");
+    let xattr = |p: &str| {
+        String::from_utf8(
+            sys::lgetxattr(&s.upper.join(p), b"user.containers.override_stat").unwrap(),
+        )
+        .unwrap()
+    };
+    // The inode holds what the daemon could set; the override the rest.
+    let new = fs::symlink_metadata(s.upper.join("new")).unwrap();
+    // (created 0644 by `echo` under umask 022; chmod changed only the override)
+    assert_eq!((new.uid(), new.mode() & 0o7777), (USER, 0o644));
+    assert_eq!(xattr("new"), "0:0:4711:file");
+    let copied = fs::symlink_metadata(s.upper.join("d/f")).unwrap();
+    assert_eq!(
+        copied.mode() & 0o7777,
+        0o644,
+        "real mode untouched by chmod"
+    );
+    assert_eq!(xattr("d/f"), "0:0:0600:file");
+    sum.assert_unchanged();
+}

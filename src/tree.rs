@@ -176,6 +176,12 @@ impl Tree {
             };
             let d = Arc::new(opened?);
             self.dirs.put(ino, layer, d.clone());
+            // Removed meanwhile (`gone` marks, then forgets): forget again.
+            let held = held.as_deref().unwrap_or(node);
+            if held.ino == ino && held.is_dead() {
+                self.dirs.forget(ino, [layer]);
+                return Err(Error::errno(libc::ENOENT).context("directory was removed"));
+            }
             dir = d;
         }
         Ok(Some(dir))

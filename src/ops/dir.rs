@@ -296,15 +296,17 @@ impl UnionFs {
     /// up to a name again, and a new object given its number (a filesystem
     /// reuses numbers) gets a new node.
     pub(super) fn gone(&self, found: &Found) {
+        let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
+        if let Ok(node) = self.tree.nodes.get(found.ino) {
+            if found.stack.index.is_none() && last_name {
+                node.set_dead();
+            }
+        }
+        // After the mark: a walk that holds the directory open again drops
+        // it once it sees the mark (`Tree::dir`), so no fd of the removed
+        // directory stays cached for a new one that reuses its number.
         if found.kind == libc::S_IFDIR {
             self.tree.forget_dirs(found.ino, &found.stack);
-        }
-        let Ok(node) = self.tree.nodes.get(found.ino) else {
-            return;
-        };
-        let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
-        if found.stack.index.is_none() && last_name {
-            node.set_dead();
         }
     }
 

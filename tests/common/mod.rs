@@ -779,12 +779,23 @@ impl Mount {
                 }
             }
             MountKind::KernelOverlay | MountKind::Tmpfs => {
-                // No retry: `unionfs umount` returns only once the daemon of
-                // a mount over this one has exited and let go of its fds.
-                let out = run(
+                // Parallel tests fork children that hold every fd of this
+                // process until they exec (as for unionfs mounts above), so
+                // the mount can be busy for a moment: retry briefly.
+                let mut out = run(
                     Command::new("umount").arg(&self.mnt),
                     Duration::from_secs(20),
                 );
+                for _ in 0..20 {
+                    if out.success() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                    out = run(
+                        Command::new("umount").arg(&self.mnt),
+                        Duration::from_secs(20),
+                    );
+                }
                 if !out.success() {
                     problems.push(format!("umount failed: {out}"));
                     lazy_umount(&self.mnt);

@@ -82,6 +82,15 @@ cleanup_mode() { # cleanup_mode MODE: best effort
   [ -x "$d/fo" ] && "$d/fo" system reset -f >/dev/null 2>&1
   return 0
 }
+stop_user_processes() { # rootless podman's pause process, a daemon left by a failure
+  if id -u "$RUSER" >/dev/null 2>&1; then
+    local p
+    for p in $(pgrep -u "$RUSER"); do kill "$p" 2>/dev/null; done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do pgrep -u "$RUSER" >/dev/null || return 0; sleep 0.2; done
+    for p in $(pgrep -u "$RUSER"); do kill -9 "$p" 2>/dev/null; done
+  fi
+  return 0
+}
 cleanup() {
   set +e
   if [ "${KEEP:-0}" = 1 ]; then
@@ -89,13 +98,7 @@ cleanup() {
     return
   fi
   for m in $MODES; do cleanup_mode "$m"; done
-  # The test user's processes (rootless podman's pause process, a daemon
-  # left by a failure), one by one.
-  if id -u "$RUSER" >/dev/null 2>&1; then
-    for p in $(pgrep -u "$RUSER"); do kill "$p" 2>/dev/null; done
-    sleep 0.5
-    for p in $(pgrep -u "$RUSER"); do kill -9 "$p" 2>/dev/null; done
-  fi
+  stop_user_processes
   # Daemons of ours still running (their command line names $T).
   for p in $(pgrep -f "^$T/unionfs "); do kill "$p" 2>/dev/null; done
   # What is left mounted below $T, deepest first.
@@ -332,15 +335,19 @@ run_mode() {
   "$pm" rmi -a -f >/dev/null 2>&1
   "$d/fo" rm -a -f >/dev/null 2>&1
   "$d/fo" rmi -a -f >/dev/null 2>&1
+  # Every mount below this mode's dir: the host's, and for rootless those
+  # of podman's own mount namespace too.
   local mounts daemons
-  mounts=$(awk '{print $2}' /proc/mounts | grep -c "^$d/" || true)
+  mounts=$(awk '{print $2" "$3}' /proc/mounts | grep "^$d/")
   if [ "$MODE" = rootless ]; then
-    # rootless podman's mounts live in its own mount namespace
-    mounts=$(( mounts + $("$pm" unshare sh -c "awk '{print \$2}' /proc/self/mounts | grep -c '^$d/'" 2>/dev/null || true) ))
+    mounts+=$("$pm" unshare cat /proc/self/mounts 2>/dev/null | awk '{print $2" "$3}' | grep "^$d/")
   fi
+  # (not counted: containers/storage binds its own overlay dir onto itself;
+  # rootless, that bind lives as long as podman's pause process)
+  mounts=$(grep -v -E "^$d/(pm|fo)-root/overlay [^f]" <<<"$mounts")
   daemons=$(pgrep -f "^$T/unionfs .*$d/" | wc -l)
-  check "cleanup: no mount left below the storage root, no unionfs daemon" "0 mounts, 0 daemons" \
-    "$mounts mounts, $daemons daemons"
+  check "cleanup: no mount left below the storage root, no unionfs daemon" "mounts [], 0 daemons" \
+    "mounts [$(one_line <<<"$mounts")], $daemons daemons"
 }
 
 rootless_prepare() {
@@ -362,7 +369,17 @@ for m in $MODES; do
   run_mode "$m"
 done
 
-MODE=-
+# The end: every storage reset, the test user's processes gone; nothing of
+# ours may be mounted or running.
+MODE=end
+if [ "${KEEP:-0}" != 1 ]; then
+  for m in $MODES; do cleanup_mode "$m"; done
+  stop_user_processes
+  left=$(awk '{print $2" "$3}' /proc/mounts | grep "^$T/")
+  daemons=$(pgrep -f "^$T/unionfs " | wc -l)
+  check "after podman system reset: no mount below $T, no unionfs daemon" "mounts [], 0 daemons" \
+    "mounts [$(one_line <<<"$left")], $daemons daemons"
+fi
 echo "podman_e2e: $(($(date +%s) - START)) s"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

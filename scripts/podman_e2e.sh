@@ -33,24 +33,41 @@ export LC_ALL=C
 
 cd "$(dirname "$0")/.."
 START=$(date +%s)
-if [ "$(id -u)" != 0 ]; then
-  echo "FAIL podman_e2e: needs root"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
+# Where podman cannot run at all: a failure under CI=true, else a skip.
+cannot_run() {
+  if [ "${CI:-}" = true ]; then
+    echo "FAIL podman_e2e: podman cannot run here: $1"
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+  echo "SKIP podman_e2e: podman cannot run here: $1 (under CI=true this fails)"
+  exit 0
+}
+[ "$(id -u)" = 0 ] || cannot_run "needs root"
 missing=()
-command -v podman >/dev/null || missing+=(podman)
-command -v runc >/dev/null || missing+=(runc)
-command -v newuidmap >/dev/null || missing+=(uidmap)
-command -v fuse-overlayfs >/dev/null || missing+=(fuse-overlayfs)
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need podman podman
+need runc runc
+need newuidmap uidmap
+need newgidmap uidmap
+need fuse-overlayfs fuse-overlayfs
+need fusermount3 fuse3
+need setpriv util-linux
+need useradd passwd
+need usermod passwd
+need pgrep procps
+need sha256sum coreutils
+need tar tar
 [ -x /bin/busybox ] || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  { apt-get update -qq >/dev/null &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+    cannot_run "apt-get install ${missing[*]} failed"
 fi
+podman version >/dev/null 2>&1 || cannot_run "podman version: $(podman version 2>&1 | tail -n 1)"
 
 if [ -z "${UNIONFS_BIN:-}" ]; then
-  cargo build --release --quiet || exit 1
+  cargo build --release --quiet || { echo "FAIL podman_e2e: cargo build --release"; echo "0 passed, 1 failed"; exit 1; }
   UNIONFS_BIN=$PWD/target/release/unionfs
 fi
 MODES=${MODES:-rootful rootless}
@@ -109,6 +126,7 @@ cleanup() {
   if [ "$CREATED_USER" = 1 ]; then userdel "$RUSER" 2>/dev/null; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # The base image's files: busybox and a few files owned by root.
 mkdir -p "$T/rootfs/bin" "$T/rootfs/etc" "$T/rootfs/data" "$T/rootfs/tmp" "$T/rootfs/opq"

@@ -164,11 +164,11 @@ craft_archive() {
   tar -C "$c/ar" -cf "$T/ld.tar" manifest.json config.json l1.tar l2.tar
 }
 MODE=setup
-if craft_archive; then
+if craft_archive >"$T/craft.log" 2>&1; then
   members=$(tar -tf "$T/craft/l2.tar" | grep -E '(^|/)\.wh\.' | sed 's|^\./||' | sort | one_line)
   check "unionfs commit wrote the whiteout and the opaque marker" "etc/.wh.gone opq/.wh..wh..opq" "$members"
 else
-  fail "craft a 2-layer image with unionfs commit" "see above"
+  fail "craft a 2-layer image with unionfs commit" "$(tail -n 3 "$T/craft.log" | one_line)"
 fi
 chmod -R a+rX "$T/rootfs" "$T/base.tar" "$T/ld.tar" 2>/dev/null
 
@@ -211,17 +211,20 @@ EOF
   done
 }
 
-RUNOPTS=(--network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
+RUNOPTS=(--pull never --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 
-# try NAME CMD...: runs CMD; on failure a FAIL line with its error, and 1.
-# Its output is in $out.
+# try NAME CMD...: runs CMD; on failure a FAIL line with its error (podman's
+# last `Error:`), and 1. Its output is in $out.
 try() {
-  local name=$1
+  local name=$1 rc
   shift
-  if out=$("$@" 2>"$T/err"); then
-    return 0
-  fi
-  fail "$name" "$(grep -v '^WARN' "$T/err" | tail -n 3 | one_line) (exit $?)"
+  out=$("$@" 2>"$T/err")
+  rc=$?
+  [ $rc = 0 ] && return 0
+  local e
+  e=$(grep -v '^WARN' "$T/err" | awk '/Error: /{e=""} {e=e" "$0} END{print e}' | sed 's/^.*\(Error: \)/\1/')
+  [ ${#e} -gt 500 ] && e="${e:0:150} ... ${e: -300}"
+  fail "$name" "${e:-$(tail -n 1 <<<"$out")} (exit $rc)"
   return 1
 }
 
@@ -288,7 +291,7 @@ run_mode() {
   mkdir -p "$d/ctx"
   printf 'FROM localhost/e2e:2\nRUN rm /etc/base && echo built >/built && echo more >>/etc/new\n' >"$d/ctx/Containerfile"
   [ "$MODE" = rootless ] && chown -R "$RUSER" "$d/ctx"
-  if try "build with a RUN step" "$pm" build -q --network=none --runtime runc \
+  if try "build with a RUN step" "$pm" build -q --pull=never --network=none --runtime runc \
     --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 -t localhost/e2e:b -f "$d/ctx/Containerfile" "$d/ctx"; then
     pass "build with a RUN step"
     if try "run the built image" "$pm" run --rm "${RUNOPTS[@]}" localhost/e2e:b sh -c \

@@ -111,7 +111,10 @@ stop_user_processes() { # rootless podman's pause process, a daemon left by a fa
 cleanup() {
   set +e
   if [ "${KEEP:-0}" = 1 ]; then
-    echo "podman_e2e: kept $T (podman wrappers: $T/MODE/pm, $T/MODE/fo)"
+    stop_user_processes
+    chmod "$FUSE_MODE" /dev/fuse
+    echo "podman_e2e: kept $T (podman wrappers: $T/MODE/pm, $T/MODE/fo; rootless" \
+      "needs chmod 666 /dev/fuse); remove the user $RUSER with userdel when done"
     return
   fi
   for m in $MODES; do cleanup_mode "$m"; done
@@ -352,10 +355,12 @@ run_mode() {
   fi
 
   # cleanup: nothing mounted, no daemon
-  "$pm" rm -a -f >/dev/null 2>&1
-  "$pm" rmi -a -f >/dev/null 2>&1
-  "$d/fo" rm -a -f >/dev/null 2>&1
-  "$d/fo" rmi -a -f >/dev/null 2>&1
+  if [ "${KEEP:-0}" != 1 ]; then
+    "$pm" rm -a -f >/dev/null 2>&1
+    "$pm" rmi -a -f >/dev/null 2>&1
+    "$d/fo" rm -a -f >/dev/null 2>&1
+    "$d/fo" rmi -a -f >/dev/null 2>&1
+  fi
   # Every mount below this mode's dir: the host's, and for rootless those
   # of podman's own mount namespace too.
   local mounts daemons

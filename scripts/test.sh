@@ -4,6 +4,9 @@
 # conformance suites (pjdfstest, unionmount-testsuite) on the release binary.
 # Mount tests need root and /dev/fuse; with CI=true they fail rather than skip.
 # CONFORMANCE=0 skips the conformance suites (e.g. for a quick local run).
+# Then podman's whole cycle with unionfs as the mount program, rootful and
+# rootless (scripts/podman_e2e.sh, under a minute); where podman cannot run
+# it is skipped, and fails under CI=true. PODMAN=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -12,4 +15,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets 2>&1
 if [ "${CONFORMANCE:-1}" = 1 ]; then
   bash scripts/conformance.sh
+fi
+if [ "${PODMAN:-1}" = 1 ]; then
+  bash scripts/podman_e2e.sh
 fi

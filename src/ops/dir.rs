@@ -281,7 +281,7 @@ impl UnionFs {
         } else {
             upper.whiteout(&pdir, name)?;
         }
-        self.gone(&now);
+        self.gone(&pnode, name, &now);
         Ok(())
     }
 
@@ -295,10 +295,12 @@ impl UnionFs {
     /// last, the node is marked dead: an open file of it must not be copied
     /// up to a name again, and a new object given its number (a filesystem
     /// reuses numbers) gets a new node.
-    pub(super) fn gone(&self, found: &Found) {
+    pub(super) fn gone(&self, parent: &Node, name: &OsStr, found: &Found) {
         let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
         if let Ok(node) = self.tree.nodes.get(found.ino) {
-            if found.stack.index.is_none() && last_name {
+            // The node of an object with one name sits at that name: one
+            // sitting elsewhere is another object that took the number.
+            if found.stack.index.is_none() && last_name && node.is_at(parent.ino, name) {
                 node.set_dead();
             }
         }

@@ -127,7 +127,7 @@ impl UnionFs {
             );
             upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
             if let Some(d) = at_target.as_ref().filter(|_| !exchange) {
-                self.gone(d);
+                self.gone(&npnode, newname, d);
             }
             // The nodes follow their objects; their descendants do not move.
             self.moved(&now, newparent, newname, src_ready.lowers, src_ready.below);

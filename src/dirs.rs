@@ -149,13 +149,4 @@ impl DirCache {
             self.shard((ino, layer)).lock().pop(&(ino, layer));
         }
     }
-
-    /// How many directories are held open (for memory checks).
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -53,21 +53,6 @@ impl Layer {
     pub fn is_upper(&self) -> bool {
         self.id == UPPER
     }
-
-    /// Opens `path` (relative to the layer root) without following symlinks.
-    pub fn open(&self, path: &OsStr, flags: i32) -> Result<OwnedFd> {
-        sys::open_beneath(self.root(), path, flags, 0)
-    }
-
-    /// `lstat` of `path` relative to the layer root.
-    pub fn stat(&self, path: &OsStr) -> Result<sys::Stat> {
-        if path.is_empty() {
-            return sys::fstat(self.root());
-        }
-        let (dir, name) = split_path(path);
-        let dirfd = self.open(dir, libc::O_PATH | libc::O_DIRECTORY)?;
-        sys::statat(dirfd.as_fd(), name)
-    }
 }
 
 /// Splits "a/b/c" into ("a/b", "c"); "c" into ("", "c").

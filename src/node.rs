@@ -430,13 +430,4 @@ impl NodeTable {
             })
             .map(|(_, node)| node)
     }
-
-    /// How many nodes the kernel holds (for tests and memory checks).
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
 }

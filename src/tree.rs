@@ -226,6 +226,20 @@ impl Tree {
         }
     }
 
+    /// Where `node`'s object sits in `layer` when no rename or unlink can
+    /// move it: in a lower (never changes), or the root. `None`: an upper
+    /// name, which `at`/`at_locked` must guard.
+    fn fixed_place(
+        &self,
+        node: &Node,
+        layer: LayerId,
+    ) -> Result<Option<(Arc<LayerDir>, OsString)>> {
+        if layer != UPPER || node.ino == ROOT_INO {
+            return self.locate(node, layer).map(Some);
+        }
+        Ok(None)
+    }
+
     /// Runs `f` on `node`'s object in `layer`, given as its directory there
     /// and its name. Upper names change (rename, unlink): `f` runs again if
     /// such a change in the parent raced with it, so it must have no effect
@@ -236,8 +250,7 @@ impl Tree {
         layer: LayerId,
         f: impl Fn(&LayerDir, &OsStr) -> Result<T>,
     ) -> Result<T> {
-        if layer != UPPER || node.ino == ROOT_INO {
-            let (dir, name) = self.locate(node, layer)?;
+        if let Some((dir, name)) = self.fixed_place(node, layer)? {
             return f(&dir, &name);
         }
         for _ in 0..RETRIES {
@@ -265,8 +278,7 @@ impl Tree {
         layer: LayerId,
         f: impl FnOnce(&LayerDir, &OsStr) -> Result<T>,
     ) -> Result<T> {
-        if layer != UPPER || node.ino == ROOT_INO {
-            let (dir, name) = self.locate(node, layer)?;
+        if let Some((dir, name)) = self.fixed_place(node, layer)? {
             return f(&dir, &name);
         }
         for _ in 0..RETRIES {

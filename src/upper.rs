@@ -152,6 +152,7 @@ impl Upper {
         &self,
         dir: BorrowedFd,
         name: &OsStr,
+        kind: u32,
         set: SetAttr,
         resized: bool,
     ) -> Result<()> {
@@ -172,7 +173,8 @@ impl Upper {
             )?;
         }
         if let Some(mode) = set.mode {
-            if sys::statat(dir, name)?.st_mode & libc::S_IFMT != libc::S_IFLNK {
+            // A symlink has no permission bits of its own.
+            if kind != libc::S_IFLNK {
                 sys::fchmodat(dir, name, mode & 0o7777)?;
             }
         }

@@ -236,7 +236,7 @@ impl UnionFs {
                     self.set_forced(fd.as_fd(), set)?
                 }
             };
-            upper.set_attr(dir.fd(), name, set, resized)
+            upper.set_attr(dir.fd(), name, node.kind, set, resized)
         })?;
         self.attr_of(&node)
     }

@@ -464,7 +464,7 @@ struct MountArgs {
     /// Write the daemon's log to PATH
     #[arg(long, value_name = "PATH")]
     log_file: Option<OsString>,
-    /// FUSE worker threads [default: two per CPU, at least 4]
+    /// FUSE worker threads [default: one per CPU, at least 2]
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     threads: Option<usize>,
     /// Log each copy-on-write event (copy-up, whiteout, opaque dir, dir rename)

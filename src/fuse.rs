@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use fuser::{
 use log::{debug, info, warn};
 
 use crate::error::Error;
-use crate::ops::{Attr, Caller, NewObject, SetAttr, UnionFs};
+use crate::ops::{Attr, Caller, MayCopy, NewObject, SetAttr, UnionFs};
 use crate::passthrough::Passthrough;
 use crate::sys;
 use crate::sys::SetTime;
@@ -27,14 +28,21 @@ use crate::sys::SetTime;
 /// under a mount and the upper changes only through us, so this can be long.
 pub const TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The filesystem handed to fuser.
+/// At most this many long requests run on threads of their own at once;
+/// more wait their turn on a FUSE worker.
+const MAX_LONG: usize = 64;
+
+/// The filesystem handed to fuser (a clone is a handle on the same mount).
+#[derive(Clone)]
 pub struct FuseFs {
     fs: Arc<UnionFs>,
     /// The kernel may serve opens from the layer's file itself (FUSE
     /// passthrough, kernel 6.9+, CAP_SYS_ADMIN); decided at init.
     passthrough: bool,
     /// Which inodes' open files are served by the kernel.
-    io: Passthrough<BackingId>,
+    io: Arc<Passthrough<BackingId>>,
+    /// Long requests running on threads of their own.
+    long: Arc<AtomicUsize>,
 }
 
 impl FuseFs {
@@ -42,7 +50,35 @@ impl FuseFs {
         FuseFs {
             fs,
             passthrough: false,
-            io: Passthrough::default(),
+            io: Arc::default(),
+            long: Arc::default(),
+        }
+    }
+
+    /// Runs `job` (which replies) on a thread of its own when `req` may
+    /// take long (a big copy-up, a tree copy: see `UnionFs::may_take_long`),
+    /// else on this worker. There is a worker per CPU, which answers
+    /// one-at-a-time callers like `ls` fastest, so a long request must not
+    /// hold one.
+    fn run(&self, req: MayCopy, job: impl FnOnce(&FuseFs) + Send + 'static) {
+        let long = self.fs.may_take_long(req);
+        if !long || self.long.fetch_add(1, Ordering::SeqCst) >= MAX_LONG {
+            if long {
+                self.long.fetch_sub(1, Ordering::SeqCst);
+            }
+            return job(self);
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("unionfs-long".into())
+            .spawn(move || {
+                job(&me);
+                me.long.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            // The job and its reply are dropped: fuser answers EIO.
+            self.long.fetch_sub(1, Ordering::SeqCst);
+            warn!("cannot start a thread for a long request: {e}");
         }
     }
 
@@ -284,10 +320,11 @@ impl Filesystem for FuseFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(ino.0, set) {
+        let change = MayCopy::Change { ino: ino.0 };
+        self.run(change, move |me| match me.fs.setattr(ino.0, set) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(failed("setattr", e)),
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -374,10 +411,13 @@ impl Filesystem for FuseFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits());
-        reply_empty(reply, r, "rename");
+        let (name, newname) = (name.to_os_string(), newname.to_os_string());
+        self.run(MayCopy::Rename { parent: parent.0 }, move |me| {
+            let r = me
+                .fs
+                .rename(parent.0, &name, newparent.0, &newname, flags.bits());
+            reply_empty(reply, r, "rename");
+        });
     }
 
     fn link(
@@ -388,18 +428,29 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.fs.link(ino.0, newparent.0, newname), "link");
+        let newname = newname.to_os_string();
+        self.run(MayCopy::Change { ino: ino.0 }, move |me| {
+            reply_entry(reply, me.fs.link(ino.0, newparent.0, &newname), "link");
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fh = match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => fh,
-            Err(e) => return reply.error(failed("open", e)),
+        let open = MayCopy::Open {
+            ino: ino.0,
+            flags: flags.0,
         };
-        match self.serve(ino.0, fh, |fd| reply.open_backing(fd)) {
-            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id),
-            None => reply.opened(FileHandle(fh), CACHED_FILE),
-        }
+        self.run(open, move |me| {
+            let fh = match me.fs.open(ino.0, flags.0) {
+                Ok(fh) => fh,
+                Err(e) => return reply.error(failed("open", e)),
+            };
+            match me.serve(ino.0, fh, |fd| reply.open_backing(fd)) {
+                Some(id) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
+                }
+                None => reply.opened(FileHandle(fh), CACHED_FILE),
+            }
+        });
     }
 
     fn read(
@@ -413,10 +464,13 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(failed("read", e)),
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| match self.fs.read(fh.0, offset, size, buf) {
+            Ok(data) => reply.data(data),
+            Err(e) => reply.error(failed("read", e)),
+        });
     }
 
     fn write(
@@ -623,11 +677,11 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            reply,
-            self.fs.setxattr(ino.0, name, value, flags),
-            "setxattr",
-        );
+        let (name, value) = (name.to_os_string(), value.to_vec());
+        self.run(MayCopy::Change { ino: ino.0 }, move |me| {
+            let r = me.fs.setxattr(ino.0, &name, &value, flags);
+            reply_empty(reply, r, "setxattr");
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -639,7 +693,10 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.removexattr(ino.0, name), "removexattr");
+        let name = name.to_os_string();
+        self.run(MayCopy::Change { ino: ino.0 }, move |me| {
+            reply_empty(reply, me.fs.removexattr(ino.0, &name), "removexattr");
+        });
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

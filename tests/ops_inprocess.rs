@@ -84,9 +84,11 @@ fn names(fs: &UnionFs, dir: u64) -> Vec<String> {
 
 fn read_all(fs: &UnionFs, ino: u64) -> String {
     let fh = fs.open(ino, libc::O_RDONLY).unwrap();
-    let data = fs.read(fh, 0, 1 << 20).unwrap();
+    let mut buf = Vec::new();
+    let data = fs.read(fh, 0, 1 << 20, &mut buf).unwrap();
+    let text = String::from_utf8(data.to_vec()).unwrap();
     fs.release(fh);
-    String::from_utf8(data).unwrap()
+    text
 }
 
 fn me() -> Caller {

@@ -12,7 +12,7 @@ use crate::layer::UPPER;
 use crate::sys;
 
 /// Open flags that ask to change the file.
-const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
+pub(super) const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
 
 /// The flags to open a layer's file with for a caller's open. O_APPEND is
 /// dropped: the kernel already passes the end of file as the offset, and
@@ -65,13 +65,23 @@ impl UnionFs {
         Ok(self.handles.open_file(ino, layer, fd, flags))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads up to `size` bytes into `buf` (kept by the caller from one
+    /// read to the next: a fresh megabyte per request costs more in page
+    /// faults than the copy) and returns them.
+    pub fn read<'b>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8]> {
         let h = self.handles.file(fh)?;
         let real = h.real();
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::pread(handles::fd_of(&real), &mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
+        if buf.len() < size as usize {
+            buf.resize(size as usize, 0);
+        }
+        let n = sys::pread(handles::fd_of(&real), &mut buf[..size as usize], offset)?;
+        Ok(&buf[..n])
     }
 
     pub fn release(&self, fh: u64) {

@@ -101,6 +101,21 @@ pub enum NewObject {
     },
 }
 
+/// A request that may first copy an object up.
+#[derive(Debug, Clone, Copy)]
+pub enum MayCopy {
+    /// An open with these flags (a write open copies the file's data).
+    Open { ino: u64, flags: i32 },
+    /// A change to the object itself: attributes, xattrs, a new link.
+    Change { ino: u64 },
+    /// A rename of a name in this directory: a lower file is copied up, a
+    /// lower directory may be copied whole (OCI format).
+    Rename { parent: u64 },
+}
+
+/// A copy-up of at least this many bytes counts as long.
+const LONG_COPY: i64 = 1 << 20;
+
 /// True for the layers holding upper copies: the upper and the index
 /// (where a hard-linked object's copy is reached).
 pub fn is_upper_copy(layer: LayerId) -> bool {
@@ -178,6 +193,41 @@ impl UnionFs {
     }
 
     /// Copy-up over this mount's upper; EROFS for a read-only mount.
+    /// Whether `req` may take long because it first copies many bytes up
+    /// (a big lower file, a lower tree): such requests are run off the few
+    /// FUSE workers (`fuse.rs`), so that they keep answering meanwhile.
+    pub fn may_take_long(&self, req: MayCopy) -> bool {
+        if self.upper.is_none() {
+            return false;
+        }
+        let (ino, flags) = match req {
+            MayCopy::Open { ino, flags } => (ino, flags),
+            MayCopy::Change { ino } => (ino, libc::O_WRONLY),
+            MayCopy::Rename { parent } => {
+                return self
+                    .tree
+                    .nodes
+                    .get(parent)
+                    .is_ok_and(|dir| !dir.stack().lowers.is_empty())
+            }
+        };
+        if flags & file::WRITE_FLAGS == 0 || flags & libc::O_TRUNC != 0 {
+            return false;
+        }
+        let Ok(node) = self.tree.nodes.get(ino) else {
+            return false;
+        };
+        let stack = node.stack();
+        if node.kind != libc::S_IFREG || stack.has_upper_copy() {
+            return false;
+        }
+        stack.top().is_some_and(|layer| {
+            self.tree
+                .stat(&node, layer)
+                .is_ok_and(|st| st.st_size >= LONG_COPY)
+        })
+    }
+
     fn copier(&self) -> Result<CopyUp<'_>> {
         Ok(CopyUp {
             tree: &self.tree,

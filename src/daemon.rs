@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
-use log::{error, info};
+use log::{debug, error, info};
 
 use crate::cli::MountConfig;
 use crate::error::Error;
@@ -75,6 +75,8 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     let session = Session::new(FuseFs::new(fs.clone()), &config.mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;
 
+    raise_readahead(&config.mountpoint);
+
     // The mount is live (the kernel handshake is done): now detach, so that
     // `unionfs mount` returns exactly when the mount can be used.
     if !config.foreground {
@@ -127,6 +129,33 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     }
     drop(fs);
     r.map_err(|e| format!("session ended: {e}"))
+}
+
+/// How far the kernel may read ahead in a file served through the daemon.
+const READ_AHEAD_KB: u32 = 4096;
+
+/// FUSE caps a new mount's read-ahead at 128 KiB (its bdi's default), so a
+/// sequential read of a lower file waits for one 128 KiB request at a time.
+/// With 4 MiB the kernel keeps several 1 MiB requests in flight (`dd` of a
+/// 1 GiB lower file: 0.37 s instead of 0.64 s). Best effort: the knob is in
+/// sysfs, writable by root only.
+fn raise_readahead(mountpoint: &Path) {
+    // From the mount table, not stat(2): nobody serves the mount yet.
+    let dev = crate::mountinfo::mounts().ok().and_then(|all| {
+        all.into_iter()
+            .rev()
+            .find(|m| m.fuse && m.point == mountpoint)
+            .map(|m| m.dev)
+    });
+    let Some(dev) = dev else {
+        debug!("read-ahead left at the default: mount not found in the mount table");
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    match std::fs::write(&knob, READ_AHEAD_KB.to_string()) {
+        Ok(()) => debug!("read-ahead: {READ_AHEAD_KB} KiB ({knob})"),
+        Err(e) => debug!("read-ahead left at the default: {knob}: {e}"),
+    }
 }
 
 /// What the kernel shows for an owner it cannot map (`kind` is "uid" or

@@ -34,6 +34,7 @@ pub mod index;
 pub mod layer;
 pub mod logging;
 pub mod lookup;
+pub mod mountinfo;
 pub mod node;
 pub mod ops;
 pub mod override_stat;

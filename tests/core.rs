@@ -338,3 +338,52 @@ fn an_xattr_set_after_a_miss_is_seen() {
     m.umount();
     sums.assert_unchanged();
 }
+
+/// A big lower file read through the daemon: the mount reads ahead 4 MiB
+/// (FUSE's default is 128 KiB, one request at a time) and the bytes are the
+/// lower's; then a write open copies it up on a thread of its own (a long
+/// request) and the copy holds the lower's bytes plus the append.
+#[test]
+fn a_big_lower_file_reads_ahead_and_copies_up_whole() {
+    if !require_mount_env() {
+        return;
+    }
+    let t = TestDir::new("big-read");
+    let (l1, upper, work, mnt) = (
+        t.mkdir("l1"),
+        t.mkdir("upper"),
+        t.join("work"),
+        t.mkdir("mnt"),
+    );
+    let data: Vec<u8> = (0..(8u32 << 20) / 4)
+        .flat_map(|i| fnv(&i.to_le_bytes()).to_le_bytes()[..4].to_vec())
+        .collect();
+    fs::write(l1.join("big"), &data).expect("write lower big");
+    let sums = checksum_layers(&[l1.as_path()]);
+    let m = mount_unionfs(&[&l1], Some(&upper), Some(&work), &mnt, &[]);
+    let info = mount_at(&mnt).expect("mount in the mount table");
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        info.dev_major, info.dev_minor
+    );
+    if euid() == 0 {
+        assert_eq!(
+            fs::read_to_string(&knob).map(|s| s.trim().to_string()).ok(),
+            Some("4096".to_string()),
+            "{knob}"
+        );
+    }
+    assert!(read(&mnt.join("big")) == data, "read of the lower file");
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("big"))
+        .expect("open big for append");
+    std::io::Write::write_all(&mut f, b"tail").expect("append");
+    drop(f);
+    let mut want = data.clone();
+    want.extend_from_slice(b"tail");
+    assert!(read(&upper.join("big")) == want, "the upper copy");
+    assert!(read(&mnt.join("big")) == want, "the merged view");
+    m.umount();
+    sums.assert_unchanged();
+}

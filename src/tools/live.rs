@@ -4,57 +4,16 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::{LayerArgs, ToolError};
-use crate::cli;
+use crate::{cli, mountinfo};
 
 /// A path of a live mount, as layers and a path relative to the union root.
 pub struct Found {
     pub layers: LayerArgs,
     pub rel: OsString,
-}
-
-/// Decodes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &[u8]) -> OsString {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\' && i + 4 <= field.len() {
-            let oct = &field[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = oct.iter().fold(0u32, |a, c| a * 8 + u32::from(c - b'0'));
-                out.push(v as u8);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    OsString::from_vec(out)
-}
-
-/// Every mount point, with whether it is a FUSE mount (a unionfs mount
-/// shows as `fuse` or `fuse.unionfs`, its source the `fsname`, so the
-/// daemon's command line decides which FUSE mount is ours).
-fn mounts() -> Result<Vec<(PathBuf, bool)>, ToolError> {
-    let text = fs::read("/proc/self/mountinfo")
-        .map_err(|e| ToolError(format!("cannot read /proc/self/mountinfo: {e}")))?;
-    let mut out = Vec::new();
-    for line in text.split(|b| *b == b'\n') {
-        let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        let fstype = fields.get(sep + 1).copied().unwrap_or_default();
-        if let Some(mp) = fields.get(4) {
-            let fuse = fstype == b"fuse" || fstype.starts_with(b"fuse.");
-            out.push((PathBuf::from(unescape(mp)), fuse));
-        }
-    }
-    Ok(out)
 }
 
 /// `path` made absolute, with `.`/`..` resolved through the real parents
@@ -128,12 +87,13 @@ fn resolve_in(cwd: &Path, p: &OsStr) -> PathBuf {
 /// Finds the live mount holding `path` and the layers its daemon serves.
 pub fn find(path: &Path) -> Result<Found, ToolError> {
     let at = place(path)?;
-    let mount = mounts()?
+    let mount = mountinfo::mounts()
+        .map_err(|e| ToolError(format!("cannot read /proc/self/mountinfo: {e}")))?
         .into_iter()
-        .filter(|(mp, _)| at.starts_with(mp))
+        .filter(|m| at.starts_with(&m.point))
         // Mounted over each other: the last one listed is the one seen.
-        .max_by_key(|(mp, _)| mp.as_os_str().len())
-        .and_then(|(mp, fuse)| fuse.then_some(mp))
+        .max_by_key(|m| m.point.as_os_str().len())
+        .and_then(|m| m.fuse.then_some(m.point))
         .ok_or_else(|| {
             ToolError(format!(
                 "{} is not inside a unionfs mount (name the layers with -l LOWER[:LOWER...] [-u UPPER])",
@@ -174,13 +134,6 @@ pub fn find(path: &Path) -> Result<Found, ToolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape(br"/mnt/a\040b"), "/mnt/a b");
-        assert_eq!(unescape(br"/x\134y"), "/x\\y");
-        assert_eq!(unescape(br"/plain\0"), "/plain\\0");
-    }
 
     #[test]
     fn a_daemon_command_line_names_its_layers() {

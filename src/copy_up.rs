@@ -6,6 +6,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -387,13 +388,13 @@ fn build(
         }
         _ => Shape::Special(kind, st.st_rdev),
     };
-    // Root owns it until the data is in: chown after writing keeps a
-    // setuid file from ever being writable with its bits on.
-    let temp = upper.make_temp(shape, sys::geteuid(), u32::MAX)?;
+    // The daemon owns it (as made) until the data is in: chown after
+    // writing keeps a setuid file from ever being writable with its bits on.
+    let temp = upper.make_temp(shape, u32::MAX, u32::MAX)?;
     let filled = (|| -> Result<()> {
         if kind == libc::S_IFREG && data == Data::All {
             *method = match upper.copy_delay {
-                None => copy_data(from.as_fd(), temp.fd.as_fd(), st.st_size as u64)?,
+                None => copy_data(from.as_fd(), temp.fd.as_fd(), st)?,
                 Some(delay) => {
                     copy_slowly(from.as_fd(), temp.fd.as_fd(), st.st_size as u64, delay)?;
                     "read/write, slowed for a test"
@@ -459,14 +460,34 @@ fn set_xattrs(to: BorrowedFd, xattrs: &[(OsString, Vec<u8>)], capability_only: b
     Ok(())
 }
 
-/// Copies `len` bytes: shares the blocks where the filesystem can (reflink),
-/// else copies only the data extents so that holes stay holes. Returns how.
-fn copy_data(from: BorrowedFd, to: BorrowedFd, len: u64) -> Result<&'static str> {
+/// The upper refused a reflink once: it cannot share blocks (one upper per
+/// daemon), so later copy-ups do not ask again.
+static NO_REFLINK: AtomicBool = AtomicBool::new(false);
+
+/// Copies the file `st` describes: shares the blocks where the filesystem
+/// can (reflink), else copies only the data extents so that holes stay
+/// holes. Returns how.
+fn copy_data(from: BorrowedFd, to: BorrowedFd, st: &Stat) -> Result<&'static str> {
+    let len = st.st_size as u64;
     if len == 0 {
         return Ok("empty");
     }
-    if sys::ficlone(to, from).is_ok() {
-        return Ok("reflink");
+    if !NO_REFLINK.load(Ordering::Relaxed) {
+        match sys::ficlone(to, from) {
+            Ok(()) => return Ok("reflink"),
+            Err(e) if matches!(e.raw(), libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV) => {
+                NO_REFLINK.store(true, Ordering::Relaxed)
+            }
+            Err(_) => {}
+        }
+    }
+    // Blocks for every byte: no hole to keep, so no extent map to read.
+    if st.st_blocks as u64 * 512 >= len {
+        return Ok(if copy_range(from, to, 0, len)? {
+            "copy_file_range"
+        } else {
+            "read/write"
+        });
     }
     let mut method = "copy_file_range";
     let mut off = 0u64;

@@ -10,8 +10,9 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -271,14 +272,7 @@ pub fn flistxattr(fd: BorrowedFd) -> Result<Vec<OsString>> {
             Some(p) => unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
         });
         match r {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf
-                    .split(|b| *b == 0)
-                    .filter(|n| !n.is_empty())
-                    .map(|n| OsString::from_vec(n.to_vec()))
-                    .collect());
-            }
+            Ok(n) => return Ok(xattr_names(&buf[..n])),
             Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 4 => {
                 buf.resize(buf.len() * 4, 0);
             }
@@ -325,6 +319,111 @@ pub fn fremovexattr(fd: BorrowedFd, name: &OsStr) -> Result<()> {
         Some(p) => unsafe { libc::removexattr(p.as_ptr(), c.as_ptr()) as libc::ssize_t },
     })
     .map(|_| ())
+}
+
+/// getxattrat(2) and listxattrat(2) (Linux 6.13), numbered from the table
+/// the architectures below share (mips offsets its numbers: not used there).
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// The kernel lacks the `*xattrat` calls: use an `O_PATH` fd instead.
+static NO_XATTRAT: AtomicBool = AtomicBool::new(!cfg!(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64",
+    target_arch = "powerpc64",
+    target_arch = "s390x"
+)));
+
+/// Splits a listxattr buffer into names.
+fn xattr_names(buf: &[u8]) -> Vec<OsString> {
+    buf.split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| OsString::from_vec(n.to_vec()))
+        .collect()
+}
+
+/// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)`: the attribute names of
+/// `name` in `dir`, in one call (`ls -l` asks for an xattr of every file;
+/// through an `O_PATH` fd it took an open, a /proc walk and a close).
+pub fn listxattrat(dir: BorrowedFd, name: &OsStr) -> Result<Vec<OsString>> {
+    if NO_XATTRAT.load(Ordering::Relaxed) {
+        return flistxattr(openat(dir, name, libc::O_PATH, 0)?.as_fd());
+    }
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: buf is writable for buf.len() bytes; c is a valid C string.
+        let r = retry(|| {
+            check_size(unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                ) as libc::ssize_t
+            })
+        });
+        match r {
+            Ok(n) => return Ok(xattr_names(&buf[..n])),
+            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 4 => buf.resize(buf.len() * 4, 0),
+            Err(e) if e.is(libc::ENOSYS) => {
+                NO_XATTRAT.store(true, Ordering::Relaxed);
+                return listxattrat(dir, name);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `getxattrat(dir, name, AT_SYMLINK_NOFOLLOW, attr)`; `None` when absent.
+pub fn getxattrat(dir: BorrowedFd, name: &OsStr, attr: &OsStr) -> Result<Option<Vec<u8>>> {
+    if NO_XATTRAT.load(Ordering::Relaxed) {
+        return getxattr_via_proc(openat(dir, name, libc::O_PATH, 0)?.as_fd(), attr);
+    }
+    /// `struct xattr_args` of the kernel's uapi.
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+    let c = cstr(name)?;
+    let a = cstr(attr)?;
+    let r = xattr_value(|buf| {
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: buf.len() as u32,
+            flags: 0,
+        };
+        // SAFETY: args points at buf, writable for args.size bytes; the
+        // strings are valid; the kernel reads args for its declared size.
+        retry(|| {
+            check_size(unsafe {
+                libc::syscall(
+                    SYS_GETXATTRAT,
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                    a.as_ptr(),
+                    &mut args as *mut XattrArgs,
+                    std::mem::size_of::<XattrArgs>(),
+                ) as libc::ssize_t
+            })
+        })
+    });
+    match r {
+        Err(e) if e.is(libc::ENOSYS) => {
+            NO_XATTRAT.store(true, Ordering::Relaxed);
+            getxattrat(dir, name, attr)
+        }
+        other => other,
+    }
 }
 
 /// Runs an f*xattr call, retrying through /proc/self/fd when the fd is an

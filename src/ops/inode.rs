@@ -94,6 +94,28 @@ impl UnionFs {
         sys::fstatvfs(layer.root())
     }
 
+    /// The xattr names a user sees on a node's top object.
+    fn xattr_names(&self, node: &Node) -> Result<Vec<OsString>> {
+        let mut names = match node.stack().top() {
+            Some(layer) if !node.is_dead() => self
+                .tree
+                .at(node, layer, |dir, name| sys::listxattrat(dir.fd(), name))?,
+            _ => sys::flistxattr(self.top_fd(node)?.as_fd())?,
+        };
+        names.retain(|n| !whiteout::is_private_xattr(n));
+        Ok(names)
+    }
+
+    /// One xattr of a node's top object; `None` when absent.
+    fn top_xattr(&self, node: &Node, attr: &OsStr) -> Result<Option<Vec<u8>>> {
+        match node.stack().top() {
+            Some(layer) if !node.is_dead() => self.tree.at(node, layer, |dir, name| {
+                sys::getxattrat(dir.fd(), name, attr)
+            }),
+            _ => sys::getxattr_via_proc(self.top_fd(node)?.as_fd(), attr),
+        }
+    }
+
     /// The fd to read or change a node's xattrs through: its top object.
     fn top_fd(&self, node: &Node) -> Result<OwnedFd> {
         if node.is_dead() {
@@ -107,13 +129,17 @@ impl UnionFs {
         if whiteout::is_private_xattr(name) || node.has_no_xattrs() {
             return fail(libc::ENODATA);
         }
+        // The names first: most objects have none (one call, then the memo),
+        // and a missing name needs no second call.
         let state = node.xattr_state();
-        let fd = self.top_fd(&node)?;
-        let Some(value) = sys::getxattr_via_proc(fd.as_fd(), name)? else {
-            // A miss: if the object has no xattr at all, later ones cost nothing.
-            if visible_xattrs(fd.as_fd())?.is_empty() {
-                node.found_no_xattrs(state);
-            }
+        let names = self.xattr_names(&node)?;
+        if names.is_empty() {
+            node.found_no_xattrs(state);
+        }
+        if !names.iter().any(|n| n == name) {
+            return fail(libc::ENODATA);
+        }
+        let Some(value) = self.top_xattr(&node, name)? else {
             return fail(libc::ENODATA);
         };
         if self.owners.maps_xattr(name.as_bytes()) {
@@ -130,8 +156,7 @@ impl UnionFs {
             return Ok(Vec::new());
         }
         let state = node.xattr_state();
-        let fd = self.top_fd(&node)?;
-        let names = visible_xattrs(fd.as_fd())?;
+        let names = self.xattr_names(&node)?;
         if names.is_empty() {
             node.found_no_xattrs(state);
         }
@@ -276,11 +301,4 @@ impl UnionFs {
         self.upper()?.set_attr_fd(fd.as_fd(), set)?;
         self.attr_of(node)
     }
-}
-
-/// The names of the xattrs a user sees on an object (private ones left out).
-fn visible_xattrs(fd: std::os::fd::BorrowedFd) -> Result<Vec<OsString>> {
-    let mut names = sys::flistxattr(fd)?;
-    names.retain(|n| !whiteout::is_private_xattr(n));
-    Ok(names)
 }

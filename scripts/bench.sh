@@ -170,13 +170,16 @@ in_mount() {
 
 # timed KIND ROW MODE REP: one timed pass of ROW's command in the mount.
 timed() {
-  local kind=$1 row=$2 mode=$3 rep=$4 c0=0 c1=0 hwm=- cpu=- t0 t1 rc=0 check secs
+  local kind=$1 row=$2 mode=$3 rep=$4 c0=0 c1=0 hwm=- cpu=- t0 t1 rc=0 check secs k0 k1 client
   sync
   if [ "$mode" = cold ]; then bench_drop_caches; fi
   [ -n "$DAEMON_PID" ] && c0=$(bench_cpu_ticks "$DAEMON_PID")
+  bench_children_cpu k0
   t0=$(bench_now)
   (cd "$MNT" && eval "${R_CMD[$row]}") >"$BENCH_BASE/out" 2>"$BENCH_BASE/err" || rc=$?
   t1=$(bench_now)
+  bench_children_cpu k1
+  client=$(awk -v a="$k0" -v b="$k1" 'BEGIN { printf "%.2f", b - a }')
   if [ -n "$DAEMON_PID" ]; then
     c1=$(bench_cpu_ticks "$DAEMON_PID")
     cpu=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / t }')
@@ -187,8 +190,8 @@ timed() {
   if [ "$rc" != 0 ]; then
     echo "  $kind $row $mode: exit $rc: $(head -c 300 "$BENCH_BASE/err")" >&2
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$mode" "$kind" "$rep" "$secs" "$cpu" "${hwm:--}" "$rc" "$check" >>"$RESULTS"
-  bench_log "  $row $mode $kind run $rep: ${secs}s daemon cpu ${cpu}s rss ${hwm:--} KiB${check:+ (output: $check)}"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$row" "$mode" "$kind" "$rep" "$secs" "$cpu" "${hwm:--}" "$rc" "$check" "$client" >>"$RESULTS"
+  bench_log "  $row $mode $kind run $rep: ${secs}s daemon cpu ${cpu}s client cpu ${client}s rss ${hwm:--} KiB${check:+ (output: $check)}"
 }
 
 # session KIND ROW REP: every mode of ROW on KIND, each mount on a fresh upper.
@@ -253,7 +256,7 @@ for k in "${kinds[@]}"; do labels+=("$k=$(bench_kind_label "$k")"); done
   echo "Kernel $(uname -r), $(nproc) CPUs. Targets: ${labels[*]}."
   echo "Lowers: 3 dirs on $(findmnt -n -o FSTYPE --target "$DATA") (\`$DATA\`); upper and work dir: a fresh ext4 (journaled, loop-mounted file in /var/tmp) for every mount."
   echo "Merged tree: a Rust toolchain ($RUST_FILES files) split file by file round-robin over the 3 lowers + 10x10x$GEN_FILES_PER_DIR generated small files, also round-robin: $TREE_ENTRIES entries, nearly every dir in all 3 lowers."
-  echo "Seconds, median of $RUNS; (x) = ratio to kernel overlayfs; u/peer = unionfs / best of FO1, FO2. CPU = daemon utime+stime over the pass (median), RSS = daemon peak VmHWM (max)."
+  echo "Seconds, median of $RUNS; (x) = ratio to kernel overlayfs; u/peer = unionfs / best of FO1, FO2. CPU = daemon utime+stime over the pass (median), RSS = daemon peak VmHWM (max); client CPU = utime+stime of the workload's own processes on unionfs (median)."
   echo "cold: new mount, caches dropped; fresh: new mount, page cache warm; warm: second pass on the same mount. Writes are not synced unless the row says so;"
   echo "Kernel overlayfs fsyncs every file it copies up (durable copy-up); unionfs does not, and the copy-up row suggests neither fuse-overlayfs does."
   for n in "${notes[@]}"; do echo "**Note:** $n."; done
@@ -265,10 +268,10 @@ from collections import defaultdict
 results, meta, kinds = sys.argv[1], sys.argv[2], sys.argv[3:]
 name = {"kernel": "kernel", "fo1": "FO1", "fo2": "FO2", "unionfs": "unionfs"}
 fuse = [k for k in kinds if k != "kernel"]
-runs = defaultdict(list)  # (row, mode, kind) -> [(secs, cpu, hwm, rc, check)]
+runs = defaultdict(list)  # (row, mode, kind) -> [(secs, cpu, hwm, rc, check, client)]
 for line in open(results):
-    row, mode, kind, rep, secs, cpu, hwm, rc, check = line.rstrip("\n").split("\t")
-    runs[(row, mode, kind)].append((float(secs), cpu, hwm, int(rc), check))
+    row, mode, kind, rep, secs, cpu, hwm, rc, check, *client = line.rstrip("\n").split("\t")
+    runs[(row, mode, kind)].append((float(secs), cpu, hwm, int(rc), check, (client or ["-"])[0]))
 
 
 def median(xs):
@@ -285,6 +288,8 @@ if "unionfs" in kinds and ("fo1" in kinds or "fo2" in kinds):
     head.append("u/peer")
 if fuse:
     head += ["CPU s " + " / ".join(name[k] for k in fuse), "RSS MiB " + " / ".join(name[k] for k in fuse)]
+if "unionfs" in kinds:
+    head.append("client CPU s (unionfs)")
 print("| " + " | ".join(head) + " |")
 print("|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|")
 footnotes = []
@@ -336,6 +341,9 @@ for line in open(meta):
             out.append(f"{u / min(peers):.2f}" if u and peers else "-")
         if fuse:
             out += [" / ".join(cpus), " / ".join(rsss)]
+        if "unionfs" in kinds:
+            c = [float(r[5]) for r in runs.get((row, mode, "unionfs"), []) if r[5] not in ("-", "")]
+            out.append(f"{median(c):.2f}" if c else "-")
         print("| " + " | ".join(out) + " |")
 if footnotes:
     print()

@@ -157,6 +157,19 @@ bench_daemon_pid() {
   return 1
 }
 
+# bench_children_cpu VAR: sets VAR to the user + system seconds of the
+# children this shell has waited for so far (bash's `times`, second line;
+# run in this shell, not in a command substitution, which has no children).
+bench_children_cpu() {
+  local f=${BENCH_BASE:-/tmp}/times.$$
+  times >"$f"
+  printf -v "$1" '%s' "$(awk 'NR == 2 {
+    s = 0
+    for (i = 1; i <= NF; i++) { split($i, p, "m"); sub("s", "", p[2]); s += p[1] * 60 + p[2] }
+    printf "%.3f", s }' "$f")"
+  rm -f "$f"
+}
+
 # bench_cpu_ticks PID: utime + stime (all threads) in clock ticks.
 bench_cpu_ticks() {
   # Fields after the ")" that ends comm: state is 1, utime 12, stime 13.

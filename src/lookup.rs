@@ -150,9 +150,43 @@ fn redirected(at: &LowerAt, redirect: &OsStr) -> LowerAt {
     }
 }
 
+/// Which lower layers' listings of a directory hold a name (as an object,
+/// not a whiteout), learnt by a listing of it (`readdir.rs`): a lookup of
+/// the name then skips the lowers that lack it instead of asking each.
+/// Lowers never change, so what a listing saw stays true.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listed(u64);
+
+impl Listed {
+    /// Records that lower `layer` holds the name.
+    pub fn add(&mut self, layer: LayerId) {
+        if let Some(bit) = 1u64.checked_shl(u32::from(layer)) {
+            self.0 |= bit;
+        }
+    }
+
+    /// False only when the listing of `layer` surely lacks the name (layers
+    /// past the 63rd are not recorded, so they may hold it).
+    fn may_hold(self, layer: LayerId) -> bool {
+        1u64.checked_shl(u32::from(layer))
+            .map_or(true, |bit| self.0 & bit != 0)
+    }
+}
+
 /// Resolves `name` in the merged directory `parent`. `None`: not in the
 /// merged view (absent everywhere, or whited out).
 pub fn resolve(tree: &Tree, parent: &Node, name: &OsStr) -> Result<Option<Found>> {
+    resolve_listed(tree, parent, name, None)
+}
+
+/// [`resolve`], knowing which lowers list the name in `parent` (readdirplus
+/// looks up every name it has just listed).
+pub fn resolve_listed(
+    tree: &Tree,
+    parent: &Node,
+    name: &OsStr,
+    listed: Option<Listed>,
+) -> Result<Option<Found>> {
     if whiteout::is_marker_name(name) {
         return Ok(None);
     }
@@ -171,6 +205,18 @@ pub fn resolve(tree: &Tree, parent: &Node, name: &OsStr) -> Result<Option<Found>
     let mut opaque_on_path = false;
     while let Some(layer_id) = cursor.next(layer) {
         layer = Some(layer_id);
+        // A lower whose listing of the parent lacks the name: nothing there
+        // (a whiteout there hid the name from the listings below it too).
+        // Only in the parent's own directory: a redirect leads elsewhere.
+        if let Some(listed) = listed {
+            if layer_id != UPPER
+                && at == LowerAt::Parent
+                && !cursor.from_root
+                && !listed.may_hold(layer_id)
+            {
+                continue;
+            }
+        }
         let (pdir, here) = match place_in(
             tree,
             cursor.parent,
@@ -290,4 +336,23 @@ pub fn in_lowers(tree: &Tree, parent: &Node, name: &OsStr) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_rules_out_only_the_lowers_it_saw_without_the_name() {
+        let mut l = Listed::default();
+        l.add(2);
+        l.add(70); // past the mask: not recorded
+        assert!(l.may_hold(2));
+        assert!(!l.may_hold(1));
+        assert!(!l.may_hold(3));
+        // Layers the mask cannot tell about may always hold it.
+        assert!(l.may_hold(64));
+        assert!(l.may_hold(70));
+        assert!(l.may_hold(200));
+    }
 }

@@ -8,7 +8,7 @@ use std::ffi::OsString;
 
 use crate::error::Result;
 use crate::layer::{LayerId, UPPER};
-use crate::lookup;
+use crate::lookup::{self, Listed};
 use crate::node::Node;
 use crate::sys;
 use crate::tree::Tree;
@@ -27,6 +27,8 @@ pub struct DirEntry {
     /// recorded origin, or whether it merges): left for [`settle_inos`], as
     /// readdirplus looks every entry up anyway and never needs it.
     pub pending: Option<Pending>,
+    /// The lowers whose listings hold the name: its lookup asks only them.
+    pub listed: Listed,
 }
 
 /// What an upper entry's number is worked out from.
@@ -59,6 +61,7 @@ struct Seen {
     /// Some lower below the winning layer also has a directory here, so the
     /// entry may be a merged directory whose number comes from that lower.
     dir_below: bool,
+    listed: Listed,
 }
 
 /// Lists the merged directory `dir`: "." and "..", then every visible name.
@@ -110,9 +113,12 @@ pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
                     if top.kind == libc::S_IFDIR && kind == libc::S_IFDIR {
                         top.dir_below = true;
                     }
+                    top.listed.add(layer_id);
                 }
                 None => {
                     order.push(raw.name.clone());
+                    let mut listed = Listed::default();
+                    listed.add(layer_id);
                     seen.insert(
                         raw.name,
                         Seen {
@@ -120,6 +126,7 @@ pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
                             kind,
                             real_ino: raw.ino,
                             dir_below: false,
+                            listed,
                         },
                     );
                 }
@@ -134,12 +141,14 @@ pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
         kind: libc::S_IFDIR,
         ino: dir.ino,
         pending: None,
+        listed: Listed::default(),
     });
     out.push(DirEntry {
         name: "..".into(),
         kind: libc::S_IFDIR,
         ino: parent_ino,
         pending: None,
+        listed: Listed::default(),
     });
     for name in order {
         let Some(s) = seen.remove(&name) else {
@@ -162,6 +171,7 @@ pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
             kind: s.kind,
             ino,
             pending,
+            listed: s.listed,
         });
     }
     Ok(out)

@@ -90,7 +90,7 @@ impl UnionFs {
         if entry.name == "." || entry.name == ".." {
             return self.getattr(if entry.name == "." { dir } else { entry.ino }, None);
         }
-        self.lookup(dir, &entry.name)
+        self.lookup_listed(dir, &entry.name, Some(entry.listed))
     }
 
     /// Creates a file, directory, symlink or special file owned by the

@@ -19,12 +19,23 @@ use crate::whiteout;
 impl UnionFs {
     /// Resolves `name` in `parent` and records one kernel lookup of it.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        self.lookup_listed(parent, name, None)
+    }
+
+    /// [`UnionFs::lookup`] of a name a listing has just shown, knowing
+    /// which lowers hold it.
+    pub fn lookup_listed(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        listed: Option<lookup::Listed>,
+    ) -> Result<Attr> {
         let pnode = self.tree.nodes.get(parent)?;
         if !pnode.is_dir() {
             return fail(libc::ENOTDIR);
         }
-        let found =
-            lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let found = lookup::resolve_listed(&self.tree, &pnode, name, listed)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let mut st = found.stat;
         if let Some(layer) = found.stack.top() {
             let probe = Node::detached(found.ino, found.kind, found.stack.clone(), parent, name);

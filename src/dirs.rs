@@ -80,18 +80,27 @@ impl LayerDir {
         let Some(known) = &self.oci_whiteouts else {
             return true; // the upper changes: always look
         };
-        *known.get_or_init(|| match self.list() {
-            Ok(entries) => entries
-                .iter()
-                .any(|e| whiteout::oci_whited_out_name(&e.name).is_some()),
+        *known.get_or_init(|| match self.read_entries() {
+            Ok(entries) => has_oci_whiteout(&entries),
             Err(_) => true,
         })
+    }
+
+    /// Every entry of the directory. A lower's listing also settles
+    /// [`LayerDir::may_hold_oci_whiteouts`], so that a lookup of a missing
+    /// name does not list it again.
+    pub fn list(&self) -> Result<Vec<sys::RawDirEntry>> {
+        let entries = self.read_entries()?;
+        if let Some(known) = &self.oci_whiteouts {
+            let _ = known.set(has_oci_whiteout(&entries));
+        }
+        Ok(entries)
     }
 
     /// Every entry of the directory. Through a fresh fd: the held one may
     /// be read by another listing at the same time, and a directory fd
     /// carries one read offset.
-    pub fn list(&self) -> Result<Vec<sys::RawDirEntry>> {
+    fn read_entries(&self) -> Result<Vec<sys::RawDirEntry>> {
         let fd = sys::openat(
             self.fd(),
             OsStr::new("."),
@@ -100,6 +109,12 @@ impl LayerDir {
         )?;
         sys::read_dir_all(fd.as_fd())
     }
+}
+
+fn has_oci_whiteout(entries: &[sys::RawDirEntry]) -> bool {
+    entries
+        .iter()
+        .any(|e| whiteout::oci_whited_out_name(&e.name).is_some())
 }
 
 /// How many directory fds stay cached, over all shards.

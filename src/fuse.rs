@@ -411,8 +411,12 @@ impl Filesystem for FuseFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let req = MayCopy::Rename {
+            parent: parent.0,
+            name,
+        };
         let (name, newname) = (name.to_os_string(), newname.to_os_string());
-        self.run(MayCopy::Rename { parent: parent.0 }, move |me| {
+        self.run(req, move |me| {
             let r = me
                 .fs
                 .rename(parent.0, &name, newparent.0, &newname, flags.bits());

@@ -15,7 +15,7 @@ mod forced;
 mod inode;
 mod rename;
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -103,14 +103,15 @@ pub enum NewObject {
 
 /// A request that may first copy an object up.
 #[derive(Debug, Clone, Copy)]
-pub enum MayCopy {
+pub enum MayCopy<'a> {
     /// An open with these flags (a write open copies the file's data).
     Open { ino: u64, flags: i32 },
     /// A change to the object itself: attributes, xattrs, a new link.
     Change { ino: u64 },
-    /// A rename of a name in this directory: a lower file is copied up, a
-    /// lower directory may be copied whole (OCI format).
-    Rename { parent: u64 },
+    /// A rename of `name` in `parent`: a lower file is copied up, and in
+    /// OCI format a lower directory is copied whole. (The other side of an
+    /// exchange is not weighed: a rare case that then runs on the worker.)
+    Rename { parent: u64, name: &'a OsStr },
 }
 
 /// A copy-up of at least this many bytes counts as long.
@@ -197,18 +198,28 @@ impl UnionFs {
     /// (a big lower file, a lower tree): such requests are run off the few
     /// FUSE workers (`fuse.rs`), so that they keep answering meanwhile.
     pub fn may_take_long(&self, req: MayCopy) -> bool {
-        if self.upper.is_none() {
+        let Some(upper) = &self.upper else {
             return false;
-        }
+        };
         let (ino, flags) = match req {
             MayCopy::Open { ino, flags } => (ino, flags),
             MayCopy::Change { ino } => (ino, libc::O_WRONLY),
-            MayCopy::Rename { parent } => {
-                return self
-                    .tree
-                    .nodes
-                    .get(parent)
-                    .is_ok_and(|dir| !dir.stack().lowers.is_empty())
+            MayCopy::Rename { parent, name } => {
+                let Ok(dir) = self.tree.nodes.get(parent) else {
+                    return false;
+                };
+                if dir.stack().lowers.is_empty() {
+                    return false; // only upper objects: a rename moves a name
+                }
+                return match crate::lookup::resolve(&self.tree, &dir, name) {
+                    Ok(Some(f)) if f.kind == libc::S_IFDIR => {
+                        !f.stack.lowers.is_empty() && upper.format.redirect_xattr().is_none()
+                    }
+                    Ok(Some(f)) if f.kind == libc::S_IFREG => {
+                        !f.stack.has_upper_copy() && f.stat.st_size >= LONG_COPY
+                    }
+                    _ => false,
+                };
             }
         };
         if flags & file::WRITE_FLAGS == 0 || flags & libc::O_TRUNC != 0 {

@@ -61,11 +61,14 @@ impl FuseFs {
     /// one-at-a-time callers like `ls` fastest, so a long request must not
     /// hold one.
     fn run(&self, req: MayCopy, job: impl FnOnce(&FuseFs) + Send + 'static) {
-        let long = self.fs.may_take_long(req);
-        if !long || self.long.fetch_add(1, Ordering::SeqCst) >= MAX_LONG {
-            if long {
-                self.long.fetch_sub(1, Ordering::SeqCst);
-            }
+        let claimed = self.fs.may_take_long(req)
+            && self
+                .long
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < MAX_LONG).then_some(n + 1)
+                })
+                .is_ok();
+        if !claimed {
             return job(self);
         }
         let me = self.clone();

@@ -263,19 +263,29 @@ fn xattr_value(mut call: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Optio
 
 /// `flistxattr(fd)`: the attribute names, each without its NUL.
 pub fn flistxattr(fd: BorrowedFd) -> Result<Vec<OsString>> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        let r = xattr_call(fd, |path| match path {
+    xattr_list(|buf| {
+        xattr_call(fd, |path| match path {
             // SAFETY: buf is writable for buf.len() bytes.
             None => unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) },
             // SAFETY: as above; p is a valid C string.
             Some(p) => unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
-        });
-        match r {
-            Ok(n) => return Ok(xattr_names(&buf[..n])),
-            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 4 => {
-                buf.resize(buf.len() * 4, 0);
+        })
+    })
+}
+
+/// Reads a list of xattr names with `call`, growing the buffer on ERANGE.
+fn xattr_list(mut call: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        match call(&mut buf) {
+            Ok(n) => {
+                return Ok(buf[..n]
+                    .split(|b| *b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| OsString::from_vec(n.to_vec()))
+                    .collect())
             }
+            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 4 => buf.resize(buf.len() * 4, 0),
             Err(e) => return Err(e),
         }
     }
@@ -338,14 +348,6 @@ static NO_XATTRAT: AtomicBool = AtomicBool::new(!cfg!(any(
     target_arch = "s390x"
 )));
 
-/// Splits a listxattr buffer into names.
-fn xattr_names(buf: &[u8]) -> Vec<OsString> {
-    buf.split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(|n| OsString::from_vec(n.to_vec()))
-        .collect()
-}
-
 /// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)`: the attribute names of
 /// `name` in `dir`, in one call (`ls -l` asks for an xattr of every file;
 /// through an `O_PATH` fd it took an open, a /proc walk and a close).
@@ -354,10 +356,9 @@ pub fn listxattrat(dir: BorrowedFd, name: &OsStr) -> Result<Vec<OsString>> {
         return flistxattr(openat(dir, name, libc::O_PATH, 0)?.as_fd());
     }
     let c = cstr(name)?;
-    let mut buf = vec![0u8; 1024];
-    loop {
+    let r = xattr_list(|buf| {
         // SAFETY: buf is writable for buf.len() bytes; c is a valid C string.
-        let r = retry(|| {
+        retry(|| {
             check_size(unsafe {
                 libc::syscall(
                     SYS_LISTXATTRAT,
@@ -368,16 +369,14 @@ pub fn listxattrat(dir: BorrowedFd, name: &OsStr) -> Result<Vec<OsString>> {
                     buf.len(),
                 ) as libc::ssize_t
             })
-        });
-        match r {
-            Ok(n) => return Ok(xattr_names(&buf[..n])),
-            Err(e) if e.is(libc::ERANGE) && buf.len() < 65536 * 4 => buf.resize(buf.len() * 4, 0),
-            Err(e) if e.is(libc::ENOSYS) => {
-                NO_XATTRAT.store(true, Ordering::Relaxed);
-                return listxattrat(dir, name);
-            }
-            Err(e) => return Err(e),
+        })
+    });
+    match r {
+        Err(e) if e.is(libc::ENOSYS) => {
+            NO_XATTRAT.store(true, Ordering::Relaxed);
+            listxattrat(dir, name)
         }
+        other => other,
     }
 }
 

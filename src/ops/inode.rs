@@ -209,9 +209,8 @@ impl UnionFs {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
         }
         let node = self.tree.nodes.get(ino)?;
-        let fd = self.top_fd(&node)?;
         // Nothing to copy up for an attribute that is not there.
-        if sys::fgetxattr(fd.as_fd(), name)?.is_none() {
+        if self.top_xattr(&node, name)?.is_none() {
             return fail(libc::ENODATA);
         }
         self.copier()?.node(&node, Data::All)?;

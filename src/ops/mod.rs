@@ -193,7 +193,6 @@ impl UnionFs {
         self.upper.as_ref().ok_or_else(|| Error::errno(libc::EROFS))
     }
 
-    /// Copy-up over this mount's upper; EROFS for a read-only mount.
     /// Whether `req` may take long because it first copies many bytes up
     /// (a big lower file, a lower tree): such requests are run off the few
     /// FUSE workers (`fuse.rs`), so that they keep answering meanwhile.
@@ -239,6 +238,7 @@ impl UnionFs {
         })
     }
 
+    /// Copy-up over this mount's upper; EROFS for a read-only mount.
     fn copier(&self) -> Result<CopyUp<'_>> {
         Ok(CopyUp {
             tree: &self.tree,

@@ -518,20 +518,26 @@ impl Upper {
     /// list them in a directory that does not merge.
     pub fn drop_stray_whiteouts(&self, parent: BorrowedFd, name: &OsStr) -> Result<()> {
         let dir = sys::openat(parent, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        drop_whiteouts_below(dir.as_fd())
+        let marks = whiteout::dir_marks(dir.as_fd())?.0;
+        drop_whiteouts_below(dir.as_fd(), marks)
     }
 }
 
-/// Removes every whiteout in `dir` and the directories below it (under an
-/// opaque directory nothing merges, so they hide nothing), keeping each
-/// directory's times.
-fn drop_whiteouts_below(dir: BorrowedFd) -> Result<()> {
+/// Removes every whiteout in `dir` (whose markers are `marks`) and the
+/// directories below it (under an opaque directory nothing merges, so they
+/// hide nothing), keeping each directory's times. A directory with a
+/// redirect is left whole: it was moved in from a lower and still merges
+/// with it, as a redirect from the layer root holds below an opaque
+/// directory too (kernel overlayfs), so its whiteouts still hide entries.
+fn drop_whiteouts_below(dir: BorrowedFd, marks: whiteout::DirMarks) -> Result<()> {
     keep_times(dir, || {
-        let marks = whiteout::dir_marks(dir)?.0;
         for e in sys::read_dir_all(dir)? {
             if e.d_type == libc::DT_DIR {
                 let sub = sys::openat(dir, &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-                drop_whiteouts_below(std::os::fd::AsFd::as_fd(&sub))?;
+                let (sub_marks, redirect) = whiteout::dir_marks(sub.as_fd())?;
+                if redirect.is_none() {
+                    drop_whiteouts_below(sub.as_fd(), sub_marks)?;
+                }
                 continue;
             }
             let oci = whiteout::oci_whited_out_name(&e.name).is_some();

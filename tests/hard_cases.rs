@@ -1259,6 +1259,83 @@ fn renamed_dir_survives_remount_identically() {
     assert_no_failures("renamed dir across remounts", &fails);
 }
 
+/// A directory moved in from a lower (overlay format: a redirect) keeps its
+/// whiteouts when a directory above it becomes opaque: a redirect from the
+/// layer root still merges below an opaque directory, so those whiteouts
+/// still hide lower entries, now and after a remount. Kernel overlayfs over
+/// the same layers, after the same calls, is the reference.
+fn redirect_below_new_opaque_dir(format: &'static str) -> Vec<String> {
+    let lower = Layer::new("lower")
+        .tagged("o/gone")
+        .tagged("o/kept")
+        .tagged("o/sub/deep")
+        .tagged("o/sub/deep2")
+        .dir("e");
+    let run = |env: &Env| {
+        fs::create_dir(env.m("n")).expect("mkdir n");
+        fs::rename(env.m("o"), env.m("n/d")).expect("rename o -> n/d");
+        fs::remove_file(env.m("n/d/gone")).expect("rm n/d/gone");
+        fs::remove_file(env.m("n/d/sub/deep")).expect("rm n/d/sub/deep");
+        // `e` is a lower dir, empty: `n` lands over it and must not merge
+        // with it, so it becomes opaque.
+        fs::rename(env.m("n"), env.m("e")).expect("rename n -> e");
+    };
+    let mut fails = Vec::new();
+    let env = Env::new(
+        &format!("redirect-under-opaque-{format}"),
+        std::slice::from_ref(&lower),
+        None,
+        format,
+    );
+    let sums = env.checksum();
+    let m = env.mount();
+    run(&env);
+    let live = snapshot(&env.mnt);
+    m.umount();
+    let m = env.mount();
+    fails.extend(
+        live.diff(&snapshot(&env.mnt), Fields::NONE)
+            .into_iter()
+            .map(|l| format!("{format}: after remount: {l}")),
+    );
+    for gone_name in ["e/d/gone", "e/d/sub/deep", "o", "n"] {
+        gone(&mut fails, &env.m(gone_name));
+    }
+    for kept in ["e/d/kept", "e/d/sub/deep2"] {
+        if fs::symlink_metadata(env.m(kept)).is_err() {
+            fails.push(format!("{format}: {kept} is missing"));
+        }
+    }
+    m.umount();
+    sums.assert_unchanged();
+    let kenv = Env::new(
+        &format!("redirect-under-opaque-kernel-{format}"),
+        &[lower],
+        None,
+        format,
+    );
+    let k = kenv.mount_kernel();
+    run(&kenv);
+    fails.extend(
+        snapshot(&kenv.mnt)
+            .diff(&live, Fields::VIEW)
+            .into_iter()
+            .map(|l| format!("{format}: kernel overlayfs vs unionfs: {l}")),
+    );
+    k.umount();
+    fails
+}
+
+#[test]
+fn redirected_dir_keeps_its_whiteouts_below_a_new_opaque_dir() {
+    if !require_mount_env() {
+        return;
+    }
+    let mut fails = redirect_below_new_opaque_dir("overlay");
+    fails.extend(redirect_below_new_opaque_dir("oci"));
+    assert_no_failures("whiteouts below a new opaque dir", &fails);
+}
+
 // ---------------------------------------------------------------------------
 // 2. Hard links
 // ---------------------------------------------------------------------------

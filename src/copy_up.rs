@@ -16,7 +16,7 @@ use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
 use crate::handles::Handles;
 use crate::index;
-use crate::layer::{INDEX, UPPER};
+use crate::layer::UPPER;
 use crate::lookup::{self, Found};
 use crate::node::{Node, Stack, ROOT_INO};
 use crate::readdir;
@@ -207,19 +207,25 @@ impl CopyUp<'_> {
             // Another name of the object already has the upper copy: this name
             // becomes one more link of it, so all names stay one inode.
             debug!("copy_up_link {} from index {}", show(name), show(key));
-            let tmp = upper.link_temp(self.tree.root_dir(INDEX)?.fd(), key)?;
-            self.place(parent, &pdir, name, src.ino, &tmp, false)?;
-            self.tree.index()?.lower_name_gone(src.ino)?;
+            self.place_index_link(parent, &pdir, name, src.ino)?;
             return Ok(new);
         }
 
         let started = Instant::now();
         let built = self.build(src, data)?;
         if built.indexed {
+            // The copy is the index entry now: this name is a link of it.
             new.index = Some(index::key(src.ino));
+            upper.work.remove(&built.temp.name);
+            self.place_index_link(parent, &pdir, name, src.ino)?;
+        } else {
+            let is_dir = built.temp.kind == libc::S_IFDIR;
+            let tmp = &built.temp.name;
+            if let Err(e) = self.place(parent, &pdir, name, src.ino, tmp, is_dir) {
+                upper.work.remove(tmp);
+                return Err(e);
+            }
         }
-        let is_dir = built.temp.kind == libc::S_IFDIR;
-        self.place(parent, &pdir, name, src.ino, &built.temp.name, is_dir)?;
         if log::log_enabled!(log::Level::Info) {
             info!(
                 "copy-up {} from lower {} ({} bytes, {}, {} ms)",
@@ -233,9 +239,31 @@ impl CopyUp<'_> {
         Ok(new)
     }
 
+    /// Puts a new link of the index entry of `ino` at its lower name `name`
+    /// in `parent`: the object's count of lower names drops by one as its
+    /// upper links grow by one (see `index`).
+    fn place_index_link(
+        &self,
+        parent: &Node,
+        pdir: &LayerDir,
+        name: &OsStr,
+        ino: u64,
+    ) -> Result<()> {
+        let index = self.tree.index()?;
+        let tmp = index.link_for_placing(&self.upper.work, ino)?;
+        match self.place(parent, pdir, name, ino, &tmp, false) {
+            Ok(()) => index.placed(ino),
+            Err(e) => {
+                index.not_placed(&self.upper.work, &tmp);
+                Err(e)
+            }
+        }
+    }
+
     /// Puts the temporary `tmp` at `name` in `parent`, under the parent's
     /// names lock and only if the name still shows the object `ino` (an
-    /// unlink or rename may have happened while the copy was made).
+    /// unlink or rename may have happened while the copy was made); the
+    /// caller removes `tmp` if not.
     fn place(
         &self,
         parent: &Node,
@@ -248,26 +276,11 @@ impl CopyUp<'_> {
         let _names = parent.names.lock();
         let still = lookup::resolve(self.tree, parent, name)?;
         if !still.is_some_and(|f| f.ino == ino && !f.stack.upper) {
-            self.upper.work.remove(tmp);
             return Err(Error::errno(libc::ENOENT).context("changed during copy-up"));
         }
         keep_times(pdir.fd(), || {
             self.upper.place(tmp, pdir, name, is_dir).map(|_| ())
         })
-    }
-
-    /// Copies a hard-linked object into the index only, with no name in the
-    /// upper tree: one of its lower names is going away, and the others must
-    /// then count one link fewer.
-    pub fn to_index(&self, src: &Node) -> Result<Stack> {
-        let mut new = src.stack();
-        let built = self.build(src, Data::All)?;
-        // The index entry (if any) keeps the inode; the temporary name goes.
-        self.upper.work.remove(&built.temp.name);
-        if built.indexed {
-            new.index = Some(index::key(src.ino));
-        }
-        Ok(new)
     }
 
     /// Builds the copy of the object's top layer in the work dir, records
@@ -295,10 +308,11 @@ impl CopyUp<'_> {
         let hardlinked = st.st_mode & libc::S_IFMT != libc::S_IFDIR && links > 1;
         let indexed = recorded.and_then(|()| {
             if hardlinked {
-                // This name is now copied (or going away): the others remain.
+                // Every lower name still shows: each leaves the count as it
+                // becomes a link of the entry.
                 self.tree
                     .index()?
-                    .add(upper.work.tmp(), &temp.name, src.ino, links - 1)?;
+                    .add(upper.work.tmp(), &temp.name, src.ino, links)?;
             }
             Ok(())
         });

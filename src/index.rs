@@ -9,6 +9,14 @@
 //!   stale when one of the names is unlinked or renamed.
 //! * The entry's `lower_links` xattr counts the lower names still shown, so
 //!   `st_nlink` = (upper names) + (lower names left).
+//! * A lower name leaves the count only by becoming an upper link of the
+//!   entry (even one about to be unlinked), so the count and the entry's
+//!   link count change together: the count is written first as `NEW;OLD`,
+//!   with the link waiting in the work dir under a `.place` name, and
+//!   settles to `NEW` once the link is in place. A crash in between leaves
+//!   the `.place` link behind, and the next mount puts `OLD` back before it
+//!   removes it (`undo_placing`), so the merged link count is either the
+//!   old one or the new one, never off by one.
 //!
 //! Entries are named by inode number, which survives remounts, so the index
 //! keeps working across them.
@@ -21,6 +29,7 @@ use log::debug;
 use crate::error::Result;
 use crate::layer::{Layer, INDEX};
 use crate::sys;
+use crate::workdir::WorkDir;
 
 /// The xattr (after the metadata prefix) holding the count of lower names.
 const LOWER_LINKS: &str = "lower_links";
@@ -74,42 +83,122 @@ impl Index<'_> {
     }
 
     /// Links `name` in `dir` (an upper copy) as the entry of `ino`, with
-    /// `lower_links` lower names still shown.
+    /// `lower_links` lower names still shown. The count is on the object
+    /// before its entry appears.
     pub fn add(&self, dir: BorrowedFd, name: &OsStr, ino: u64, lower_links: u64) -> Result<()> {
         debug!("index_add {ino} ({lower_links} lower names left)");
-        let k = key(ino);
-        sys::linkat(dir, name, self.dir(), &k)?;
-        self.set_lower_links(ino, lower_links)
+        let obj = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.write_lower_links(obj.as_fd(), &lower_links.to_string())?;
+        sys::linkat(dir, name, self.dir(), &key(ino))
     }
 
     fn entry(&self, ino: u64) -> Result<OwnedFd> {
         sys::openat(self.dir(), &key(ino), libc::O_PATH, 0)
     }
 
+    fn xattr(&self) -> String {
+        format!("{}{LOWER_LINKS}", self.meta_prefix)
+    }
+
+    fn write_lower_links(&self, fd: BorrowedFd, value: &str) -> Result<()> {
+        sys::fsetxattr(fd, OsStr::new(&self.xattr()), value.as_bytes(), 0)
+    }
+
     /// How many lower names of `ino` are still shown.
     pub fn lower_links(&self, ino: u64) -> Result<u64> {
         let fd = self.entry(ino)?;
-        let name = format!("{}{LOWER_LINKS}", self.meta_prefix);
-        let v = sys::fgetxattr(fd.as_fd(), OsStr::new(&name))?;
-        Ok(v.and_then(|v| String::from_utf8(v).ok())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0))
+        let v = sys::fgetxattr(fd.as_fd(), OsStr::new(&self.xattr()))?;
+        Ok(v.and_then(|v| counts(&v)).map_or(0, |(now, _)| now))
     }
 
-    pub fn set_lower_links(&self, ino: u64, n: u64) -> Result<()> {
-        let fd = self.entry(ino)?;
-        let name = format!("{}{LOWER_LINKS}", self.meta_prefix);
-        sys::fsetxattr(fd.as_fd(), OsStr::new(&name), n.to_string().as_bytes(), 0)
-    }
-
-    /// One lower name of `ino` went away (copied up or whited out).
-    pub fn lower_name_gone(&self, ino: u64) -> Result<()> {
+    /// Makes a link of the entry of `ino` in the work dir, to be placed at
+    /// one of its lower names, and counts that name as no longer lower
+    /// (`NEW;OLD`). Returns the link's name; `placed` or `not_placed` must
+    /// follow.
+    pub fn link_for_placing(&self, work: &WorkDir, ino: u64) -> Result<OsString> {
+        let tmp = work.placing_name();
+        let entry = self.entry(ino)?;
         let n = self.lower_links(ino)?;
-        self.set_lower_links(ino, n.saturating_sub(1))
+        debug!(
+            "index_link {ino} ({} lower names left)",
+            n.saturating_sub(1)
+        );
+        // The link first: a crash before it leaves no link to undo by.
+        sys::linkat(self.dir(), &key(ino), work.tmp(), &tmp)?;
+        let counted =
+            self.write_lower_links(entry.as_fd(), &format!("{};{n}", n.saturating_sub(1)));
+        if let Err(e) = counted {
+            work.remove(&tmp);
+            return Err(e);
+        }
+        Ok(tmp)
     }
 
+    /// The link from `link_for_placing` is at its name: the count settles.
+    pub fn placed(&self, ino: u64) -> Result<()> {
+        let n = self.lower_links(ino)?;
+        self.write_lower_links(self.entry(ino)?.as_fd(), &n.to_string())
+    }
+
+    /// The link `tmp` from `link_for_placing` was not placed: the old count
+    /// comes back, then the link goes.
+    pub fn not_placed(&self, work: &WorkDir, tmp: &OsStr) {
+        if let Err(e) = undo_placing(work.tmp(), tmp) {
+            log::warn!(
+                "cannot restore the link count of {}: {e}",
+                tmp.to_string_lossy()
+            );
+        }
+        work.remove(tmp);
+    }
     /// The merged link count of an indexed object.
     pub fn nlink(&self, ino: u64, entry_nlink: u64) -> Result<u64> {
         Ok(entry_nlink.saturating_sub(1) + self.lower_links(ino)?)
+    }
+}
+
+/// `NEW` or `NEW;OLD` (a name being placed) of a `lower_links` value.
+fn counts(v: &[u8]) -> Option<(u64, Option<u64>)> {
+    let s = std::str::from_utf8(v).ok()?;
+    match s.split_once(';') {
+        Some((new, old)) => Some((new.parse().ok()?, Some(old.parse().ok()?))),
+        None => Some((s.parse().ok()?, None)),
+    }
+}
+
+/// For the `.place` link `name` in the work dir's `tmp` that never reached
+/// its name: puts back the count from before (`OLD` of `NEW;OLD`) on the
+/// object, whichever metadata prefix it was written with.
+pub fn undo_placing(tmp: BorrowedFd, name: &OsStr) -> Result<()> {
+    let obj = sys::openat(tmp, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    for prefix in ["trusted.unionfs.", "user.unionfs."] {
+        let x = format!("{prefix}{LOWER_LINKS}");
+        let v = match sys::fgetxattr(obj.as_fd(), OsStr::new(&x)) {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
+            Err(e) if e.is(libc::EOPNOTSUPP) || e.is(libc::EPERM) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some((_, Some(old))) = counts(&v) {
+            debug!(
+                "index_unlink {} ({old} lower names left)",
+                name.to_string_lossy()
+            );
+            sys::fsetxattr(obj.as_fd(), OsStr::new(&x), old.to_string().as_bytes(), 0)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counts;
+
+    #[test]
+    fn lower_links_values() {
+        assert_eq!(counts(b"3"), Some((3, None)));
+        assert_eq!(counts(b"2;3"), Some((2, Some(3))));
+        assert_eq!(counts(b"x"), None);
+        assert_eq!(counts(b"2;"), None);
     }
 }

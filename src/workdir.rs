@@ -4,10 +4,12 @@
 //! filesystems) and is never shown through the mount.
 //!
 //! Layout: `WORK/unionfs.lock` (flock held while mounted) and `WORK/tmp/`
-//! (temporaries; whatever is left there from a crash is removed at mount).
+//! (temporaries; whatever is left there from a crash is removed at mount,
+//! a `.place` link of an index entry after its count is put back).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +24,8 @@ use crate::whiteout::WriteFormat;
 
 const TMP: &str = "tmp";
 const LOCK: &str = "unionfs.lock";
+/// The suffix of `placing_name`.
+const PLACING: &str = ".place";
 
 /// The open work dir of a mount.
 #[derive(Debug)]
@@ -124,6 +128,15 @@ impl WorkDir {
         OsString::from(format!("#{}-{n}", std::process::id()))
     }
 
+    /// A fresh name for a link of an index entry on its way to one of the
+    /// object's names (see `index`): a crash leaves it for `remove_stale`
+    /// to undo.
+    pub fn placing_name(&self) -> OsString {
+        let mut name = self.temp_name();
+        name.push(PLACING);
+        name
+    }
+
     /// Removes a temporary, recursively if it is a directory.
     pub fn remove(&self, name: &OsStr) {
         if let Err(e) = remove_tree(self.tmp(), name) {
@@ -142,6 +155,9 @@ impl WorkDir {
             );
         }
         for e in entries {
+            if e.name.as_bytes().ends_with(PLACING.as_bytes()) {
+                crate::index::undo_placing(self.tmp(), &e.name)?;
+            }
             remove_tree(self.tmp(), &e.name)?;
         }
         Ok(())

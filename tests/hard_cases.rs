@@ -1530,6 +1530,115 @@ fn hard_links_survive_copy_up_by_any_name_and_remount() {
 }
 
 /// link(2) of lower files, renaming and unlinking names, across remounts.
+/// A crash while a lower name of a hard-linked object becomes a link of its
+/// index entry leaves one of two states on disk; each is made here by hand
+/// from the real layout after a copy-up, and the next mount must show the
+/// old link count or the new one, never one off:
+/// * the link still waits in `WORK/tmp` (`*.place`) and the count reads
+///   `NEW;OLD`: the name never got there, so `OLD` is put back;
+/// * the name is in place and the count still reads `NEW;OLD`: `NEW` holds,
+///   and later link(2) and unlink keep counting from it.
+#[test]
+fn a_crash_while_a_lower_name_becomes_a_link_keeps_the_link_count() {
+    if !require_mount_env() {
+        return;
+    }
+    const COUNT: &[u8] = b"trusted.unionfs.lower_links";
+    let mut fails = Vec::new();
+    let env = Env::new("hardlink-crash-states", &link_fixture(), None, "overlay");
+    let sums = env.checksum();
+    let tag0 = tag("lower1", "hl/a");
+    let m = env.mount();
+    let ino0 = ino(&env.m("hl/a"));
+    chmod(&env.m("hl/a"), 0o640);
+    m.umount();
+    let entry = env.work.join("index").join(ino0.to_string());
+    let count =
+        |what: &str, fails: &mut Vec<String>, want: &[u8]| match csys::lgetxattr(&entry, COUNT) {
+            Ok(v) if v == want => {}
+            other => fails.push(format!(
+                "{what}: lower_links = {:?}, expected {:?}",
+                other.map(show),
+                show(want)
+            )),
+        };
+    count("after the copy-up of hl/a", &mut fails, b"2");
+
+    // The link never reached hl/a.
+    let waiting = env.work.join("tmp").join("#1-1.place");
+    fs::rename(env.upper.join("hl/a"), &waiting).expect("move hl/a to tmp");
+    csys::lsetxattr(&entry, COUNT, b"2;3").expect("set lower_links");
+    let m = env.mount();
+    fails.extend(check_links(
+        &env.mnt,
+        "crash before placing",
+        &GROUP,
+        ino0,
+        3,
+        &tag0,
+        Some(0o640),
+    ));
+    if waiting.exists() {
+        fails.push("the .place link is still in WORK/tmp after mount".into());
+    }
+    count("crash before placing", &mut fails, b"3");
+    if fs::symlink_metadata(env.upper.join("hl/a")).is_ok() {
+        fails.push("crash before placing: upper/hl/a exists".into());
+    }
+    // A rename places the name again, now as a link of the index entry;
+    // then the other state.
+    fs::rename(env.m("hl/a"), env.m("hl/a2")).expect("rename hl/a hl/a2");
+    m.umount();
+    count("placed again", &mut fails, b"2");
+    csys::lsetxattr(&entry, COUNT, b"2;3").expect("set lower_links");
+    let m = env.mount();
+    fails.extend(check_links(
+        &env.mnt,
+        "crash before settling",
+        &["hl/a2", "hl/b", "other/c"],
+        ino0,
+        3,
+        &tag0,
+        Some(0o640),
+    ));
+    fs::hard_link(env.m("hl/a2"), env.m("hl/new")).expect("link hl/a2 hl/new");
+    let four = ["hl/a2", "hl/b", "other/c", "hl/new"];
+    fails.extend(check_links(
+        &env.mnt,
+        "crash before settling, link",
+        &four,
+        ino0,
+        4,
+        &tag0,
+        Some(0o640),
+    ));
+    fs::remove_file(env.m("hl/b")).expect("unlink hl/b");
+    let three = ["hl/a2", "other/c", "hl/new"];
+    fails.extend(check_links(
+        &env.mnt,
+        "crash before settling, unlink",
+        &three,
+        ino0,
+        3,
+        &tag0,
+        Some(0o640),
+    ));
+    m.umount();
+    let m = env.mount();
+    fails.extend(check_links(
+        &env.mnt,
+        "crash before settling, remount",
+        &three,
+        ino0,
+        3,
+        &tag0,
+        Some(0o640),
+    ));
+    m.umount();
+    sums.assert_unchanged();
+    assert_no_failures("link counts across a crash in copy-up", &fails);
+}
+
 #[test]
 fn link_of_lower_files_makes_real_hard_links() {
     if !require_mount_env() {

@@ -267,7 +267,9 @@ impl UnionFs {
             Leave::Nothing
         };
         if !is_dir && !found.stack.upper && found.stat.st_nlink > 1 {
-            self.lower_name_gone(&pnode, name, &found)?;
+            // The object's other names must count one link fewer: the name
+            // first becomes an upper link, then goes like any upper name.
+            self.copier()?.entry(&pnode, name, &found)?;
         }
         self.keep_reachable(&pnode, name, &found)?;
         let _names = pnode.names.lock();
@@ -329,28 +331,6 @@ impl UnionFs {
         let pdir = self.tree.dir(parent, UPPER)?;
         self.tree.index()?.add(pdir.fd(), name, found.ino, 0)?;
         node.update_stack(|s| s.index = Some(index::key(found.ino)));
-        Ok(())
-    }
-
-    /// A lower name (`name` in `parent`, resolved to `found`) of a
-    /// hard-linked object goes away (unlink, or rename after which the name
-    /// is copied): the object's other names must count one link fewer,
-    /// which only an index entry can record.
-    pub(super) fn lower_name_gone(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
-        let live = self.tree.nodes.get(found.ino).ok();
-        let _guard = live.as_ref().map(|n| n.lock.lock());
-        let indexed = live
-            .as_ref()
-            .and_then(|n| n.stack().index)
-            .or(found.stack.index.clone());
-        if indexed.is_some() {
-            return self.tree.index()?.lower_name_gone(found.ino);
-        }
-        let src = Node::detached(found.ino, found.kind, found.stack.clone(), parent.ino, name);
-        let new = self.copier()?.to_index(&src)?;
-        if let (Some(node), Some(key)) = (&live, new.index) {
-            node.update_stack(|s| s.index = Some(key));
-        }
         Ok(())
     }
 }

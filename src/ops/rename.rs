@@ -99,7 +99,8 @@ impl UnionFs {
             .filter(|d| !exchange && d.kind != libc::S_IFDIR)
         {
             if !d.stack.upper && d.stat.st_nlink > 1 {
-                self.lower_name_gone(&npnode, newname, d)?;
+                // As in unlink: the replaced name first becomes an upper link.
+                self.copier()?.entry(&npnode, newname, d)?;
             }
             self.keep_reachable(&npnode, newname, d)?;
         }

@@ -221,7 +221,7 @@ impl CopyUp<'_> {
         } else {
             let is_dir = built.temp.kind == libc::S_IFDIR;
             let tmp = &built.temp.name;
-            if let Err(e) = self.place(parent, &pdir, name, src.ino, tmp, is_dir) {
+            if let Err(e) = self.place(parent, &pdir, name, tmp, is_dir) {
                 upper.work.remove(tmp);
                 return Err(e);
             }
@@ -251,7 +251,7 @@ impl CopyUp<'_> {
     ) -> Result<()> {
         let index = self.tree.index()?;
         let tmp = index.link_for_placing(&self.upper.work, ino)?;
-        match self.place(parent, pdir, name, ino, &tmp, false) {
+        match self.place(parent, pdir, name, &tmp, false) {
             Ok(()) => index.placed(ino),
             Err(e) => {
                 index.not_placed(&self.upper.work, &tmp);
@@ -261,25 +261,26 @@ impl CopyUp<'_> {
     }
 
     /// Puts the temporary `tmp` at `name` in `parent`, under the parent's
-    /// names lock and only if the name still shows the object `ino` (an
-    /// unlink or rename may have happened while the copy was made); the
-    /// caller removes `tmp` if not.
+    /// names lock and only if the name still shows the lower object being
+    /// copied (an unlink or rename may have happened while the copy was
+    /// made); the caller removes `tmp` if not. Lowers never change, so the
+    /// name shows it still exactly while the upper holds nothing there, no
+    /// object and no whiteout.
     fn place(
         &self,
         parent: &Node,
         pdir: &LayerDir,
         name: &OsStr,
-        ino: u64,
         tmp: &OsStr,
         is_dir: bool,
     ) -> Result<()> {
         let _names = parent.names.lock();
-        let still = lookup::resolve(self.tree, parent, name)?;
-        if !still.is_some_and(|f| f.ino == ino && !f.stack.upper) {
+        let slot = whiteout::upper_slot(pdir.fd(), pdir.marks, name)?;
+        if slot.object || slot.is_whiteout() {
             return Err(Error::errno(libc::ENOENT).context("changed during copy-up"));
         }
         keep_times(pdir.fd(), || {
-            self.upper.place(tmp, pdir, name, is_dir).map(|_| ())
+            self.upper.place_in(tmp, pdir, name, is_dir, slot)
         })
     }
 

@@ -279,6 +279,20 @@ impl Upper {
             self.work.remove(tmp);
             return Err(crate::error::Error::errno(libc::EEXIST));
         }
+        self.place_in(tmp, dir, name, is_dir, slot)?;
+        Ok(slot.is_whiteout())
+    }
+
+    /// As `place`, for a caller that has read `slot` itself, under the
+    /// directory's names lock, and found no object there.
+    pub fn place_in(
+        &self,
+        tmp: &OsStr,
+        dir: &LayerDir,
+        name: &OsStr,
+        is_dir: bool,
+        slot: whiteout::UpperSlot,
+    ) -> Result<()> {
         if slot.whiteout_at_name {
             self.create_over_whiteout(tmp, dir.fd(), name, is_dir)?;
         } else {
@@ -290,7 +304,7 @@ impl Upper {
             // so removing the marker now opens no window onto the lowers.
             sys::unlinkat(dir.fd(), &whiteout::oci_whiteout_name(name), 0)?;
         }
-        Ok(slot.is_whiteout())
+        Ok(())
     }
 
     fn create_over_whiteout(

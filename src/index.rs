@@ -151,6 +151,7 @@ impl Index<'_> {
         }
         work.remove(tmp);
     }
+
     /// The merged link count of an indexed object.
     pub fn nlink(&self, ino: u64, entry_nlink: u64) -> Result<u64> {
         Ok(entry_nlink.saturating_sub(1) + self.lower_links(ino)?)

@@ -225,6 +225,20 @@ enum Step {
     },
 }
 
+/// Between the calls of a history printed several to a line.
+const HISTORY_SEP: &str = " ;; ";
+
+/// A history as printed in a failure: several calls to a line, so that a
+/// long one survives a CI log viewer that keeps only the first and last
+/// lines of an output; `replay_history` reads it back as it is.
+fn packed(history: &[String]) -> String {
+    history
+        .chunks(8)
+        .map(|c| c.join(HISTORY_SEP))
+        .collect::<Vec<_>>()
+        .join("\n      ")
+}
+
 fn parent_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(p, _)| p)
 }
@@ -655,9 +669,9 @@ impl Worker {
                 if !killed.load(Ordering::SeqCst) {
                     self.failures.push(format!(
                         "{:?} failed with the daemon alive: {e}\n    calls since the upper was fresh \
-                         (kills between them marked):\n      {}",
+                         (kills between them marked; {HISTORY_SEP:?} between calls):\n      {}",
                         self.inflight.as_ref().expect("in flight"),
-                        self.history.join("\n      ")
+                        packed(&self.history)
                     ));
                 }
                 Err(Stop)
@@ -1280,7 +1294,7 @@ fn check_round(
                 f.push(format!(
                     "{}: the view is neither the state before nor after the call in flight ({:?}):\n    \
                      vs before:\n      {}\n    vs after:\n      {}\n    \
-                     calls since the upper was fresh:\n      {}",
+                     calls since the upper was fresh ({HISTORY_SEP:?} between them):\n      {}",
                     w.root,
                     step,
                     cut(&before),
@@ -1289,7 +1303,7 @@ fn check_round(
                     } else {
                         "(nothing was in flight)".into()
                     },
-                    w.history.join("\n      ")
+                    packed(&w.history)
                 ));
             }
         }
@@ -1792,7 +1806,8 @@ impl Replayer {
 /// upper, checking the view against the model (after every call unless
 /// `UNIONFS_CRASH_REPLAY_CHECK=end`), and stops at the first divergence.
 ///
-/// * `UNIONFS_CRASH_REPLAY=FILE`: history lines of one storm thread;
+/// * `UNIONFS_CRASH_REPLAY=FILE`: history lines of one storm thread, as
+///   printed (several calls to a line, separated by `HISTORY_SEP`);
 /// * `UNIONFS_CRASH_SEED`: as in the failing run (the fixture depends on it);
 /// * `UNIONFS_CRASH_REPLAY_FORMAT=overlay|oci`, `UNIONFS_CRASH_REPLAY_DISK=1`
 ///   (upper on disk, not tmpfs), `UNIONFS_CRASH_REPLAY_KILL=1` (kill -9 at
@@ -1813,7 +1828,8 @@ fn replay_history() {
     let reduce = std::env::var_os("UNIONFS_CRASH_REPLAY_REDUCE").is_some();
     let text = fs::read_to_string(&file).expect("read the history");
     let mut items = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let calls = text.lines().flat_map(|l| l.split(HISTORY_SEP));
+    for line in calls.map(str::trim).filter(|l| !l.is_empty()) {
         if line.starts_with("--- kill") {
             items.push(Item::Remount);
         } else if line.starts_with("--- found not applied") {

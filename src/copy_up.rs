@@ -250,11 +250,11 @@ impl CopyUp<'_> {
         ino: u64,
     ) -> Result<()> {
         let index = self.tree.index()?;
-        let tmp = index.link_for_placing(&self.upper.work, ino)?;
-        match self.place(parent, pdir, name, &tmp, false) {
-            Ok(()) => index.placed(ino),
+        let link = index.link_for_placing(&self.upper.work, ino)?;
+        match self.place(parent, pdir, name, &link.tmp, false) {
+            Ok(()) => index.placed(&link),
             Err(e) => {
-                index.not_placed(&self.upper.work, &tmp);
+                index.not_placed(&self.upper.work, &link);
                 Err(e)
             }
         }

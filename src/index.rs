@@ -106,56 +106,62 @@ impl Index<'_> {
 
     /// How many lower names of `ino` are still shown.
     pub fn lower_links(&self, ino: u64) -> Result<u64> {
-        let fd = self.entry(ino)?;
-        let v = sys::fgetxattr(fd.as_fd(), OsStr::new(&self.xattr()))?;
+        self.read_lower_links(self.entry(ino)?.as_fd())
+    }
+
+    fn read_lower_links(&self, fd: BorrowedFd) -> Result<u64> {
+        let v = sys::fgetxattr(fd, OsStr::new(&self.xattr()))?;
         Ok(v.and_then(|v| counts(&v)).map_or(0, |(now, _)| now))
     }
 
     /// Makes a link of the entry of `ino` in the work dir, to be placed at
     /// one of its lower names, and counts that name as no longer lower
-    /// (`NEW;OLD`). Returns the link's name; `placed` or `not_placed` must
-    /// follow.
-    pub fn link_for_placing(&self, work: &WorkDir, ino: u64) -> Result<OsString> {
+    /// (`NEW;OLD`). `placed` or `not_placed` must follow.
+    pub fn link_for_placing(&self, work: &WorkDir, ino: u64) -> Result<Placing> {
         let tmp = work.placing_name();
         let entry = self.entry(ino)?;
-        let n = self.lower_links(ino)?;
-        debug!(
-            "index_link {ino} ({} lower names left)",
-            n.saturating_sub(1)
-        );
+        let old = self.read_lower_links(entry.as_fd())?;
+        let left = old.saturating_sub(1);
+        debug!("index_link {ino} ({left} lower names left)");
         // The link first: a crash before it leaves no link to undo by.
         sys::linkat(self.dir(), &key(ino), work.tmp(), &tmp)?;
-        let counted =
-            self.write_lower_links(entry.as_fd(), &format!("{};{n}", n.saturating_sub(1)));
-        if let Err(e) = counted {
+        if let Err(e) = self.write_lower_links(entry.as_fd(), &format!("{left};{old}")) {
             work.remove(&tmp);
             return Err(e);
         }
-        Ok(tmp)
+        Ok(Placing { tmp, entry, left })
     }
 
     /// The link from `link_for_placing` is at its name: the count settles.
-    pub fn placed(&self, ino: u64) -> Result<()> {
-        let n = self.lower_links(ino)?;
-        self.write_lower_links(self.entry(ino)?.as_fd(), &n.to_string())
+    pub fn placed(&self, p: &Placing) -> Result<()> {
+        self.write_lower_links(p.entry.as_fd(), &p.left.to_string())
     }
 
-    /// The link `tmp` from `link_for_placing` was not placed: the old count
-    /// comes back, then the link goes.
-    pub fn not_placed(&self, work: &WorkDir, tmp: &OsStr) {
-        if let Err(e) = undo_placing(work.tmp(), tmp) {
+    /// The link from `link_for_placing` was not placed: the old count comes
+    /// back, then the link goes.
+    pub fn not_placed(&self, work: &WorkDir, p: &Placing) {
+        if let Err(e) = undo_placing(work.tmp(), &p.tmp) {
             log::warn!(
                 "cannot restore the link count of {}: {e}",
-                tmp.to_string_lossy()
+                p.tmp.to_string_lossy()
             );
         }
-        work.remove(tmp);
+        work.remove(&p.tmp);
     }
 
     /// The merged link count of an indexed object.
     pub fn nlink(&self, ino: u64, entry_nlink: u64) -> Result<u64> {
         Ok(entry_nlink.saturating_sub(1) + self.lower_links(ino)?)
     }
+}
+
+/// A link of an index entry on its way to one of the object's names.
+pub struct Placing {
+    /// Its name in the work dir's `tmp`.
+    pub tmp: OsString,
+    entry: OwnedFd,
+    /// Lower names left once it is placed.
+    left: u64,
 }
 
 /// `NEW` or `NEW;OLD` (a name being placed) of a `lower_links` value.

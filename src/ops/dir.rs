@@ -266,12 +266,7 @@ impl UnionFs {
         } else {
             Leave::Nothing
         };
-        if !is_dir && !found.stack.upper && found.stat.st_nlink > 1 {
-            // The object's other names must count one link fewer: the name
-            // first becomes an upper link, then goes like any upper name.
-            self.copier()?.entry(&pnode, name, &found)?;
-        }
-        self.keep_reachable(&pnode, name, &found)?;
+        self.link_goes(&pnode, name, &found)?;
         let _names = pnode.names.lock();
         // Again under the lock: a copy-up may have given it an upper copy.
         let now = lookup::resolve(&self.tree, &pnode, name)?
@@ -314,12 +309,18 @@ impl UnionFs {
         }
     }
 
-    /// Before the upper name `name` (in `parent`) of a hard-linked object is
-    /// removed or replaced: if the node reaches its upper copy by that very
-    /// name, give it an index entry to reach it by from now on.
-    pub(super) fn keep_reachable(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
-        if !found.stack.upper || found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1 {
+    /// Before the name `name` (in `parent`) of a hard-linked object is
+    /// removed or replaced. A lower name first becomes an upper link of the
+    /// object's index entry, so that its other names count one link fewer
+    /// once it goes like any upper name (see `index.rs`). An upper name by
+    /// which the node reaches its copy gives it an index entry to reach it
+    /// by from now on.
+    pub(super) fn link_goes(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
+        if found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1 {
             return Ok(());
+        }
+        if !found.stack.upper {
+            return self.copier()?.entry(parent, name, found);
         }
         let Ok(node) = self.tree.nodes.get(found.ino) else {
             return Ok(());

@@ -94,15 +94,8 @@ impl UnionFs {
             Some(d) => Some(self.ready(&npnode, newname, d, &pnode, name)?),
             None => None,
         };
-        if let Some(d) = dst
-            .as_ref()
-            .filter(|d| !exchange && d.kind != libc::S_IFDIR)
-        {
-            if !d.stack.upper && d.stat.st_nlink > 1 {
-                // As in unlink: the replaced name first becomes an upper link.
-                self.copier()?.entry(&npnode, newname, d)?;
-            }
-            self.keep_reachable(&npnode, newname, d)?;
+        if let Some(d) = dst.as_ref().filter(|_| !exchange) {
+            self.link_goes(&npnode, newname, d)?;
         }
 
         let pdir = self.tree.dir(&pnode, UPPER)?;

@@ -1306,6 +1306,32 @@ fn redirect_below_new_opaque_dir(format: &'static str) -> Vec<String> {
             fails.push(format!("{format}: {kept} is missing"));
         }
     }
+    // Which layer holds what: `e` is opaque in the upper. Overlay format:
+    // `e/d` is the moved dir with its redirect, and the upper holds the
+    // whiteouts while the kept files stay in the lower only. OCI format:
+    // `e/d` is an opaque copy of the tree, holding the kept files.
+    push_err(&mut fails, check_opaque(&env.upper, "e", format));
+    let upper_has = |rel: &str| fs::symlink_metadata(env.upper.join(rel)).is_ok();
+    if format == "overlay" {
+        for wh in ["e/d/gone", "e/d/sub/deep"] {
+            push_err(&mut fails, check_whiteout(&env.upper, wh, format));
+        }
+        match csys::lgetxattr(&env.upper.join("e/d"), b"trusted.overlay.redirect") {
+            Ok(v) if v == b"/o" => {}
+            other => fails.push(format!(
+                "upper/e/d: redirect {:?}, expected \"/o\"",
+                other.map(show)
+            )),
+        }
+        if upper_has("e/d/kept") {
+            fails.push("overlay: upper/e/d/kept exists: the moved dir was copied".into());
+        }
+    } else {
+        push_err(&mut fails, check_opaque(&env.upper, "e/d", format));
+        if !upper_has("e/d/kept") || upper_has("e/d/gone") {
+            fails.push("oci: upper/e/d is not the copied tree (kept in, gone out)".into());
+        }
+    }
     m.umount();
     sums.assert_unchanged();
     let kenv = Env::new(
@@ -1563,21 +1589,17 @@ fn a_crash_while_a_lower_name_becomes_a_link_keeps_the_link_count() {
             )),
         };
     count("after the copy-up of hl/a", &mut fails, b"2");
+    // Every name shows the one object, with `n` links, mode 0640.
+    let links = |what: &str, names: &[&str], n: u64| {
+        check_links(&env.mnt, what, names, ino0, n, &tag0, Some(0o640))
+    };
 
     // The link never reached hl/a.
     let waiting = env.work.join("tmp").join("#1-1.place");
     fs::rename(env.upper.join("hl/a"), &waiting).expect("move hl/a to tmp");
     csys::lsetxattr(&entry, COUNT, b"2;3").expect("set lower_links");
     let m = env.mount();
-    fails.extend(check_links(
-        &env.mnt,
-        "crash before placing",
-        &GROUP,
-        ino0,
-        3,
-        &tag0,
-        Some(0o640),
-    ));
+    fails.extend(links("crash before placing", &GROUP, 3));
     if waiting.exists() {
         fails.push("the .place link is still in WORK/tmp after mount".into());
     }
@@ -1592,48 +1614,22 @@ fn a_crash_while_a_lower_name_becomes_a_link_keeps_the_link_count() {
     count("placed again", &mut fails, b"2");
     csys::lsetxattr(&entry, COUNT, b"2;3").expect("set lower_links");
     let m = env.mount();
-    fails.extend(check_links(
-        &env.mnt,
+    fails.extend(links(
         "crash before settling",
         &["hl/a2", "hl/b", "other/c"],
-        ino0,
         3,
-        &tag0,
-        Some(0o640),
     ));
     fs::hard_link(env.m("hl/a2"), env.m("hl/new")).expect("link hl/a2 hl/new");
     let four = ["hl/a2", "hl/b", "other/c", "hl/new"];
-    fails.extend(check_links(
-        &env.mnt,
-        "crash before settling, link",
-        &four,
-        ino0,
-        4,
-        &tag0,
-        Some(0o640),
-    ));
+    fails.extend(links("crash before settling, link", &four, 4));
     fs::remove_file(env.m("hl/b")).expect("unlink hl/b");
+    // The lower name went the way of an upper one: a whiteout in its place.
+    push_err(&mut fails, check_whiteout(&env.upper, "hl/b", "overlay"));
     let three = ["hl/a2", "other/c", "hl/new"];
-    fails.extend(check_links(
-        &env.mnt,
-        "crash before settling, unlink",
-        &three,
-        ino0,
-        3,
-        &tag0,
-        Some(0o640),
-    ));
+    fails.extend(links("crash before settling, unlink", &three, 3));
     m.umount();
     let m = env.mount();
-    fails.extend(check_links(
-        &env.mnt,
-        "crash before settling, remount",
-        &three,
-        ino0,
-        3,
-        &tag0,
-        Some(0o640),
-    ));
+    fails.extend(links("crash before settling, remount", &three, 3));
     m.umount();
     sums.assert_unchanged();
     assert_no_failures("link counts across a crash in copy-up", &fails);

@@ -143,6 +143,7 @@ const USAGE: &str = "\
 unionfs mount -l LOWER[:LOWER...] [-u UPPER [-w WORK]] [-v] [OPTIONS] MNT
        unionfs umount MNT
        unionfs which|ls|layers|diff|commit|squash -l LOWER[:LOWER...] [-u UPPER] ...
+       unionfs which|ls|layers|diff|commit ... PATH-IN-A-LIVE-MOUNT
        unionfs apply LAYER.tar[.gz] DIR [--format overlay|oci|auto]
        unionfs -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=WORK][,OPTS] [-f] MNT
        unionfs SOURCE MNT -o lowerdir=LOWER[:LOWER...][,OPTS]";
@@ -155,9 +156,10 @@ Examples:
     unionfs mount -l /img/top:/img/base /mnt/merged
   fuse-overlayfs style, as run by containers/storage (mount_program):
     unionfs -o lowerdir=/img/top:/img/base,upperdir=/data/upper,workdir=/data/work /mnt/merged
-  mount.fuse style, as run by `mount -t fuse.unionfs` and /etc/fstab:
+  mount.fuse style, as run by `mount -t fuse.unionfs`:
     mount -t fuse.unionfs unionfs /mnt/merged -o lowerdir=/img/top:/img/base,upperdir=/data/upper
-    unionfs /mnt/merged fuse.unionfs lowerdir=/img/top:/img/base,upperdir=/data/upper 0 0
+  The same as a line of /etc/fstab (not a command):
+    unionfs  /mnt/merged  fuse.unionfs  lowerdir=/img/top:/img/base,upperdir=/data/upper  0 0
   Unmount:
     unionfs umount /mnt/merged
 
@@ -260,7 +262,12 @@ struct WhichArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Without -l, DIR is a directory in a live unionfs mount.")]
+#[command(after_help = "Without -l, DIR is a directory in a live unionfs mount.
+
+Each line: the layer serving the entry, a mark, mode, size, name. The mark
+is '+' for a directory that merges with lower directories of the same name,
+'*' for an entry that hides lower copies (a file over lower files, an
+opaque directory), blank otherwise.")]
 struct LsArgs {
     #[command(flatten)]
     layers: LayerFlags,
@@ -273,19 +280,27 @@ struct LsArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Without -l, MNT is a path in a live unionfs mount, whose layers are read.")]
 struct LayersArgs {
     #[command(flatten)]
     layers: LayerFlags,
+    /// A path in a live unionfs mount (instead of -l and -u)
+    #[arg(value_name = "MNT")]
+    mnt: Option<OsString>,
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Without -l, MNT is a path in a live unionfs mount, whose layers are read.")]
 struct CommitArgs {
     #[command(flatten)]
     layers: LayerFlags,
+    /// A path in a live unionfs mount (instead of -l and -u)
+    #[arg(value_name = "MNT")]
+    mnt: Option<OsString>,
     /// Output tarball ('-' for stdout; a name ending .gz or .tgz is compressed)
     #[arg(short = 'o', long = "output", value_name = "LAYER.tar")]
     output: OsString,
-    /// Sorted entries, times clamped to SOURCE_DATE_EPOCH (0 when unset)
+    /// Bytes that depend on the content only: times clamped to SOURCE_DATE_EPOCH (0 when unset)
     #[arg(long)]
     reproducible: bool,
 }
@@ -365,6 +380,27 @@ fn required_layers(
         .ok_or_else(|| usage_error("no lower layers given (use -l LOWER[:LOWER...])"))
 }
 
+/// The layers a whole-union tool reads: named with `-l`/`-u`, or those of
+/// the live mount that `mnt` is in (found when the tool runs).
+fn layers_or_mount(
+    flags: LayerFlags,
+    mnt: Option<OsString>,
+    need_upper: bool,
+) -> Result<crate::tools::LayerSource, CliError> {
+    use crate::tools::LayerSource;
+    match (flags.lower.is_some() || flags.upper.is_some(), mnt) {
+        (true, Some(m)) => Err(usage_error(format!(
+            "unexpected argument '{}': with -l the layers are named, give no mount path",
+            m.to_string_lossy()
+        ))),
+        (true, None) => Ok(LayerSource::Given(required_layers(flags, need_upper)?)),
+        (false, Some(m)) => Ok(LayerSource::Mount(m)),
+        (false, None) => Err(usage_error(
+            "no layers given (use -l LOWER[:LOWER...] -u UPPER, or a path in a live unionfs mount)",
+        )),
+    }
+}
+
 fn parse_tool(sub: Sub) -> Result<Command, CliError> {
     use crate::tools::{ApplyFormat, ToolCommand};
     let cmd = match sub {
@@ -377,10 +413,10 @@ fn parse_tool(sub: Sub) -> Result<Command, CliError> {
             recursive: a.recursive,
             dir: a.dir,
         },
-        Sub::Layers(a) => ToolCommand::Layers(required_layers(a.layers, false)?),
-        Sub::Diff(a) => ToolCommand::Diff(required_layers(a.layers, true)?),
+        Sub::Layers(a) => ToolCommand::Layers(layers_or_mount(a.layers, a.mnt, false)?),
+        Sub::Diff(a) => ToolCommand::Diff(layers_or_mount(a.layers, a.mnt, true)?),
         Sub::Commit(a) => ToolCommand::Commit {
-            layers: required_layers(a.layers, true)?,
+            layers: layers_or_mount(a.layers, a.mnt, true)?,
             output: a.output,
             reproducible: a.reproducible,
         },
@@ -509,8 +545,9 @@ fn help_text() -> String {
 
 /// Turns a clap outcome that is not a parse into ours: help and version
 /// become text to print, and a real error becomes one line (clap's message
-/// without its usage block).
-fn from_clap(e: clap::Error) -> Result<Command, CliError> {
+/// without its usage block, pointing at the help of `sub`, the subcommand
+/// typed, if any).
+fn from_clap(e: clap::Error, sub: Option<&str>) -> Result<Command, CliError> {
     match e.kind() {
         // Subcommands would say "unionfs-mount 0.1.0"; tools probe for ours.
         ErrorKind::DisplayVersion => Ok(Command::Print(version_line())),
@@ -522,7 +559,11 @@ fn from_clap(e: clap::Error) -> Result<Command, CliError> {
             let first = text.split("\n\n").next().unwrap_or_default();
             let first = first.strip_prefix("error: ").unwrap_or(first);
             let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
-            Err(usage_error(format!("{line} (try 'unionfs --help')")))
+            let help = match sub {
+                Some(sub) if sub != "help" => format!("unionfs {sub} --help"),
+                _ => "unionfs --help".to_owned(),
+            };
+            Err(usage_error(format!("{line} (try '{help}')")))
         }
     }
 }
@@ -588,7 +629,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
                     command: Sub::Umount(u),
                 }) => resolve_umount(&u.mountpoint).map(Command::Umount),
                 Ok(Cli { command }) => parse_tool(command),
-                Err(e) => from_clap(e),
+                Err(e) => from_clap(e, first.to_str().filter(|f| !f.starts_with('-'))),
             }
         }
         _ => parse_compat(args.get(1..).unwrap_or_default()),

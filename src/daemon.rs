@@ -209,6 +209,11 @@ fn fusermount_unmount(mnt: &Path, lazy: bool) -> Result<(), Error> {
     }
 }
 
+/// True when the mount table lists `mnt` (false when it cannot be read).
+fn is_mount_point(mnt: &Path) -> bool {
+    crate::mountinfo::mounts().is_ok_and(|ms| ms.iter().any(|m| m.point == mnt))
+}
+
 /// How long `unionfs umount` waits for the daemon to let go.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
@@ -223,7 +228,14 @@ pub fn unmount(mnt: &Path) -> Result<(), String> {
         Err(e) if e.is(libc::EPERM) => fusermount_unmount(mnt, false),
         other => other,
     };
-    r.map_err(|e| format!("cannot unmount {}: {e}", mnt.display()))?;
+    r.map_err(|e| {
+        // umount(2) says EINVAL for a path that is no mount point; say that.
+        if e.is(libc::EINVAL) && !is_mount_point(mnt) {
+            format!("cannot unmount {}: not a mount point", mnt.display())
+        } else {
+            format!("cannot unmount {}: {e}", mnt.display())
+        }
+    })?;
     if conn.is_some() {
         let left = fuse_conn::wait_exited(serving, RELEASE_WAIT);
         if !left.is_empty() {

@@ -70,7 +70,8 @@ pub fn is_marker_name(name: &OsStr) -> bool {
 pub fn oci_whited_out_name(name: &OsStr) -> Option<&OsStr> {
     let n = name.as_bytes();
     let rest = n.strip_prefix(WH_PREFIX)?;
-    if rest.starts_with(WH_PREFIX) || rest.is_empty() {
+    // `.wh..` and `.wh...` name no entry a directory can hold.
+    if rest.starts_with(WH_PREFIX) || matches!(rest, b"" | b"." | b"..") {
         return None;
     }
     Some(OsStr::from_bytes(rest))
@@ -146,6 +147,24 @@ pub fn dir_marks(dir: BorrowedFd) -> Result<(DirMarks, Option<OsString>)> {
         }
     }
     Ok((marks, redirect))
+}
+
+/// Which marker makes the open directory `dir` opaque, in words (for the
+/// tools that explain a view): `trusted.overlay.opaque=y`, `.wh..wh..opq`.
+pub fn opaque_marker(dir: BorrowedFd) -> Result<Option<String>> {
+    for x in OPAQUE_XATTRS {
+        match sys::fgetxattr(dir, OsStr::new(x)) {
+            Ok(Some(v)) if v.as_slice() == b"y" => return Ok(Some(format!("{x}=y"))),
+            Ok(_) => {}
+            Err(e) if is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match sys::statat(dir, OsStr::new(OCI_OPAQUE)) {
+        Ok(_) => Ok(Some(format!("{OCI_OPAQUE} file"))),
+        Err(e) if e.is(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// True when the object `name` of a layer's directory `dir`, whose lstat is

@@ -100,12 +100,19 @@ impl Rendered {
     }
 }
 
-/// Parses `ls -R` output into path -> (layer label, shadows, mode string).
-fn parse_ls(text: &str) -> BTreeMap<String, (String, bool, String)> {
+/// Parses `ls -R` output into path -> (layer label, mark, mode string).
+fn parse_ls(text: &str) -> BTreeMap<String, (String, char, String)> {
     let mut out = BTreeMap::new();
     let mut dir = String::new();
     for line in text.lines() {
         if line.is_empty() {
+            continue;
+        }
+        if line.starts_with('(') {
+            assert_eq!(
+                line, "(+ merges with lower directories   * hides lower copies)",
+                "the legend"
+            );
             continue;
         }
         if let Some(d) = line.strip_suffix(':') {
@@ -113,7 +120,7 @@ fn parse_ls(text: &str) -> BTreeMap<String, (String, bool, String)> {
             continue;
         }
         let label = line[..8].trim().to_string();
-        let star = &line[9..10] == "*";
+        let star = line[9..10].chars().next().expect("a mark column");
         let rest = &line[11..];
         let mode = rest[..10].to_string();
         let after = rest[10..].trim_start();
@@ -168,15 +175,16 @@ fn ls_shows_the_serving_layer_of_every_entry_in_every_format() {
                 failures.push(format!("{p}: listed, not in the model"));
             }
         }
-        // Shadow marks where lower copies sit below.
-        for (p, star) in [
-            ("etc/motd", true),
-            ("etc", true),
-            ("new.txt", false),
-            ("x/y", false),
+        // '+' where a directory merges, '*' where lower copies are hidden.
+        for (p, mark) in [
+            ("etc/motd", '*'),
+            ("etc", '+'),
+            ("shadowed", '*'),
+            ("new.txt", ' '),
+            ("x/y", ' '),
         ] {
-            if listed.get(p).map(|l| l.1) != Some(star) {
-                failures.push(format!("{p}: shadow mark should be {star}"));
+            if listed.get(p).map(|l| l.1) != Some(mark) {
+                failures.push(format!("{p}: mark should be {mark:?}"));
             }
         }
         assert_no_failures(&format!("{format:?}"), &failures);

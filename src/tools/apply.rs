@@ -4,11 +4,13 @@
 //! directory (`..`, absolute paths, hard links out of it, paths through a
 //! symlink) are refused, and a failure leaves nothing behind.
 
+use std::cell::{Cell, RefCell};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::rc::Rc;
 
 use flate2::read::GzDecoder;
 use tar::{Archive, EntryType};
@@ -44,26 +46,132 @@ fn clean(raw: &[u8], what: &str) -> Result<OsString, ToolError> {
     Ok(out)
 }
 
-fn open_input(archive: &OsStr) -> Result<Box<dyn Read>, ToolError> {
-    let raw: Box<dyn Read> = if archive == "-" {
-        Box::new(io::stdin())
+/// Why a `.wh.` entry named `name` cannot be applied, if it cannot: a
+/// whiteout of `.`, `..` or the empty name would mark the entry's own
+/// directory or its parent (outside DIR at the top) opaque, and the
+/// readers ignore such names, so the two formats would disagree.
+fn bad_marker(name: &OsStr) -> Option<&'static str> {
+    match name.as_bytes().strip_prefix(whiteout::WH_PREFIX)? {
+        b"" => Some("a whiteout of the empty name"),
+        b"." => Some("a whiteout of '.' (its own directory)"),
+        b".." => Some("a whiteout of '..' (the parent directory)"),
+        _ => None,
+    }
+}
+
+/// The archive's bytes on their way to the tar reader. It remembers how
+/// many came through and what failed below the tar format (a read error,
+/// a broken gzip stream), so a failure is described by its cause rather
+/// than by what the tar parser made of the bytes.
+struct Tracked {
+    inner: Box<dyn Read>,
+    seen: Rc<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    bytes: Cell<u64>,
+    failure: RefCell<Option<io::Error>>,
+}
+
+impl Read for Tracked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.seen.bytes.set(self.seen.bytes.get() + n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                let kept = io::Error::new(e.kind(), e.to_string());
+                *self.seen.failure.borrow_mut() = Some(kept);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The archive being read, for messages about it.
+struct Source {
+    /// The file's name, or "standard input".
+    shown: String,
+    gzip: bool,
+    seen: Rc<Seen>,
+}
+
+impl Source {
+    /// Opens `archive` ('-': stdin), gzip or plain by its first bytes.
+    fn open(archive: &OsStr) -> Result<(Source, Tracked), ToolError> {
+        let (shown, raw): (String, Box<dyn Read>) = if archive == "-" {
+            ("standard input".to_owned(), Box::new(io::stdin()))
+        } else {
+            let shown = std::path::Path::new(archive).display().to_string();
+            let f = File::open(archive)
+                .map_err(|e| ToolError(format!("{shown}: {}", ToolError::from(e))))?;
+            (shown, Box::new(f))
+        };
+        let mut buf = BufReader::new(raw);
+        // gzip by its magic number, whatever the name says.
+        let gzip = buf
+            .fill_buf()
+            .map_err(|e| ToolError(format!("{shown}: {}", ToolError::from(e))))?
+            .starts_with(&[0x1f, 0x8b]);
+        let inner: Box<dyn Read> = if gzip {
+            Box::new(GzDecoder::new(buf))
+        } else {
+            Box::new(buf)
+        };
+        let seen = Rc::new(Seen::default());
+        let source = Source {
+            shown,
+            gzip,
+            seen: seen.clone(),
+        };
+        Ok((source, Tracked { inner, seen }))
+    }
+
+    /// Describes a failure to read the archive, `last` the entry read last.
+    fn failed(&self, last: Option<&OsStr>, e: &io::Error) -> ToolError {
+        let shown = &self.shown;
+        let at = match last {
+            Some(p) => format!(" (after entry '{}')", show_path(p)),
+            None => String::new(),
+        };
+        let cause = match self.seen.failure.borrow().as_ref() {
+            Some(f) if self.gzip && f.kind() == io::ErrorKind::UnexpectedEof => {
+                "truncated gzip data".to_owned()
+            }
+            Some(f) if self.gzip => format!("corrupt gzip data ({})", super::io_text(f)),
+            Some(f) => format!("read error: {}", super::io_text(f)),
+            None if last.is_none() => {
+                let what = if self.gzip {
+                    "gzip data that is not a tar archive"
+                } else {
+                    "not a tar archive"
+                };
+                return ToolError(format!("{shown}: {what}"));
+            }
+            None => tar_cause(e).to_owned(),
+        };
+        ToolError(format!("{shown}: {cause}{at}"))
+    }
+}
+
+/// A tar parser's complaint in a few words, without the field's bytes it
+/// quotes (which may be anything: the file was not a tar archive).
+fn tar_cause(e: &io::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("numeric field") {
+        "corrupt header (a number field holds something else)"
+    } else if text.contains("checksum") {
+        "corrupt header (checksum mismatch)"
+    } else if e.kind() == io::ErrorKind::UnexpectedEof
+        || text.contains("entire block")
+        || text.contains("EOF")
+    {
+        "truncated archive"
     } else {
-        Box::new(File::open(archive).map_err(|e| {
-            ToolError(format!(
-                "{}: {}",
-                std::path::Path::new(archive).display(),
-                ToolError::from(e)
-            ))
-        })?)
-    };
-    let mut buf = BufReader::new(raw);
-    // gzip by its magic number, whatever the name says.
-    let gz = buf.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    Ok(if gz {
-        Box::new(GzDecoder::new(buf))
-    } else {
-        Box::new(buf)
-    })
+        "corrupt archive"
+    }
 }
 
 /// Unpacks `archive` into the new directory `dir`.
@@ -74,24 +182,35 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
         ApplyFormat::Oci => false,
         ApplyFormat::Auto => is_root,
     };
-    let input = open_input(archive)?;
+    let (source, input) = Source::open(archive)?;
     let mut stage = Stage::new(dir)?;
     let mut whiteouts: Vec<(OsString, OsString)> = Vec::new();
     let mut opaques: Vec<OsString> = Vec::new();
     let mut tar = Archive::new(input);
-    for entry in tar.entries()? {
-        let mut entry = entry?;
+    // The entry read last, for messages about a failure after it.
+    let mut last: Option<OsString> = None;
+    let entries = tar.entries().map_err(|e| source.failed(None, &e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| source.failed(last.as_deref(), &e))?;
         let rel = clean(&entry.path_bytes(), "entry")?;
+        last = Some(rel.clone());
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
             continue;
         }
         let header = entry.header();
+        let field = |what: &str| {
+            ToolError(format!(
+                "{}: entry '{}': corrupt header ({what} is not a number)",
+                source.shown,
+                show_path(&rel)
+            ))
+        };
         let meta = Meta {
-            mode: header.mode()? & 0o7777,
-            uid: header.uid()? as u32,
-            gid: header.gid()? as u32,
-            mtime: (header.mtime()? as i64, 0),
+            mode: header.mode().map_err(|_| field("mode"))? & 0o7777,
+            uid: header.uid().map_err(|_| field("uid"))? as u32,
+            gid: header.gid().map_err(|_| field("gid"))? as u32,
+            mtime: (header.mtime().map_err(|_| field("mtime"))? as i64, 0),
             xattrs: Vec::new(),
         };
         let (parent, name) = {
@@ -103,6 +222,12 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
                 stage.set_root_meta(meta);
             }
             continue;
+        }
+        if let Some(why) = bad_marker(&name) {
+            return Err(ToolError(format!(
+                "entry '{}': {why}; refusing the archive (nothing written)",
+                show_path(&rel)
+            )));
         }
         if name == whiteout::OCI_OPAQUE {
             if overlay {
@@ -120,9 +245,10 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
             continue;
         }
         let mut meta = meta;
-        if let Some(exts) = entry.pax_extensions()? {
+        let pax = |e: io::Error| source.failed(Some(&rel), &e);
+        if let Some(exts) = entry.pax_extensions().map_err(pax)? {
             for ext in exts {
-                let ext = ext?;
+                let ext = ext.map_err(pax)?;
                 if let Some(x) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
                     let x = OsStr::from_bytes(x);
                     // A layer must not forge the union's own markers.
@@ -166,7 +292,16 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
                     0o600,
                 )
                 .map_err(fail)?;
-                io::copy(&mut entry, &mut File::from(fd))?;
+                let mut file = File::from(fd);
+                io::copy(&mut entry, &mut file).map_err(|e| {
+                    if source.seen.failure.borrow().is_some()
+                        || e.kind() == io::ErrorKind::UnexpectedEof
+                    {
+                        source.failed(Some(&rel), &e)
+                    } else {
+                        fail(e.into())
+                    }
+                })?;
                 libc::S_IFREG
             }
             EntryType::Symlink => {
@@ -206,8 +341,16 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
                             libc::S_IFBLK
                         },
                         libc::makedev(
-                            entry.header().device_major()?.unwrap_or(0),
-                            entry.header().device_minor()?.unwrap_or(0),
+                            entry
+                                .header()
+                                .device_major()
+                                .map_err(|_| field("device major"))?
+                                .unwrap_or(0),
+                            entry
+                                .header()
+                                .device_minor()
+                                .map_err(|_| field("device minor"))?
+                                .unwrap_or(0),
                         ),
                     ),
                 };
@@ -256,6 +399,12 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
         let d = stage.dir(dir)?;
         whiteout::write_opaque(upper_format, d.as_fd())
             .map_err(|e| ToolError(format!("{}: opaque marker: {e}", show_path(dir))))?;
+    }
+    if source.seen.bytes.get() == 0 {
+        return Err(ToolError(format!(
+            "{}: empty, not a tar archive",
+            source.shown
+        )));
     }
     stage.finish()
 }

@@ -1,5 +1,6 @@
 //! `unionfs ls`: a merged directory listing in which every entry names the
-//! layer that serves it, with `*` where it shadows lower copies.
+//! layer that serves it, with `+` where a directory merges with lower ones
+//! and `*` where the entry hides lower copies, and a legend for them.
 
 use std::ffi::OsStr;
 use std::io::Write;
@@ -38,12 +39,30 @@ pub fn mode_string(mode: u32) -> String {
     s
 }
 
-fn entry_line(union: &Union, dir: &Node, child: &Node, colour: bool) -> Result<String, ToolError> {
+/// What the mark column says.
+const LEGEND: &str = "+ merges with lower directories   * hides lower copies";
+
+/// The mark of an entry: `+` for a directory whose contents merge with
+/// lower ones, `*` for an entry that hides lower copies (shadows them, or
+/// an opaque directory), else blank.
+fn mark(union: &Union, dir: &Node, child: &Node) -> Result<char, ToolError> {
+    if child.parts.len() > 1 {
+        return Ok('+');
+    }
+    let lookup = union.lookup(dir, child.top().name(), true)?;
+    Ok(if lookup.cut.is_empty() { ' ' } else { '*' })
+}
+
+fn entry_line(
+    union: &Union,
+    dir: &Node,
+    child: &Node,
+    colour: bool,
+    marked: &mut bool,
+) -> Result<String, ToolError> {
     let top = child.top();
-    // Lower copies the entry hides: other layers' directories that merge
-    // into it, or copies below the one that serves it.
-    let lookup = union.lookup(dir, top.name(), true)?;
-    let shadows = child.parts.len() > 1 || !lookup.cut.is_empty();
+    let mark = mark(union, dir, child)?;
+    *marked |= mark != ' ';
     // An object served from the upper's hard-link index is the upper's.
     let layer_id = if top.layer == INDEX { UPPER } else { top.layer };
     let layer = label(layer_id);
@@ -66,8 +85,7 @@ fn entry_line(union: &Union, dir: &Node, child: &Node, colour: bool) -> Result<S
         _ => {}
     }
     Ok(format!(
-        "{layer} {} {} {:>10} {name}",
-        if shadows { '*' } else { ' ' },
+        "{layer} {mark} {} {:>10} {name}",
         mode_string(top.stat.st_mode),
         top.stat.st_size
     ))
@@ -78,6 +96,7 @@ fn list(
     dir: &Node,
     recursive: bool,
     colour: bool,
+    marked: &mut bool,
     out: &mut dyn Write,
 ) -> Result<(), ToolError> {
     let children = union.children(dir)?;
@@ -85,12 +104,12 @@ fn list(
         writeln!(out, "{}:", show_path(&dir.path))?;
     }
     for child in &children {
-        writeln!(out, "{}", entry_line(union, dir, child, colour)?)?;
+        writeln!(out, "{}", entry_line(union, dir, child, colour, marked)?)?;
     }
     if recursive {
         for child in children.iter().filter(|c| c.is_dir()) {
             writeln!(out)?;
-            list(union, child, recursive, colour, out)?;
+            list(union, child, recursive, colour, marked, out)?;
         }
     }
     Ok(())
@@ -110,14 +129,23 @@ pub fn run(
             show_path(rel)
         )));
     };
-    if !node.is_dir() {
+    let mut marked = false;
+    if node.is_dir() {
+        list(union, &node, recursive, colour, &mut marked, out)?;
+    } else {
         let root = union.root()?;
         let parent = match crate::layer::split_path(&node.path).0 {
             p if p.is_empty() => root,
             p => union.resolve(p)?.unwrap_or(root),
         };
-        writeln!(out, "{}", entry_line(union, &parent, &node, colour)?)?;
-        return Ok(());
+        writeln!(
+            out,
+            "{}",
+            entry_line(union, &parent, &node, colour, &mut marked)?
+        )?;
     }
-    list(union, &node, recursive, colour, out)
+    if marked {
+        writeln!(out, "({LEGEND})")?;
+    }
+    Ok(())
 }

@@ -16,10 +16,11 @@ pub mod stage;
 pub mod tree;
 pub mod which;
 
+use std::ffi::OsStr;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tree::Union;
 
@@ -45,12 +46,17 @@ impl From<io::Error> for ToolError {
             // The reader went away (`| head`): nothing to say about it.
             return ToolError(String::new());
         }
-        let text = e.to_string();
-        // Rust appends "(os error N)"; the errno text alone reads better.
-        match text.find(" (os error") {
-            Some(i) => ToolError(text[..i].to_owned()),
-            None => ToolError(text),
-        }
+        ToolError(io_text(&e))
+    }
+}
+
+/// An I/O error's text without the "(os error N)" Rust appends: the errno
+/// text alone reads better.
+pub fn io_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
     }
 }
 
@@ -84,6 +90,99 @@ impl LayerArgs {
     fn open_lowers_only(&self) -> Result<Union, ToolError> {
         Ok(Union::open(&self.lowers, None, None)?)
     }
+
+    /// Refuses an output path inside any of the layers (or the work dir),
+    /// symlinks resolved: a squash there would read what it writes without
+    /// end, and an archive would become part of the layer it describes.
+    pub fn refuse_output_inside(&self, output: &OsStr) -> Result<(), ToolError> {
+        if output == "-" {
+            return Ok(());
+        }
+        let Some(out) = resolved(Path::new(output)) else {
+            // A parent that does not resolve fails with its own message
+            // when the output is written.
+            return Ok(());
+        };
+        let upper = self.upper.iter().map(|u| ("the upper".to_owned(), u));
+        let work = self.work.iter().map(|w| ("the work dir".to_owned(), w));
+        let lowers = (self.lowers.iter().enumerate()).map(|(i, l)| (format!("lower {}", i + 1), l));
+        for (what, layer) in upper.chain(work).chain(lowers) {
+            let layer = std::fs::canonicalize(layer).unwrap_or_else(|_| layer.clone());
+            if out.starts_with(&layer) {
+                return Err(ToolError(format!(
+                    "{}: inside {what} ({}); write it outside every layer (nothing written)",
+                    Path::new(output).display(),
+                    layer.display()
+                )));
+            }
+        }
+        // Through a live mount of these layers it would land in the upper.
+        if let Some(found) = out.parent().and_then(|p| live::find(p).ok()) {
+            let theirs: Vec<&PathBuf> = found
+                .layers
+                .lowers
+                .iter()
+                .chain(&found.layers.upper)
+                .collect();
+            if self
+                .lowers
+                .iter()
+                .chain(&self.upper)
+                .any(|l| theirs.contains(&l))
+            {
+                return Err(ToolError(format!(
+                    "{}: inside a live mount of these layers; write it outside the union (nothing written)",
+                    Path::new(output).display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `path` made absolute with its parent's symlinks resolved (the last
+/// name kept, as it is replaced rather than followed); the whole path
+/// resolved when it names an existing directory.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    if let Ok(full) = std::fs::canonicalize(&abs) {
+        if full.is_dir() {
+            return Some(full);
+        }
+    }
+    let parent = std::fs::canonicalize(abs.parent()?).ok()?;
+    Some(parent.join(abs.file_name()?))
+}
+
+/// Where a whole-union tool (`layers`, `diff`, `commit`) finds its layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerSource {
+    /// Named on the command line.
+    Given(LayerArgs),
+    /// Those of the live unionfs mount this path is in.
+    Mount(OsString),
+}
+
+impl LayerSource {
+    /// The layers; `need_upper` refuses a mount without an upper.
+    fn layers(self, need_upper: bool) -> Result<LayerArgs, ToolError> {
+        let path = match self {
+            LayerSource::Given(l) => return Ok(l),
+            LayerSource::Mount(p) => p,
+        };
+        let found = live::find(Path::new(&path))?;
+        if need_upper && found.layers.upper.is_none() {
+            return Err(ToolError(format!(
+                "{}: a read-only mount (no upper): it has no changes",
+                Path::new(&path).display()
+            )));
+        }
+        Ok(found.layers)
+    }
 }
 
 /// The whiteout format `apply` writes.
@@ -110,10 +209,10 @@ pub enum ToolCommand {
         recursive: bool,
         dir: Option<OsString>,
     },
-    Layers(LayerArgs),
-    Diff(LayerArgs),
+    Layers(LayerSource),
+    Diff(LayerSource),
     Commit {
-        layers: LayerArgs,
+        layers: LayerSource,
         output: OsString,
         reproducible: bool,
     },
@@ -178,10 +277,11 @@ fn run_tool(cmd: ToolCommand) -> Result<u8, ToolError> {
             0
         }
         ToolCommand::Layers(l) => {
-            layers::run(&l.open()?, &mut out)?;
+            layers::run(&l.layers(false)?.open()?, &mut out)?;
             0
         }
         ToolCommand::Diff(l) => {
+            let l = l.layers(true)?;
             for c in diff::changes(&l.open()?, &l.open_lowers_only()?)? {
                 writeln!(out, "{} {}", c.change.letter(), tree::show_path(&c.path))?;
             }
@@ -192,6 +292,8 @@ fn run_tool(cmd: ToolCommand) -> Result<u8, ToolError> {
             output,
             reproducible,
         } => {
+            let layers = layers.layers(true)?;
+            layers.refuse_output_inside(&output)?;
             commit::run(
                 &layers.open()?,
                 &layers.open_lowers_only()?,
@@ -209,6 +311,7 @@ fn run_tool(cmd: ToolCommand) -> Result<u8, ToolError> {
             0
         }
         ToolCommand::Squash { layers, output } => {
+            layers.refuse_output_inside(&output)?;
             squash::run(&layers.open()?, &output)?;
             0
         }

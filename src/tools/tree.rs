@@ -133,8 +133,13 @@ impl Node {
 /// Why a lookup stopped before the bottom layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
-    /// A whiteout in this layer deletes the name; `how` names its format.
-    Whiteout { layer: LayerId, how: String },
+    /// A whiteout in this layer deletes the name; `how` names its format,
+    /// `oci` says the marker is the file `.wh.NAME` beside the name.
+    Whiteout {
+        layer: LayerId,
+        how: String,
+        oci: bool,
+    },
     /// This layer's directory of the name is opaque.
     Opaque { layer: LayerId, how: String },
     /// A non-directory in this layer (or a directory above a non-directory)
@@ -155,7 +160,7 @@ pub struct Lookup {
 /// What a layer directory holds at a name.
 enum Probe {
     Absent,
-    Whiteout(String),
+    Whiteout(String, bool),
     Object(Stat),
 }
 
@@ -297,7 +302,7 @@ impl Union {
             Ok(st) => st,
             Err(e) if e.is(libc::ENOENT) => {
                 return Ok(if whiteout::has_oci_whiteout(dir, name)? {
-                    Probe::Whiteout(format!(".wh.{}", show_name(name)))
+                    Probe::Whiteout(".wh. file".into(), true)
                 } else {
                     Probe::Absent
                 });
@@ -305,10 +310,10 @@ impl Union {
             Err(e) => return Err(e),
         };
         if whiteout::is_whiteout_stat(&st) {
-            return Ok(Probe::Whiteout("char device 0/0".into()));
+            return Ok(Probe::Whiteout("char device 0/0".into(), false));
         }
         if whiteout::is_whiteout(dir, marks, name, &st)? {
-            return Ok(Probe::Whiteout("overlay.whiteout xattr".into()));
+            return Ok(Probe::Whiteout("overlay.whiteout xattr".into(), false));
         }
         Ok(Probe::Object(st))
     }
@@ -332,7 +337,9 @@ impl Union {
             walked = join_path(&walked, c);
             match self.probe(fd.as_fd(), marks, c)? {
                 Probe::Absent => return Ok(Place::Absent),
-                Probe::Whiteout(how) => return Ok(Place::Stop(Stop::Whiteout { layer, how })),
+                Probe::Whiteout(how, oci) => {
+                    return Ok(Place::Stop(Stop::Whiteout { layer, how, oci }))
+                }
                 Probe::Object(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
                     return Ok(Place::Stop(Stop::Shadow { layer }))
                 }
@@ -417,8 +424,15 @@ impl Union {
                     continue;
                 }
                 Probe::Absent => continue,
-                Probe::Whiteout(how) => {
-                    if stop_at(&mut out, Stop::Whiteout { layer: id, how }) {
+                Probe::Whiteout(how, oci) => {
+                    if stop_at(
+                        &mut out,
+                        Stop::Whiteout {
+                            layer: id,
+                            how,
+                            oci,
+                        },
+                    ) {
                         break;
                     }
                     continue;
@@ -455,13 +469,16 @@ impl Union {
             if is_dir {
                 let fd = sys::openat(pfd.as_fd(), &pname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
                 (part.marks, part.redirect) = whiteout::dir_marks(fd.as_fd())?;
-                part.dir = Some(Arc::new(fd));
+                let fd = Arc::new(fd);
+                part.dir = Some(fd.clone());
                 // `.wh.NAME` beside a directory NAME: deleted and made anew
                 // in this layer, so nothing below shows (as the mount reads it).
-                let how = if part.marks.opaque {
-                    Some("opaque marker")
+                let how = if part.marks.opaque && explain {
+                    whiteout::opaque_marker(fd.as_fd())?
+                } else if part.marks.opaque {
+                    Some("opaque marker".to_owned())
                 } else if whiteout::has_oci_whiteout(pfd.as_fd(), &pname)? {
-                    Some(".wh. beside it")
+                    Some(format!(".wh.{} beside it", show_name(&pname)))
                 } else {
                     None
                 };
@@ -480,10 +497,7 @@ impl Union {
                 }
                 parts.push(part);
                 if let Some(how) = how {
-                    out.stop = Some(Stop::Opaque {
-                        layer: id,
-                        how: how.into(),
-                    });
+                    out.stop = Some(Stop::Opaque { layer: id, how });
                     if !explain {
                         break;
                     }

@@ -28,11 +28,16 @@ struct Explained {
 
 fn describe_stop(stop: &Stop, at: &OsStr) -> String {
     match stop {
-        Stop::Whiteout { layer, how } => {
+        Stop::Whiteout { layer, how, oci } => {
+            let (dir, name) = split_path(at);
+            let marker = match oci {
+                true => join_path(dir, &crate::whiteout::oci_whiteout_name(name)),
+                false => at.to_os_string(),
+            };
             format!(
                 "whited out in {} ({how} at {})",
                 label(*layer),
-                show_path(at)
+                show_path(&marker)
             )
         }
         Stop::Opaque { layer, how } => format!(

@@ -53,8 +53,9 @@ impl CopyUp<'_> {
     /// A hard-linked object whose copy is already in the index needs nothing
     /// more: its data and metadata live there, whatever name it was reached
     /// by (giving it an upper name here could bring back a name since
-    /// unlinked).
-    pub fn node(&self, node: &Node, data: Data) -> Result<()> {
+    /// unlinked). `why` says in a few words what asked for the copy, for
+    /// the log ("opened for writing").
+    pub fn node(&self, node: &Node, data: Data, why: &str) -> Result<()> {
         if node.stack().has_upper_copy() {
             return Ok(());
         }
@@ -70,7 +71,7 @@ impl CopyUp<'_> {
         // node locks here, so copy-ups cannot deadlock each other.
         let (parent_ino, name) = node.place();
         let parent = self.tree.nodes.get(parent_ino)?;
-        self.node(&parent, Data::All)?;
+        self.node(&parent, Data::All, "to hold the copy below it")?;
 
         let _guard = node.lock.lock();
         if node.stack().has_upper_copy() {
@@ -84,7 +85,7 @@ impl CopyUp<'_> {
                 return self.follow(node.ino, node);
             }
         }
-        let new = self.name(&parent, &name, node, data)?;
+        let new = self.name(&parent, &name, node, data, why)?;
         node.set_stack(new);
         self.follow(node.ino, node)
     }
@@ -113,7 +114,8 @@ impl CopyUp<'_> {
             let _guard = dir.lock.lock();
             let stack = dir.stack();
             if !stack.upper {
-                let new = self.name(parent, name, dir, Data::All)?;
+                let why = "renamed, and the OCI format has no redirect: its whole tree is copied";
+                let new = self.name(parent, name, dir, Data::All, why)?;
                 dir.set_stack(new);
             }
         }
@@ -154,7 +156,12 @@ impl CopyUp<'_> {
                 let below = self.tree_of(dir, &entry.name, &child)?;
                 live.extend(below);
             } else {
-                self.entry(dir, &entry.name, &found)?;
+                self.entry(
+                    dir,
+                    &entry.name,
+                    &found,
+                    "in a directory whose tree is copied",
+                )?;
             }
         }
         Ok(())
@@ -162,8 +169,8 @@ impl CopyUp<'_> {
 
     /// Gives the entry `name` of `parent` (in the upper) its own upper copy:
     /// per name, not per node, since two names of one hard-linked object are
-    /// one node. `found` is what `name` resolved to.
-    pub fn entry(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
+    /// one node. `found` is what `name` resolved to; `why` as for `node`.
+    pub fn entry(&self, parent: &Node, name: &OsStr, found: &Found, why: &str) -> Result<()> {
         if found.stack.upper {
             return Ok(());
         }
@@ -180,7 +187,7 @@ impl CopyUp<'_> {
             None => found.stack.clone(),
         };
         let src = Node::detached(found.ino, found.kind, stack, parent.ino, name);
-        let new = self.name(parent, name, &src, Data::All)?;
+        let new = self.name(parent, name, &src, Data::All, why)?;
         src.set_stack(new.clone());
         self.follow(found.ino, &src)?;
         // The node of a hard-linked object may sit at another name.
@@ -196,7 +203,14 @@ impl CopyUp<'_> {
     /// object `src` (whose place and stack say where it is now); returns the
     /// object's new stack. The caller holds the object's node lock if the
     /// kernel knows it.
-    fn name(&self, parent: &Node, name: &OsStr, src: &Node, data: Data) -> Result<Stack> {
+    fn name(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        src: &Node,
+        data: Data,
+        why: &str,
+    ) -> Result<Stack> {
         let upper = self.upper;
         let stack = src.stack();
         let pdir = self.tree.dir(parent, UPPER)?;
@@ -208,6 +222,12 @@ impl CopyUp<'_> {
             // becomes one more link of it, so all names stay one inode.
             debug!("copy_up_link {} from index {}", show(name), show(key));
             self.place_index_link(parent, &pdir, name, src.ino)?;
+            info!(
+                target: "unionfs",
+                "link {}: {why}: a hard link of a file copied up through another name \
+                 becomes a link of that copy (its index entry), no data copied",
+                self.tree.shown(parent, name)
+            );
             return Ok(new);
         }
 
@@ -227,13 +247,31 @@ impl CopyUp<'_> {
             }
         }
         if log::log_enabled!(log::Level::Info) {
+            let what = match built.kind {
+                libc::S_IFREG => format!(
+                    "{} bytes, {}, {} ms",
+                    built.bytes,
+                    built.method,
+                    started.elapsed().as_millis()
+                ),
+                libc::S_IFDIR => "a directory: its own metadata, not its entries".to_owned(),
+                libc::S_IFLNK => "a symlink".to_owned(),
+                _ => "a special file".to_owned(),
+            };
+            let links = if built.indexed {
+                format!(
+                    "; hard-linked ({} names): the copy is its index entry, \
+                     which the other names now share",
+                    built.links
+                )
+            } else {
+                String::new()
+            };
             info!(
-                "copy-up {} from lower {} ({} bytes, {}, {} ms)",
-                self.tree.path_in(parent, name),
-                built.from,
-                built.bytes,
-                built.method,
-                started.elapsed().as_millis()
+                target: "unionfs",
+                "copy-up {} from lower {}: {why} ({what}){links}",
+                self.tree.shown(parent, name),
+                built.from
             );
         }
         Ok(new)
@@ -322,6 +360,8 @@ impl CopyUp<'_> {
             return Err(e.context(format!("copy-up of {}", show(&sname))));
         }
         Ok(Built {
+            kind: temp.kind,
+            links,
             temp,
             indexed: hardlinked,
             from: layer,
@@ -365,14 +405,17 @@ struct Built {
     temp: Temp,
     /// It has several names in its lower, so it went into the index.
     indexed: bool,
-    /// For the narration: the layer copied from, bytes, and how.
+    /// For the narration: the layer copied from, bytes, how, what kind of
+    /// object (`S_IFMT`) and how many names it has in its lower.
     from: u16,
     bytes: u64,
     method: &'static str,
+    kind: u32,
+    links: u64,
 }
 
-fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
-    name.to_string_lossy()
+fn show(name: &OsStr) -> String {
+    crate::layer::show_name(name)
 }
 
 /// Builds the copy of `src` (the object `name` in `dir`, whose lstat is

@@ -90,11 +90,18 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
             error!("detaching: {e}");
         }
     }
+    let lowers: Vec<String> = (config.lowers.iter().enumerate())
+        .map(|(i, l)| format!("lower {} {}", i + 1, l.display()))
+        .collect();
+    let upper = match &config.upper {
+        Some(u) => format!("upper {}", u.display()),
+        None => "no upper (read-only)".to_owned(),
+    };
     info!(
-        "mounted {} (lowers {:?}, upper {:?})",
+        target: "unionfs",
+        "mounted {}: {upper}, {}",
         config.mountpoint.display(),
-        config.lowers,
-        config.upper
+        lowers.join(", ")
     );
     if !config.owners.is_identity() {
         info!("owners mapped: {:?}", config.owners);
@@ -118,7 +125,10 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
 
     let r = session.run();
-    info!("session ended: {r:?}");
+    match &r {
+        Ok(()) => info!(target: "unionfs", "unmounted {}", config.mountpoint.display()),
+        Err(e) => error!("the FUSE session ended with an error: {e}"),
+    }
     // Test hook: linger with the union (and its locks) still held, as a
     // slow exit would, so tests can check that `unionfs umount` waits.
     if let Some(ms) = std::env::var("UNIONFS_TEST_EXIT_DELAY_MS")

@@ -267,6 +267,7 @@ impl Filesystem for FuseFs {
             && config.set_max_stack_depth(1).is_ok();
         self.passthrough = ok;
         info!(
+            target: "unionfs",
             "passthrough: {}",
             match (ok, self.fs.opts.read_only) {
                 (true, true) => "on (every file)",

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -163,4 +164,31 @@ impl LayerStack {
     pub fn all_ids(&self) -> Vec<LayerId> {
         self.all().map(|l| l.id).collect()
     }
+}
+
+/// A merged path for display: `/` plus the relative path, non-UTF-8 bytes
+/// escaped (display only: what is written keeps the bytes).
+pub fn show_path(rel: &OsStr) -> String {
+    let mut s = String::from("/");
+    s.push_str(&show_name(rel));
+    s
+}
+
+/// A name for display: printable UTF-8 as is, control characters and `\`
+/// escaped, other bytes as `\xNN`, so no two names show the same.
+pub fn show_name(name: &OsStr) -> String {
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }

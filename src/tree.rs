@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::dirs::{DirCache, LayerDir};
 use crate::error::{Error, Result};
 use crate::index::Index;
-use crate::layer::{split_path, LayerId, LayerStack, INDEX, UPPER};
+use crate::layer::{show_name, show_path, split_path, LayerId, LayerStack, INDEX, UPPER};
 use crate::node::{LowerAt, Node, NodeTable, Stack, ROOT_INO};
 use crate::sys::{self, Stat};
 
@@ -366,7 +366,7 @@ impl Tree {
             parts.push(pname);
             parent = pp;
         }
-        format!("/{}", join_parts(parts).to_string_lossy())
+        show_path(&join_parts(parts))
     }
 
     /// The merged path of `name` in `parent`, for log messages only.
@@ -376,7 +376,17 @@ impl Tree {
         } else {
             self.path_of(parent)
         };
-        format!("{base}/{}", name.to_string_lossy())
+        format!("{base}/{}", show_name(name))
+    }
+
+    /// The merged path of `name` in `parent` for a log line, worked out only
+    /// if the line is written.
+    pub fn shown<'a>(&'a self, parent: &'a Node, name: &'a OsStr) -> PathIn<'a> {
+        PathIn {
+            tree: self,
+            parent,
+            name,
+        }
     }
 
     /// The kernel dropped `n` lookups of `ino`.
@@ -417,4 +427,17 @@ fn join_parts(parts: Vec<OsString>) -> OsString {
         out.push(p);
     }
     out
+}
+
+/// See [`Tree::shown`].
+pub struct PathIn<'a> {
+    tree: &'a Tree,
+    parent: &'a Node,
+    name: &'a OsStr,
+}
+
+impl std::fmt::Display for PathIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.tree.path_in(self.parent, self.name))
+    }
 }

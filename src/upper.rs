@@ -1,6 +1,8 @@
 //! Every change to the upper layer goes through these few helpers, and each
-//! logs what it does, so `RUST_LOG=debug` narrates copy-on-write (and
-//! `unionfs=info` the copy-ups, whiteouts, opaque dirs and renames). New
+//! logs what it does, so `RUST_LOG=debug` narrates every change and `-v`
+//! (`unionfs=info`) the copy-on-write events: whiteouts, opaque dirs,
+//! redirects and the renames that leave a whiteout, each with its merged
+//! path (`at`, worked out only when the line is written) and why. New
 //! objects are built in the work dir ([`Upper::make_temp`]) and put in
 //! place with one rename, so a reader (or a crash) sees either the old
 //! state or the new one.
@@ -9,6 +11,7 @@
 //! `create_over_whiteout`, `remove_upper` vs `remove_and_whiteout`.
 
 use std::ffi::{OsStr, OsString};
+use std::fmt::Display;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use log::{debug, info};
@@ -70,8 +73,8 @@ pub enum Leave {
     Whiteout,
 }
 
-fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
-    name.to_string_lossy()
+fn show(name: &OsStr) -> String {
+    crate::layer::show_name(name)
 }
 
 impl Upper {
@@ -255,16 +258,24 @@ impl Upper {
 
     /// Records where a renamed directory's lower contents live (a path from
     /// the lower root), as kernel overlayfs `redirect_dir` does.
-    pub fn set_redirect(&self, dir: BorrowedFd, what: &str, lower_path: &OsStr) -> Result<()> {
+    /// `at` is where the directory is going.
+    pub fn set_redirect(
+        &self,
+        dir: BorrowedFd,
+        at: &dyn Display,
+        lower_path: &OsStr,
+    ) -> Result<()> {
         let xattr = self
             .format
             .redirect_xattr()
             .ok_or_else(|| crate::error::Error::errno(libc::EXDEV))?;
         let mut value = b"/".to_vec();
         value.extend_from_slice(lower_path.as_encoded_bytes());
+        let lower = crate::layer::show_path(lower_path);
         info!(
-            "redirect {what}: its lower contents stay at /{} (renamed without copying its tree)",
-            lower_path.to_string_lossy()
+            target: "unionfs",
+            "redirect {at}: {xattr}={lower}, a directory moved without copying its tree: \
+             its lower entries stay at {lower}"
         );
         sys::fsetxattr(dir, OsStr::new(xattr), &value, 0)
     }
@@ -326,25 +337,42 @@ impl Upper {
         Ok(())
     }
 
-    /// Creates a whiteout at `name`, where the upper holds nothing (the
-    /// object is only in lowers).
-    pub fn whiteout(&self, dir: &LayerDir, name: &OsStr) -> Result<()> {
-        info!("whiteout {} ({:?})", show(name), self.format);
+    /// Creates a whiteout at `name` (merged path `at`), where the upper
+    /// holds nothing (the object is only in lowers).
+    pub fn whiteout(&self, dir: &LayerDir, name: &OsStr, at: &dyn Display) -> Result<()> {
+        info!(
+            target: "unionfs",
+            "whiteout {at}: deleted, and a lower has it ({})",
+            self.format.whiteout_words()
+        );
         whiteout::write_whiteout(self.format, dir.fd(), name)
     }
 
     /// Removes the upper object at `name`, leaving a whiteout if a lower
     /// still has the name. A directory is moved to the work dir first and
     /// emptied there, so it vanishes at once.
-    pub fn remove(&self, dir: &LayerDir, name: &OsStr, is_dir: bool, leave: Leave) -> Result<()> {
+    pub fn remove(
+        &self,
+        dir: &LayerDir,
+        name: &OsStr,
+        is_dir: bool,
+        leave: Leave,
+        at: &dyn Display,
+    ) -> Result<()> {
         match leave {
-            Leave::Nothing => self.remove_upper(dir.fd(), name, is_dir),
-            Leave::Whiteout => self.remove_and_whiteout(dir.fd(), name),
+            Leave::Nothing => self.remove_upper(dir.fd(), name, is_dir, at),
+            Leave::Whiteout => self.remove_and_whiteout(dir.fd(), name, at),
         }
     }
 
-    fn remove_upper(&self, dir: BorrowedFd, name: &OsStr, is_dir: bool) -> Result<()> {
-        debug!("remove_upper {}", show(name));
+    fn remove_upper(
+        &self,
+        dir: BorrowedFd,
+        name: &OsStr,
+        is_dir: bool,
+        at: &dyn Display,
+    ) -> Result<()> {
+        debug!("remove_upper {at}");
         if !is_dir {
             return sys::unlinkat(dir, name, 0);
         }
@@ -354,8 +382,12 @@ impl Upper {
         Ok(())
     }
 
-    fn remove_and_whiteout(&self, dir: BorrowedFd, name: &OsStr) -> Result<()> {
-        info!("remove_and_whiteout {} ({:?})", show(name), self.format);
+    fn remove_and_whiteout(&self, dir: BorrowedFd, name: &OsStr, at: &dyn Display) -> Result<()> {
+        info!(
+            target: "unionfs",
+            "whiteout {at}: its upper copy deleted, and a lower has it too ({})",
+            self.format.whiteout_words()
+        );
         let tmp = self.work.temp_name();
         match self.format {
             UpperFormat::Oci => {
@@ -385,7 +417,8 @@ impl Upper {
     /// Renames `sname` in `sdir` to `dname` in `ddir`, both in the upper,
     /// swapping the two when `exchange`, else replacing what stands at
     /// `dname` (an object or a whiteout) and leaving at `sname` what `leave`
-    /// says.
+    /// says. `from` and `to` are the merged paths, for the log.
+    #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
         sdir: &LayerDir,
@@ -394,11 +427,20 @@ impl Upper {
         dname: &OsStr,
         exchange: bool,
         leave: Leave,
+        (from, to): (&dyn Display, &dyn Display),
     ) -> Result<()> {
         let (s, d) = (sdir.fd(), ddir.fd());
         if exchange {
-            debug!("exchange_upper {} <-> {}", show(sname), show(dname));
+            debug!("exchange_upper {from} <-> {to}");
             return sys::renameat2(s, sname, d, dname, libc::RENAME_EXCHANGE);
+        }
+        if leave == Leave::Whiteout {
+            info!(target: "unionfs", "rename {from} -> {to}");
+            info!(
+                target: "unionfs",
+                "whiteout {from}: left at the old name, as a lower has it ({})",
+                self.format.whiteout_words()
+            );
         }
         let src_is_dir = sys::statat(s, sname)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let slot = whiteout::upper_slot(d, ddir.marks, dname)?;
@@ -476,7 +518,10 @@ impl Upper {
             (Leave::Nothing, _) => None,
         };
         let prepared = sys::openat(d, dname, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|old| self.make_opaque(old.as_fd(), &show(dname)))
+            .and_then(|old| {
+                let why = "replaced by a rename: hides nothing while it is removed";
+                self.make_opaque(old.as_fd(), &show(dname), why)
+            })
             .and_then(|()| sys::renameat2(s, sname, d, dname, libc::RENAME_EXCHANGE));
         if let Err(e) = prepared {
             if let Some(t) = &wh {
@@ -521,36 +566,47 @@ impl Upper {
         sys::renameat2(self.work.tmp(), &link, d, dname, 0)
     }
 
-    /// Marks an upper directory opaque; `what` names it in the log.
-    pub fn make_opaque(&self, dir: BorrowedFd, what: &str) -> Result<()> {
-        info!("opaque {what} ({:?})", self.format);
+    /// Marks an upper directory opaque; `at` names it in the log, `why`
+    /// says why in a few words.
+    pub fn make_opaque(&self, dir: BorrowedFd, at: &dyn Display, why: &str) -> Result<()> {
+        info!(
+            target: "unionfs",
+            "opaque {at}: {why} ({})",
+            self.format.opaque_words()
+        );
         whiteout::write_opaque(self.format, dir)
     }
 
     /// Drops the whiteouts below the opaque upper directory `name` in
-    /// `parent`: they hide nothing any more, and kernel overlayfs would
-    /// list them in a directory that does not merge.
-    pub fn drop_stray_whiteouts(&self, parent: BorrowedFd, name: &OsStr) -> Result<()> {
+    /// `parent` (merged path `at`): they hide nothing any more, and kernel
+    /// overlayfs would list them in a directory that does not merge.
+    pub fn drop_stray_whiteouts(
+        &self,
+        parent: BorrowedFd,
+        name: &OsStr,
+        at: &dyn Display,
+    ) -> Result<()> {
         let dir = sys::openat(parent, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
         let marks = whiteout::dir_marks(dir.as_fd())?.0;
-        drop_whiteouts_below(dir.as_fd(), marks)
+        drop_whiteouts_below(dir.as_fd(), marks, &at.to_string())
     }
 }
 
-/// Removes every whiteout in `dir` (whose markers are `marks`) and the
+/// Removes every whiteout in `dir` (merged path `at`, markers `marks`) and the
 /// directories below it (under an opaque directory nothing merges, so they
 /// hide nothing), keeping each directory's times. A directory with a
 /// redirect is left whole: it was moved in from a lower and still merges
 /// with it, as a redirect from the layer root holds below an opaque
 /// directory too (kernel overlayfs), so its whiteouts still hide entries.
-fn drop_whiteouts_below(dir: BorrowedFd, marks: whiteout::DirMarks) -> Result<()> {
+fn drop_whiteouts_below(dir: BorrowedFd, marks: whiteout::DirMarks, at: &str) -> Result<()> {
     keep_times(dir, || {
         for e in sys::read_dir_all(dir)? {
             if e.d_type == libc::DT_DIR {
                 let sub = sys::openat(dir, &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
                 let (sub_marks, redirect) = whiteout::dir_marks(sub.as_fd())?;
                 if redirect.is_none() {
-                    drop_whiteouts_below(sub.as_fd(), sub_marks)?;
+                    let sub_at = format!("{at}/{}", crate::layer::show_name(&e.name));
+                    drop_whiteouts_below(sub.as_fd(), sub_marks, &sub_at)?;
                 }
                 continue;
             }
@@ -561,7 +617,11 @@ fn drop_whiteouts_below(dir: BorrowedFd, marks: whiteout::DirMarks) -> Result<()
                     Err(_) => false,
                 };
             if oci || other {
-                debug!("drop_whiteout {} (under an opaque dir)", show(&e.name));
+                info!(
+                    target: "unionfs",
+                    "whiteout {at}/{} dropped: below an opaque directory it hides nothing",
+                    crate::layer::show_name(&e.name)
+                );
                 sys::unlinkat(dir, &e.name, 0)?;
             }
         }

@@ -282,6 +282,23 @@ impl UpperFormat {
         }
     }
 
+    /// How this format marks a deleted name, in words for the log.
+    pub fn whiteout_words(self) -> &'static str {
+        match self {
+            UpperFormat::Overlay { .. } => "a 0/0 char device",
+            UpperFormat::Oci => "a .wh. file",
+        }
+    }
+
+    /// How this format marks an opaque directory, in words for the log.
+    pub fn opaque_words(self) -> &'static str {
+        match self {
+            UpperFormat::Overlay { trusted: true } => "trusted.overlay.opaque=y",
+            UpperFormat::Overlay { trusted: false } => "user.overlay.opaque=y",
+            UpperFormat::Oci => "a .wh..wh..opq file",
+        }
+    }
+
     /// Where a renamed directory records its lowers' path; `None` in the
     /// OCI format, which has no redirects (a renamed tree is copied).
     pub fn redirect_xattr(self) -> Option<&'static str> {

@@ -149,7 +149,8 @@ impl WorkDir {
         let entries = sys::read_dir_all(self.tmp())?;
         if !entries.is_empty() {
             info!(
-                "removing {} stale temporaries from {}",
+                target: "unionfs",
+                "removing {} temporaries a crashed mount left in {}",
                 entries.len(),
                 self.path.display()
             );
@@ -187,7 +188,16 @@ impl WorkDir {
                 }
             }
         };
-        info!("upper format: {format:?}");
+        info!(
+            target: "unionfs",
+            "upper format: {}: a whiteout is {}, an opaque directory carries {}",
+            match format {
+                UpperFormat::Overlay { .. } => "overlay",
+                UpperFormat::Oci => "oci",
+            },
+            format.whiteout_words(),
+            format.opaque_words()
+        );
         format
     }
 

@@ -158,7 +158,8 @@ impl UnionFs {
             // Over a name a lower still has, the new directory must not
             // merge with it: it starts empty.
             if is_dir && lookup::in_lowers(&self.tree, &pnode, name)? {
-                upper.make_opaque(temp.fd.as_fd(), &self.tree.path_in(&pnode, name))?;
+                let why = "made over a name a lower has: opaque so the lower's entries stay hidden";
+                upper.make_opaque(temp.fd.as_fd(), &self.tree.shown(&pnode, name), why)?;
             }
             let _names = pnode.names.lock();
             if lookup::resolve(&self.tree, &pnode, name)?.is_some() {
@@ -212,7 +213,8 @@ impl UnionFs {
             return fail(libc::EPERM);
         }
         let pnode = self.dir_for_change(newparent)?;
-        self.copier()?.node(&node, crate::copy_up::Data::All)?;
+        let why = "hard-linked (a new name is made in the upper)";
+        self.copier()?.node(&node, crate::copy_up::Data::All, why)?;
         // A plain hard link in the upper, of the upper copy (or of the index
         // entry, for an object that already has one), so the upper stays a
         // layer kernel overlayfs reads with the same link counts.
@@ -259,7 +261,9 @@ impl UnionFs {
         if is_dir && !self.is_empty_dir(&pnode, name, &found)? {
             return fail(libc::ENOTEMPTY);
         }
-        self.copier()?.node(&pnode, crate::copy_up::Data::All)?;
+        let why = "an entry in it removed";
+        self.copier()?
+            .node(&pnode, crate::copy_up::Data::All, why)?;
         let pdir = self.tree.dir(&pnode, UPPER)?;
         let leave = if lookup::in_lowers(&self.tree, &pnode, name)? {
             Leave::Whiteout
@@ -274,9 +278,9 @@ impl UnionFs {
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let _changing = pnode.changing();
         if now.stack.upper {
-            upper.remove(&pdir, name, is_dir, leave)?;
+            upper.remove(&pdir, name, is_dir, leave, &self.tree.shown(&pnode, name))?;
         } else {
-            upper.whiteout(&pdir, name)?;
+            upper.whiteout(&pdir, name, &self.tree.shown(&pnode, name))?;
         }
         self.gone(&pnode, name, &now);
         Ok(())
@@ -320,7 +324,8 @@ impl UnionFs {
             return Ok(());
         }
         if !found.stack.upper {
-            return self.copier()?.entry(parent, name, found);
+            let why = "to be removed or replaced";
+            return self.copier()?.entry(parent, name, found, why);
         }
         let Ok(node) = self.tree.nodes.get(found.ino) else {
             return Ok(());

@@ -43,12 +43,12 @@ impl UnionFs {
             return Ok(self.handles.open_file(ino, layer, fd, flags));
         }
         if flags & WRITE_FLAGS != 0 {
-            let data = if flags & libc::O_TRUNC != 0 {
-                Data::Skip
+            let (data, why) = if flags & libc::O_TRUNC != 0 {
+                (Data::Skip, "opened for writing with O_TRUNC")
             } else {
-                Data::All
+                (Data::All, "opened for writing")
             };
-            self.copier()?.node(&node, data)?;
+            self.copier()?.node(&node, data, why)?;
         }
         let layer = node
             .stack()

@@ -195,7 +195,7 @@ impl UnionFs {
             value
         };
         let node = self.tree.nodes.get(ino)?;
-        self.copier()?.node(&node, Data::All)?;
+        self.copier()?.node(&node, Data::All, "an xattr set")?;
         let fd = self.top_fd(&node)?;
         let r = upper.set_xattr(fd.as_fd(), name, value, flags);
         // After the change: a look that began before it then keeps nothing.
@@ -213,7 +213,7 @@ impl UnionFs {
         if self.top_xattr(&node, name)?.is_none() {
             return fail(libc::ENODATA);
         }
-        self.copier()?.node(&node, Data::All)?;
+        self.copier()?.node(&node, Data::All, "an xattr removed")?;
         let fd = self.top_fd(&node)?;
         let r = upper.remove_xattr(fd.as_fd(), name);
         node.xattrs_changed();
@@ -258,7 +258,16 @@ impl UnionFs {
             Some(size) => self.attr_of(&node)?.st.st_size as u64 != size,
             None => false,
         };
-        self.copier()?.node(&node, data)?;
+        let why = if set.size.is_some() {
+            "truncated"
+        } else if set.mode.is_some() {
+            "chmod"
+        } else if set.uid.is_some() || set.gid.is_some() {
+            "chown"
+        } else {
+            "its times set"
+        };
+        self.copier()?.node(&node, data, why)?;
         let layer = node
             .stack()
             .top()

@@ -309,7 +309,8 @@ impl UnionFs {
         if pnode.is_dead() {
             return fail(libc::ENOENT);
         }
-        self.copier()?.node(&pnode, Data::All)?;
+        self.copier()?
+            .node(&pnode, Data::All, "an entry in it changes")?;
         Ok(pnode)
     }
 

@@ -119,7 +119,12 @@ impl UnionFs {
                 pnode.changing(),
                 (npnode.ino != pnode.ino).then(|| npnode.changing()),
             );
-            upper.rename(&pdir, name, &npdir, newname, exchange, leave)?;
+            let (from, to) = (
+                self.tree.shown(&pnode, name),
+                self.tree.shown(&npnode, newname),
+            );
+            let paths: (&dyn std::fmt::Display, &dyn std::fmt::Display) = (&from, &to);
+            upper.rename(&pdir, name, &npdir, newname, exchange, leave, paths)?;
             if let Some(d) = at_target.as_ref().filter(|_| !exchange) {
                 self.gone(&npnode, newname, d);
             }
@@ -129,20 +134,13 @@ impl UnionFs {
                 self.moved(d, parent, name, ready.lowers.clone(), Vec::new());
             }
         }
-        if src_dir && log::log_enabled!(log::Level::Info) {
-            log::info!(
-                "rename dir {} -> {}",
-                self.tree.path_in(&pnode, name),
-                self.tree.path_in(&npnode, newname)
-            );
-        }
         // Under an opaque directory whiteouts hide nothing: drop them, once
         // the rename is done (so they cannot free the room it needed).
         if src_ready.opaque {
-            upper.drop_stray_whiteouts(npdir.fd(), newname)?;
+            upper.drop_stray_whiteouts(npdir.fd(), newname, &self.tree.shown(&npnode, newname))?;
         }
         if dst_ready.as_ref().is_some_and(|r| r.opaque) {
-            upper.drop_stray_whiteouts(pdir.fd(), name)?;
+            upper.drop_stray_whiteouts(pdir.fd(), name, &self.tree.shown(&pnode, name))?;
         }
         Ok(())
     }
@@ -160,7 +158,7 @@ impl UnionFs {
     ) -> Result<Ready> {
         let copier = self.copier()?;
         if found.kind != libc::S_IFDIR {
-            copier.entry(parent, name, found)?;
+            copier.entry(parent, name, found, "renamed")?;
             return Ok(Ready::default());
         }
         let node = match self.tree.nodes.get(found.ino) {
@@ -173,7 +171,7 @@ impl UnionFs {
                 name,
             )),
         };
-        let what = self.tree.path_in(parent, name);
+        let to = self.tree.shown(to_parent, to_name);
         if found.stack.lowers.is_empty() {
             // Only the upper has it: nothing to copy. Landing where a lower
             // has the name, it must not merge with that.
@@ -181,8 +179,10 @@ impl UnionFs {
             let opaque = lookup::in_lowers(&self.tree, to_parent, to_name)?
                 && !crate::whiteout::dir_marks(udir.as_fd())?.0.opaque;
             if opaque {
+                let why =
+                    "renamed onto a name a lower has: opaque so the lower's entries stay hidden";
                 keep_times(udir.as_fd(), || {
-                    copier.upper.make_opaque(udir.as_fd(), &what)
+                    copier.upper.make_opaque(udir.as_fd(), &to, why)
                 })?;
             }
             return Ok(Ready {
@@ -191,9 +191,9 @@ impl UnionFs {
             });
         }
         if self.upper()?.format.redirect_xattr().is_some() {
-            self.rename_redirect(parent, name, found, &node, &what)
+            self.rename_redirect(parent, name, found, &node, &to)
         } else {
-            self.rename_tree_copy(parent, name, found, &node, &what)
+            self.rename_tree_copy(parent, name, found, &node, &to)
         }
     }
 
@@ -211,7 +211,7 @@ impl UnionFs {
         name: &OsStr,
         found: &Found,
         node: &Node,
-        what: &str,
+        to: &dyn std::fmt::Display,
     ) -> Result<Ready> {
         let copier = self.copier()?;
         // Where each lower holds it, worked out before anything moves.
@@ -224,7 +224,7 @@ impl UnionFs {
             });
         }
         if !found.stack.upper {
-            copier.entry(parent, name, found)?;
+            copier.entry(parent, name, found, "renamed")?;
         }
         let udir = self.upper_dir(parent, name)?;
         if let Some(Lower {
@@ -233,7 +233,7 @@ impl UnionFs {
         }) = lowers.first()
         {
             keep_times(udir.as_fd(), || {
-                copier.upper.set_redirect(udir.as_fd(), what, top)
+                copier.upper.set_redirect(udir.as_fd(), to, top)
             })?;
         }
         Ok(Ready {
@@ -249,10 +249,9 @@ impl UnionFs {
         name: &OsStr,
         found: &Found,
         node: &Node,
-        what: &str,
+        to: &dyn std::fmt::Display,
     ) -> Result<Ready> {
         let copier = self.copier()?;
-        log::info!("tree copy {what} (directory rename in the OCI format)");
         let below = copier.tree_of(parent, name, node)?;
         let udir = self.upper_dir(parent, name)?;
         // Opaque, it no longer takes its number from the lowers: record the
@@ -262,8 +261,10 @@ impl UnionFs {
                 .upper
                 .write_origin(udir.as_fd(), &self.tree.nodes.origin_xattr(), found.ino)?;
         }
+        let why = "its tree copied up whole (the OCI format has no redirect): \
+                   opaque so the lower's entries do not merge again where it lands";
         keep_times(udir.as_fd(), || {
-            copier.upper.make_opaque(udir.as_fd(), what)
+            copier.upper.make_opaque(udir.as_fd(), to, why)
         })?;
         Ok(Ready {
             lowers: Some(Vec::new()),

@@ -29,32 +29,7 @@ pub fn label(layer: LayerId) -> String {
     }
 }
 
-/// A merged path for display: `/` plus the relative path, non-UTF-8 bytes
-/// escaped (display only; tools that write keep the bytes).
-pub fn show_path(rel: &OsStr) -> String {
-    let mut s = String::from("/");
-    s.push_str(&show_name(rel));
-    s
-}
-
-/// A name for display: printable ASCII and valid UTF-8 as is, other bytes
-/// as `\xNN`.
-pub fn show_name(name: &OsStr) -> String {
-    let mut out = String::new();
-    for chunk in name.as_bytes().utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
+pub use crate::layer::{show_name, show_path};
 
 /// One layer's copy of a merged object.
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! Copy-up (DESIGN §3): the first change to a lower object rebuilds it in
+//! Copy-up (docs/design.md §3): the first change to a lower object rebuilds it in
 //! the upper. Parents first; each object is built in the work dir (data,
 //! then owner, xattrs, mode, capabilities, times) and renamed into place in
 //! one step, so no reader ever sees a partial file and a crash leaves only

@@ -1,4 +1,4 @@
-//! Hard links across copy-up (DESIGN §3 Hard links), as overlayfs's
+//! Hard links across copy-up (docs/design.md §3 Hard links), as overlayfs's
 //! `index=on` does: an object with more than one name gets an *index
 //! entry*, a hard link of its upper copy at `WORK/index/<inode number>`.
 //!

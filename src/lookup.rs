@@ -1,4 +1,4 @@
-//! Top-down resolution of a name in a merged directory (DESIGN §3 Lookup):
+//! Top-down resolution of a name in a merged directory (docs/design.md §3 Lookup):
 //! walk the parent's layers from the top and stop at the first whiteout,
 //! the first non-directory, or after an opaque directory. Directories of the
 //! same name merge; the result is the object's layer stack.

@@ -1,4 +1,4 @@
-//! Merged directory listings (DESIGN §3 Readdir): a snapshot of the names
+//! Merged directory listings (docs/design.md §3 Readdir): a snapshot of the names
 //! of all the directory's layers, the top one winning, whiteouts and the
 //! names they hide dropped. Offsets index the snapshot, so telldir/seekdir
 //! stay stable while the directory changes.

@@ -1,7 +1,7 @@
 //! Reaching a node's objects in the layers without a path: each layer's
 //! copy of a node is the name of the node in its parent's directory of
 //! that layer, and a directory not held open is reached by walking down
-//! from its nearest ancestor that is (DESIGN §4 "Nodes know their place").
+//! from its nearest ancestor that is (docs/design.md §4 "Nodes know their place").
 //! So any depth a plain filesystem allows works, and a rename moves one node.
 
 use std::ffi::{OsStr, OsString};

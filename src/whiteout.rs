@@ -1,5 +1,5 @@
 //! Whiteouts and opaque markers: how a layer says "deleted" or "hide what
-//! is below", in every format of DESIGN §2 (read from every layer, whatever
+//! is below", in every format of docs/design.md §2 (read from every layer, whatever
 //! the format the upper is written in).
 //!
 //! | marker | meaning |
@@ -262,7 +262,7 @@ pub enum WriteFormat {
     Auto,
 }
 
-/// How whiteouts and opaque markers are written into the upper (DESIGN §2),
+/// How whiteouts and opaque markers are written into the upper (docs/design.md §2),
 /// decided once at mount from the [`WriteFormat`] asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpperFormat {

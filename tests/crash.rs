@@ -1,4 +1,4 @@
-//! Crash safety (DESIGN §3 "a crash at any instant leaves either the old view
+//! Crash safety (docs/design.md §3 "a crash at any instant leaves either the old view
 //! or the new one, plus temporaries that the next mount removes"):
 //! an operation storm (big copy-ups of several MiB, file and directory
 //! renames, deletes, links, whole-file replacements, fsyncs) runs against a

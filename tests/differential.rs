@@ -1,6 +1,6 @@
 //! Differential conformance: unionfs against kernel overlayfs.
 //!
-//! unionfs promises kernel-overlayfs semantics (DESIGN.md, "where it is
+//! unionfs promises kernel-overlayfs semantics (docs/design.md, "where it is
 //! silent, do what kernel overlayfs does"). This test checks that promise on
 //! random inputs:
 //!
@@ -11,7 +11,7 @@
 //!    and mtimes.
 //! 2. The stack is rendered twice with the shared harness: in kernel format
 //!    for `mount -t overlay` (with [`runner::KERNEL_OPTS`]), and in one of
-//!    the formats of DESIGN §2 (mostly a per-entry mix of all of them) for
+//!    the formats of docs/design.md §2 (mostly a per-entry mix of all of them) for
 //!    unionfs, which writes its upper in `--format overlay` or `oci`.
 //! 3. A random sequence of operations ([`ops`]), on paths taken from the
 //!    current merged tree plus fresh names, runs on both mounts. After each
@@ -114,10 +114,10 @@ pub struct Expected {
 ///
 /// * Renaming a lower or merged dir: kernel overlayfs answers EXDEV unless
 ///   `redirect_dir=on`, while unionfs copies the tree up and succeeds
-///   (DESIGN §3 Rename). The kernel mount uses `redirect_dir=on`, so both
+///   (docs/design.md §3 Rename). The kernel mount uses `redirect_dir=on`, so both
 ///   succeed and show the same view.
 /// * Hard links: without `index=on` the kernel breaks lower hard links on
-///   copy-up, while unionfs keeps them (DESIGN §3 Hard links). The kernel
+///   copy-up, while unionfs keeps them (docs/design.md §3 Hard links). The kernel
 ///   mount uses `index=on`.
 pub const EXPECTED_DIFFERENCES: &[Expected] = &[
     Expected {
@@ -126,7 +126,7 @@ pub const EXPECTED_DIFFERENCES: &[Expected] = &[
                  lowers) and the real count otherwise, but they do not always agree on \
                  whether a dir has been copied up: a renamed dir stays merged with its \
                  lowers in kernel overlayfs (a redirect) while unionfs copies the tree up \
-                 and makes it opaque (DESIGN §3 Rename); and failing operations copy up \
+                 and makes it opaque (docs/design.md §3 Rename); and failing operations copy up \
                  as a side effect in different orders (kernel ovl_rename copies the \
                  source up before the upper rename fails with ENOTEMPTY; unionfs copies \
                  the parents up before checking). Dir link counts are compared only \
@@ -139,7 +139,7 @@ pub const EXPECTED_DIFFERENCES: &[Expected] = &[
     Expected {
         id: "index-link-seen-by-kernel",
         reason: "unionfs keeps one more name of each hard-linked upper file in its \
-                 index (WORK/index, DESIGN §3 Hard links), as kernel overlayfs does \
+                 index (WORK/index, docs/design.md §3 Hard links), as kernel overlayfs does \
                  with index=on; kernel overlayfs mounting the upper with another \
                  work dir counts that name: nlink one higher.",
         applies: |s| {
@@ -153,7 +153,7 @@ pub const EXPECTED_DIFFERENCES: &[Expected] = &[
         reason: "Kernel overlayfs lists a whiteout that sits in a dir it does not \
                  merge (nothing below to hide: e.g. the dir is only in one layer) and \
                  then fails lstat on it with ENOENT; unionfs never shows a whiteout \
-                 (DESIGN §2). Common in real image layers.",
+                 (docs/design.md §2). Common in real image layers.",
         applies: |s| {
             matches!(s, Site::Tree { check: "view", diff, .. }
                 if diff.field == "presence" && diff.right == "absent"

@@ -345,7 +345,7 @@ fn enospc_copy_up_fails_cleanly_and_succeeds_after_freeing_space() {
     assert_no_failures("ENOSPC on copy-up", &f);
 }
 
-/// Open with O_TRUNC and truncate(0) copy no data (DESIGN §3), so they
+/// Open with O_TRUNC and truncate(0) copy no data (docs/design.md §3), so they
 /// work on a big lower file even when the upper has no room for its data.
 #[test]
 fn enospc_truncating_copy_up_needs_no_room_for_the_data() {
@@ -539,7 +539,7 @@ fn enospc_no_inodes_left_fails_cleanly() {
     }
 
     // The same after a remount, with the upper still full (what is on
-    // disk, not what the daemon remembers); numbers stay (DESIGN §3).
+    // disk, not what the daemon remembers); numbers stay (docs/design.md §3).
     s.remount();
     expect_unchanged(&s, "after a remount with no inode left", &mut f);
     let ino = lstat(&s.at("d/f4")).ino();

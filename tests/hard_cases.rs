@@ -1,4 +1,4 @@
-//! The hard cases of a union filesystem, through real mounts (DESIGN §3
+//! The hard cases of a union filesystem, through real mounts (docs/design.md §3
 //! Rename, Hard links, Inode numbers):
 //!
 //! 1. renaming a directory that comes from a lower layer (lower-only or

@@ -1,4 +1,4 @@
-//! Writable unions through a real FUSE mount (DESIGN §2, §3, §5).
+//! Writable unions through a real FUSE mount (docs/design.md §2, §3, §5).
 //!
 //! Every tree-changing operation over lower-only, upper-only and copied-up
 //! objects; whiteouts and opaque dirs in both upper formats; copy-up of every
@@ -2332,7 +2332,7 @@ fn meta_diff(what: &str, lower: &Meta, upper: &Meta, skip: &[&str]) -> Vec<Strin
     d
 }
 
-/// Xattr namespaces the union keeps for itself (DESIGN §2; `trusted.unionfs.`
+/// Xattr namespaces the union keeps for itself (docs/design.md §2; `trusted.unionfs.`
 /// is where the daemon puts its metadata when trusted xattrs are writable).
 fn is_private(name: &str) -> bool {
     [

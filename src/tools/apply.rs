@@ -192,7 +192,8 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
     let entries = tar.entries().map_err(|e| source.failed(None, &e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| source.failed(last.as_deref(), &e))?;
-        let rel = clean(&entry.path_bytes(), "entry")?;
+        let named = |e: ToolError| ToolError(format!("{}: {}", source.shown, e.0));
+        let rel = clean(&entry.path_bytes(), "entry").map_err(named)?;
         last = Some(rel.clone());
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
@@ -225,7 +226,8 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
         }
         if let Some(why) = bad_marker(&name) {
             return Err(ToolError(format!(
-                "entry '{}': {why}; refusing the archive (nothing written)",
+                "{}: entry '{}': {why}; refusing the archive (nothing written)",
+                source.shown,
                 show_path(&rel)
             )));
         }
@@ -318,7 +320,7 @@ pub fn run(archive: &OsStr, dir: &OsStr, format: ApplyFormat) -> Result<(), Tool
                 let target = entry.link_name_bytes().ok_or_else(|| {
                     ToolError(format!("{}: hard link without a target", show_path(&rel)))
                 })?;
-                let target = clean(&target, "hard link target")?;
+                let target = clean(&target, "hard link target").map_err(named)?;
                 let (tp, tn) = split_path(&target);
                 let tdir = stage.dir(tp)?;
                 sys::linkat(tdir.as_fd(), tn, pfd.as_fd(), &name).map_err(|e| {

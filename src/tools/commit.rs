@@ -206,18 +206,24 @@ impl<W: Write> Archive<W> {
     }
 }
 
-/// Writes every change of the upper to `w`.
+/// Writes every change of the upper to `w`; `own` is the name of the
+/// archive's temporary and `output` the archive, for the error when the
+/// temporary shows among the changes.
 fn write_layer<W: Write>(
     merged: &Union,
     lowers: &Union,
     w: W,
     clamp: Option<i64>,
+    (own, output): (&OsStr, &OsStr),
 ) -> Result<W, ToolError> {
     let mut a = Archive {
         tar: Builder::new(w),
         clamp,
     };
     let changes = diff::changes(merged, lowers)?;
+    if let Some(c) = changes.iter().find(|c| split_path(&c.path).1 == own) {
+        return Err(super::output_in_union(output, &c.path));
+    }
     // Directories written with an opaque marker: a deletion below one is
     // already implied.
     let mut opaque: Vec<OsString> = Vec::new();
@@ -284,7 +290,14 @@ pub fn run(
     };
     if output == "-" {
         let out = io::stdout();
-        let sink = write_layer(merged, lowers, sink(out.lock(), wants_gzip(output)), clamp)?;
+        let own = (OsStr::new(""), output);
+        let sink = write_layer(
+            merged,
+            lowers,
+            sink(out.lock(), wants_gzip(output)),
+            clamp,
+            own,
+        )?;
         drop(sink.finish()?);
         return Ok(());
     }
@@ -298,7 +311,8 @@ pub fn run(
     let tmp = path.with_file_name(&tmp_name);
     let file = File::create(&tmp)
         .map_err(|e| ToolError(format!("{}: {}", path.display(), ToolError::from(e))))?;
-    let result = write_layer(merged, lowers, sink(file, wants_gzip(output)), clamp)
+    let own = (tmp_name.as_os_str(), output);
+    let result = write_layer(merged, lowers, sink(file, wants_gzip(output)), clamp, own)
         .and_then(|sink| Ok(sink.finish()?))
         .and_then(|f| Ok(f.sync_all()?))
         .and_then(|()| Ok(std::fs::rename(&tmp, path)?));

@@ -140,6 +140,19 @@ impl LayerArgs {
     }
 }
 
+/// The error for an output whose own temporary `tmp` shows in the union
+/// being read (at `seen`): it is inside a layer by a way the path check
+/// cannot see (a bind mount, another union of the same layers), and writing
+/// on would read its own output.
+pub fn output_in_union(output: &OsStr, seen: &OsStr) -> ToolError {
+    ToolError(format!(
+        "{}: inside one of the layers (its temporary showed in the union at {}); \
+         write it outside every layer (nothing written)",
+        Path::new(output).display(),
+        tree::show_path(seen)
+    ))
+}
+
 /// `path` made absolute with its parent's symlinks resolved (the last
 /// name kept, as it is replaced rather than followed); the whole path
 /// resolved when it names an existing directory.

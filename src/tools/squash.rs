@@ -80,6 +80,12 @@ pub fn run(union: &Union, output: &OsStr) -> Result<(), ToolError> {
     let root = union.root()?;
     stage.set_root_meta(meta_of(root.top())?);
     let mut links = HashMap::new();
-    union.walk::<ToolError>(&root, &mut |node| write_node(&mut stage, &mut links, node))?;
+    let tmp = stage.tmp_name().to_os_string();
+    union.walk::<ToolError>(&root, &mut |node| {
+        if split_path(&node.path).1 == tmp {
+            return Err(super::output_in_union(output, &node.path));
+        }
+        write_node(&mut stage, &mut links, node)
+    })?;
     stage.finish()
 }

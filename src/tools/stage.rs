@@ -161,6 +161,11 @@ impl Stage {
         self.dirs.push((OsString::new(), meta));
     }
 
+    /// The hidden name the tree is built under, beside the destination.
+    pub fn tmp_name(&self) -> &OsStr {
+        &self.tmp
+    }
+
     /// The tree's root, for callers that create objects themselves.
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()

@@ -1,5 +1,5 @@
 //! The offline union reader: the merged view of unmounted layers, resolved
-//! with the mount's marker rules (DESIGN §2, §3) from [`crate::whiteout`],
+//! with the mount's marker rules (docs/design.md §2, §3) from [`crate::whiteout`],
 //! plus, on request, what each lookup hid and why (for `which`).
 //!
 //! Layers are reached only through held directory fds and `*at` calls that

@@ -12,7 +12,7 @@
 //!   aborts a FUSE connection whose daemon hangs, so a test fails instead of
 //!   blocking forever.
 //! * The layer DSL ([`Layer`]) and [`render`] in every whiteout/opaque
-//!   [`Format`] of DESIGN §2, plus [`merged_view`], a small reference model of
+//!   [`Format`] of docs/design.md §2, plus [`merged_view`], a small reference model of
 //!   the lowers-only merge (an oracle independent of the daemon).
 //! * [`snapshot`] / [`Tree::diff`] and [`checksum_layers`].
 //! * [`sys`]: the only `unsafe` in the tests (xattrs, mknod, telldir/seekdir,
@@ -611,7 +611,7 @@ where
     run(&mut cmd, Duration::from_secs(30))
 }
 
-/// Lower paths joined with `:`, a `:` inside a path written `\:` (DESIGN §1).
+/// Lower paths joined with `:`, a `:` inside a path written `\:` (docs/design.md §1).
 pub fn lowers_arg(lowers: &[&Path]) -> OsString {
     let mut v = Vec::new();
     for (i, l) in lowers.iter().enumerate() {
@@ -632,7 +632,7 @@ pub fn lowers_arg(lowers: &[&Path]) -> OsString {
 // Mounts
 // ---------------------------------------------------------------------------
 
-/// The three invocation forms of DESIGN §1.
+/// The three invocation forms of docs/design.md §1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
     /// `unionfs mount -l L1:L2 [-u U] [-w W] [extra] MNT`
@@ -1245,7 +1245,7 @@ impl Layer {
     }
 }
 
-/// Whiteout/opaque on-disk formats (DESIGN §2).
+/// Whiteout/opaque on-disk formats (docs/design.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// whiteout = char device 0/0; opaque = `trusted.overlay.opaque=y`.
@@ -1657,7 +1657,7 @@ fn index_layer(layer: &Layer) -> BTreeMap<Vec<u8>, SpecNode> {
 }
 
 /// The merged view of a lowers-only stack (`layers` top first), by the rules
-/// of DESIGN §3: lookup stops at the first whiteout, the first non-dir, or
+/// of docs/design.md §3: lookup stops at the first whiteout, the first non-dir, or
 /// after an opaque dir; dirs of the same name merge; the top one wins.
 /// Keys are relative paths (`""` is the root).
 pub fn merged_view(layers: &[&Layer]) -> BTreeMap<Vec<u8>, ViewEntry> {

@@ -1,7 +1,7 @@
 //! Random layer stacks: a logical description ([`StackSpec`]) generated from
 //! a seed, rendered twice by the shared harness (`common::render_stack`):
 //! kernel format for `mount -t overlay`, and a mix of every format of
-//! DESIGN §2 for unionfs.
+//! docs/design.md §2 for unionfs.
 
 use std::collections::BTreeMap;
 

@@ -343,7 +343,7 @@ fn run_inner(root: &Path, spec: &StackSpec, src: Source, result: &mut RunResult)
     }
 
     // The upper persists: a new mount over the same dirs shows the same
-    // view, with the same inode numbers for files and dirs (DESIGN §3).
+    // view, with the same inode numbers for files and dirs (docs/design.md §3).
     let um2 = mount_unionfs(&as_paths(&ul), uup, uwork, umnt, &uargs);
     let us2 = tree::snap(umnt);
     um2.umount();
@@ -383,7 +383,7 @@ fn run_inner(root: &Path, spec: &StackSpec, src: Source, result: &mut RunResult)
     }
 
     // An upper written in overlay format mounts under kernel overlayfs
-    // (DESIGN §2) and shows the same view. Its hard-link index lives in
+    // (docs/design.md §2) and shows the same view. Its hard-link index lives in
     // unionfs's work dir, which the kernel does not read: skipped when the
     // lowers have hard links.
     if spec.write_format == "overlay" && !spec.has_links() {

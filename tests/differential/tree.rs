@@ -348,7 +348,7 @@ pub fn compare(k: &Snap, u: &Snap) -> Vec<Diff> {
 }
 
 /// What unionfs promises beyond the comparison: each readdir d_ino equals
-/// the entry's st_ino (DESIGN §3 Readdir).
+/// the entry's st_ino (docs/design.md §3 Readdir).
 pub fn unionfs_invariants(u: &Snap) -> Vec<Diff> {
     u.iter()
         .filter(|(_, e)| e.ftype.is_some() && e.d_ino.is_some_and(|d| d != e.ino))

@@ -576,3 +576,93 @@ fn layers_diff_and_commit_take_a_mount_path() {
     assert!(line.contains("give no mount path"), "{out}");
     m.umount();
 }
+
+/// Defect: an output that reaches a layer by another mount (a bind mount
+/// of a lower, kernel overlayfs over the same layers) passed the path
+/// check, and squash read its own output without end. The tool now stops
+/// when its own temporary shows in the union it reads.
+#[test]
+fn squash_and_commit_refuse_an_output_reaching_a_layer_through_another_mount() {
+    if !require_kernel_overlay() {
+        return;
+    }
+    let t = TestDir::new("hostile-output-other-mount");
+    let (lo, up) = two_layers(&t);
+    let sums = checksum_layers(&[&lo]);
+    let bind = t.mkdir("bind");
+    let ovl = t.mkdir("ovl");
+    let work = t.mkdir("ovl-work");
+    let mounted = |what: &str, out: std::process::Output| {
+        assert!(out.status.success(), "{what}: {out:?}");
+    };
+    mounted(
+        "bind mount",
+        Command::new("mount")
+            .arg("--bind")
+            .arg(&lo)
+            .arg(&bind)
+            .output()
+            .unwrap(),
+    );
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lo.display(),
+        up.display(),
+        work.display()
+    );
+    mounted(
+        "overlay mount",
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &data])
+            .arg(&ovl)
+            .output()
+            .unwrap(),
+    );
+    let lo_arg = lo.as_os_str();
+    let cases: Vec<(&str, bool, PathBuf)> = vec![
+        ("squash", false, bind.join("flat")),
+        ("squash", true, ovl.join("flat")),
+        ("commit", true, ovl.join("x.tar")),
+    ];
+    let mut failures = Vec::new();
+    for (cmd, with_upper, output) in &cases {
+        let mut args: Vec<&OsStr> = vec![OsStr::new(cmd), OsStr::new("-l"), lo_arg];
+        if *with_upper {
+            args.extend([OsStr::new("-u"), up.as_os_str()]);
+        }
+        args.extend([OsStr::new("-o"), os(output)]);
+        let what = format!("{cmd} -o {}", output.display());
+        let out = tool_quick(&args);
+        // The bind mount is seen before anything is written; through
+        // overlayfs, once the output's temporary shows in the union.
+        let said = if *with_upper {
+            "inside one of the layers"
+        } else {
+            "inside lower 1"
+        };
+        if out.code() != Some(1)
+            || !out.stderr.contains(said)
+            || !out.stderr.contains("nothing written")
+        {
+            failures.push(format!("{what}: {out}"));
+        }
+        if fs::symlink_metadata(output).is_ok() {
+            failures.push(format!("{what}: written"));
+        }
+    }
+    let leftovers: Vec<String> = [&lo, &up]
+        .iter()
+        .flat_map(|d| fs::read_dir(d).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("unionfs-tmp"))
+        .collect();
+    for m in [&ovl, &bind] {
+        let _ = Command::new("umount").arg(m).status();
+    }
+    assert!(
+        leftovers.is_empty(),
+        "temporaries left in a layer: {leftovers:?}"
+    );
+    assert_no_failures("output through another mount", &failures);
+    sums.assert_unchanged();
+}

@@ -20,6 +20,7 @@ use std::ffi::OsStr;
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use tree::Union;
@@ -106,9 +107,18 @@ impl LayerArgs {
         let upper = self.upper.iter().map(|u| ("the upper".to_owned(), u));
         let work = self.work.iter().map(|w| ("the work dir".to_owned(), w));
         let lowers = (self.lowers.iter().enumerate()).map(|(i, l)| (format!("lower {}", i + 1), l));
+        // The output's directories, by identity: a bind mount of a layer
+        // is the layer under another path.
+        let ids: Vec<(u64, u64)> = out
+            .ancestors()
+            .skip(1)
+            .filter_map(|a| std::fs::metadata(a).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
         for (what, layer) in upper.chain(work).chain(lowers) {
             let layer = std::fs::canonicalize(layer).unwrap_or_else(|_| layer.clone());
-            if out.starts_with(&layer) {
+            let same = std::fs::metadata(&layer).is_ok_and(|m| ids.contains(&(m.dev(), m.ino())));
+            if out.starts_with(&layer) || same {
                 return Err(ToolError(format!(
                     "{}: inside {what} ({}); write it outside every layer (nothing written)",
                     Path::new(output).display(),

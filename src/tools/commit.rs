@@ -222,7 +222,7 @@ fn write_layer<W: Write>(
     };
     let changes = diff::changes(merged, lowers)?;
     if let Some(c) = changes.iter().find(|c| split_path(&c.path).1 == own) {
-        return Err(super::output_in_union(output, &c.path));
+        return Err(super::output::output_in_union(output, &c.path));
     }
     // Directories written with an opaque marker: a deletion below one is
     // already implied.

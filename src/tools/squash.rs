@@ -83,7 +83,7 @@ pub fn run(union: &Union, output: &OsStr) -> Result<(), ToolError> {
     let tmp = stage.tmp_name().to_os_string();
     union.walk::<ToolError>(&root, &mut |node| {
         if split_path(&node.path).1 == tmp {
-            return Err(super::output_in_union(output, &node.path));
+            return Err(super::output::output_in_union(output, &node.path));
         }
         write_node(&mut stage, &mut links, node)
     })?;

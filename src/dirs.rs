@@ -3,7 +3,9 @@
 //! lookups and listings reuse ([`DirCache`]), sharded so that lookups on
 //! different directories never wait for each other.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
+use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
@@ -27,10 +29,46 @@ pub struct LayerDir {
     /// The directory's inode number in its layer, when known (0 if not):
     /// tells a lookup that a held lower directory is the one it found.
     pub real_ino: u64,
-    /// For a lower (which never changes): whether any `.wh.NAME` entry is
-    /// in it, found by one listing on first need. Most image layers have
-    /// none, and then a missing name needs no second look for `.wh.NAME`.
-    oci_whiteouts: Option<OnceLock<bool>>,
+    /// For a lower (which never changes): what one listing, made on first
+    /// need, says about it. `None` for the upper, which changes.
+    listing: Option<OnceLock<Listing>>,
+}
+
+/// What a lower directory's one listing settles for every later lookup in
+/// it: a name it lacks (and whose `.wh.NAME` it lacks) is absent without a
+/// stat, and with no `.wh.NAME` entry at all a missing name needs no second
+/// look for its OCI whiteout. A lookup that misses in a lower (a name
+/// created in the upper, held by another lower, or nowhere) is the common
+/// case in a merged directory, and each was a failed `fstatat` per lower.
+#[derive(Debug)]
+struct Listing {
+    oci_whiteouts: bool,
+    /// Hashes of the entries' names; `None` when the listing failed (then
+    /// every name may be there).
+    names: Option<HashSet<u64>>,
+}
+
+impl Listing {
+    fn of(entries: Result<Vec<sys::RawDirEntry>>) -> Listing {
+        match entries {
+            Ok(entries) => Listing {
+                oci_whiteouts: has_oci_whiteout(&entries),
+                names: Some(entries.iter().map(|e| name_hash(&e.name)).collect()),
+            },
+            Err(_) => Listing {
+                oci_whiteouts: true,
+                names: None,
+            },
+        }
+    }
+}
+
+/// A name's hash for [`Listing`] (a collision only costs the stat it would
+/// have saved).
+fn name_hash(name: &OsStr) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 impl LayerDir {
@@ -42,7 +80,7 @@ impl LayerDir {
             marks,
             redirect,
             real_ino: 0,
-            oci_whiteouts: immutable.then(OnceLock::new),
+            listing: immutable.then(OnceLock::new),
         })
     }
 
@@ -77,22 +115,37 @@ impl LayerDir {
 
     /// False only when the directory surely holds no `.wh.NAME` whiteout.
     pub fn may_hold_oci_whiteouts(&self) -> bool {
-        let Some(known) = &self.oci_whiteouts else {
+        let Some(known) = &self.listing else {
             return true; // the upper changes: always look
         };
-        *known.get_or_init(|| match self.read_entries() {
-            Ok(entries) => has_oci_whiteout(&entries),
-            Err(_) => true,
-        })
+        known
+            .get_or_init(|| Listing::of(self.read_entries()))
+            .oci_whiteouts
     }
 
-    /// Every entry of the directory. A lower's listing also settles
-    /// [`LayerDir::may_hold_oci_whiteouts`], so that a lookup of a missing
-    /// name does not list it again.
+    /// True when a lower's listing, if one was made already, shows neither
+    /// `name` nor `.wh.NAME`: the name is absent here, no stat needed. False
+    /// when it may be there, or nothing is known yet (a lookup that finds
+    /// its name needs no listing).
+    pub fn surely_lacks(&self, name: &OsStr) -> bool {
+        let Some(Listing {
+            names: Some(names), ..
+        }) = self.listing.as_ref().and_then(OnceLock::get)
+        else {
+            return false;
+        };
+        !names.contains(&name_hash(name))
+            && !names.contains(&name_hash(&whiteout::oci_whiteout_name(name)))
+    }
+
+    /// Every entry of the directory. A lower's listing also settles what
+    /// [`Listing`] says, so that later lookups need not list it again.
     pub fn list(&self) -> Result<Vec<sys::RawDirEntry>> {
         let entries = self.read_entries()?;
-        if let Some(known) = &self.oci_whiteouts {
-            let _ = known.set(has_oci_whiteout(&entries));
+        if let Some(known) = &self.listing {
+            if known.get().is_none() {
+                let _ = known.set(Listing::of(Ok(entries.clone())));
+            }
         }
         Ok(entries)
     }
@@ -163,5 +216,35 @@ impl DirCache {
         for layer in layers {
             self.shard((ino, layer)).lock().pop(&(ino, layer));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lower_listing_settles_which_names_are_absent() {
+        let dir = std::env::temp_dir().join(format!("unionfs-dirs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["a", ".wh.b"] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        let open = |immutable| LayerDir::new(sys::open_dir_path(&dir).unwrap(), immutable).unwrap();
+        let lower = open(true);
+        // Nothing is known before a listing: every name may be there.
+        assert!(!lower.surely_lacks(OsStr::new("c")));
+        assert!(lower.may_hold_oci_whiteouts());
+        assert!(lower.surely_lacks(OsStr::new("c")), "neither c nor .wh.c");
+        assert!(!lower.surely_lacks(OsStr::new("a")), "listed");
+        assert!(
+            !lower.surely_lacks(OsStr::new("b")),
+            "its whiteout is listed"
+        );
+        // The upper changes under us: it is never answered from a listing.
+        let upper = open(false);
+        upper.list().unwrap();
+        assert!(!upper.surely_lacks(OsStr::new("c")));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

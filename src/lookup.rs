@@ -43,6 +43,9 @@ enum InLayer {
 
 /// Looks at `name` in one layer's copy of the parent directory.
 fn probe(dir: &LayerDir, name: &OsStr) -> Result<InLayer> {
+    if dir.surely_lacks(name) {
+        return Ok(InLayer::Absent);
+    }
     let st = match sys::statat(dir.fd(), name) {
         Ok(st) => st,
         Err(e) if e.is(libc::ENOENT) => {

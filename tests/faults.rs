@@ -1281,13 +1281,14 @@ fn no_inodes_create_over_whiteout_keeps_it_deleted_oci_format() {
 // A lower that returns EIO
 // ---------------------------------------------------------------------------
 
-/// Every offset of `needle` in the file `path`.
+/// Every 4 KiB-aligned offset of the file `path` where `needle` starts (a
+/// file's data blocks start at a block boundary).
 fn find_all(path: &Path, needle: &[u8]) -> Vec<u64> {
     let data = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    data.windows(needle.len())
+    data.chunks(4096)
         .enumerate()
-        .filter(|(_, w)| *w == needle)
-        .map(|(i, _)| i as u64)
+        .filter(|(_, block)| block.starts_with(needle))
+        .map(|(i, _)| i as u64 * 4096)
         .collect()
 }
 
@@ -1303,7 +1304,7 @@ fn poke(image: &Path, offsets: &[u64], bytes: &[u8]) {
     f.sync_all().expect("fsync the image");
 }
 
-/// Paths below `root` with their type and size, from lstat alone (no data
+/// Paths below `root` with their type and file size, from lstat alone (no data
 /// read: the kernel must not cache what a later read is to fetch).
 fn lstat_walk(root: &Path) -> Vec<(PathBuf, String, u64)> {
     let mut v = Vec::new();
@@ -1316,7 +1317,10 @@ fn lstat_walk(root: &Path) -> Vec<(PathBuf, String, u64)> {
                 todo.push(p.clone());
             }
             let rel = p.strip_prefix(root).expect("below root").to_path_buf();
-            v.push((rel, format!("{:?}", m.file_type()), m.len()));
+            // A directory's size is not its content (it changes when the
+            // directory is copied up).
+            let len = if m.is_dir() { 0 } else { m.len() };
+            v.push((rel, format!("{:?}", m.file_type()), len));
         }
     }
     v.sort();
@@ -1329,7 +1333,9 @@ fn lstat_walk(root: &Path) -> Vec<(PathBuf, String, u64)> {
 /// back): reading such a file through the mount fails with EIO, so does its
 /// copy-up, which leaves the upper as it was; the daemon keeps serving the
 /// other files of that lower, the other lower and the upper, and takes
-/// writes; once the device reads again, a remount reads everything.
+/// writes; a directory rename (OCI format) whose tree copy meets such a
+/// file fails with EIO and shows no partial copy; once the device reads
+/// again, a remount reads everything and the rename works.
 ///
 /// (This kernel has no device-mapper driver for a `dmsetup` error or flakey
 /// target; a checksum failure reaches unionfs as the same EIO from read(2).)
@@ -1362,11 +1368,15 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
     // reading while the data blocks fail.
     let victim = pattern("victim", 256 << 10);
     let victim2 = pattern("victim2", 256 << 10);
+    let victim3 = pattern("victim3", 256 << 10);
     let lower = Layer::new("lower")
         .file("bad/victim", &victim)
         .file("bad/victim2", &victim2)
         .tagged("bad/small")
-        .tagged("bad/sub/x");
+        .tagged("bad/sub/x")
+        .tagged("bad/tree/a")
+        .file("bad/tree/m", &victim3)
+        .tagged("bad/tree/sub/z");
     let rw = DevMount::new(&dev.dev, "btrfs", "", &fsdir);
     render(&lower, &lower_dir, Format::Kernel);
     let sums = checksum_layers(&[&lower_dir]);
@@ -1379,12 +1389,15 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
     let upper = t.mkdir("upper");
     let work = t.join("work");
     let mnt = t.mkdir("mnt");
+    // The OCI format, so that a directory rename copies its tree (and reads
+    // every file of it).
+    let args = ["--format", "oci"];
     let mut m = Some(mount_unionfs(
         &[&top_dir, &lower_dir],
         Some(&upper),
         Some(&work),
         &mnt,
-        &[],
+        &args,
     ));
     let mut f = Vec::new();
     // An upper file, and `bad` already in the upper (so a copy-up there
@@ -1397,7 +1410,11 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
 
     // The data blocks of both victims go bad (every copy on the device).
     let mut bad = Vec::new();
-    for (content, name) in [(&victim, "victim"), (&victim2, "victim2")] {
+    for (content, name) in [
+        (&victim, "victim"),
+        (&victim2, "victim2"),
+        (&victim3, "victim3"),
+    ] {
         let at = find_all(&image, &content[..64]);
         assert!(
             !at.is_empty(),
@@ -1475,6 +1492,26 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
         }
         Err(e) => f.push(format!("readdir work/tmp: {e}")),
     }
+    // A directory rename whose tree copy meets the bad file fails with EIO
+    // and shows nothing of the half-made copy.
+    check_errno(
+        fs::rename(mnt.join("bad/tree"), mnt.join("bad/tree2")),
+        libc::EIO,
+        "rename of a lower dir holding a file that reads EIO (OCI format: tree copy)",
+        &mut f,
+    );
+    let walk = lstat_walk(&mnt);
+    if walk != walk_before {
+        f.push(format!(
+            "the merged view changed after the failed rename: {walk_before:?} -> {walk:?}"
+        ));
+    }
+    let marks = opaque_markers(&upper.join("bad/tree"));
+    if !marks.is_empty() {
+        f.push(format!("opaque markers after the failed rename: {marks:?}"));
+    }
+    expect_absent(&upper.join("bad/tree2"), "after the failed rename", &mut f);
+    expect_absent(&upper.join("bad/tree/m"), "after the failed rename", &mut f);
     // And it takes writes.
     match fs::write(mnt.join("bad/new"), b"new") {
         Ok(()) => expect_content(&mnt.join("bad/new"), b"new", 0o644, "new file", &mut f),
@@ -1491,11 +1528,17 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
         Some(&upper),
         Some(&work),
         &mnt,
-        &[],
+        &args,
     ));
+    if let Err(e) = fs::rename(mnt.join("bad/tree"), mnt.join("bad/tree2")) {
+        f.push(format!("the rename once the device reads again: {e}"));
+    }
     for (p, want) in [
         ("bad/victim", victim.clone()),
         ("bad/victim2", victim2.clone()),
+        ("bad/tree2/m", victim3.clone()),
+        ("bad/tree2/a", tag("lower", "bad/tree/a")),
+        ("bad/tree2/sub/z", tag("lower", "bad/tree/sub/z")),
         ("bad/small", tag("lower", "bad/small")),
         ("good/b", tag("top", "good/b")),
         ("up", b"upper file".to_vec()),

@@ -15,6 +15,8 @@
 //!   and a create over a whiteout: ENOSPC, nothing of the half-made copy
 //!   shows, the same after a remount, and the operation works once room is
 //!   freed.
+//! * One or two inodes left for an operation over a whiteout (create,
+//!   mkdir, a dir renamed there), in both whiteout formats: all or nothing.
 //! * A lower whose device returns EIO: reads and copy-ups of its files fail
 //!   with EIO, the upper is untouched, the daemon keeps serving, and after
 //!   the device recovers a remount reads everything.
@@ -1565,4 +1567,126 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
     drop(lower_fs);
     drop(dev);
     assert_no_failures("a lower that returns EIO", &f);
+}
+
+/// With one or two inodes left, an operation over a whiteout may get some
+/// of its steps done before the upper runs out (a new object, then the
+/// opaque marker, then the whiteout's removal): it either fails with ENOSPC
+/// and the view is as before, or succeeds and the view is the new one:
+/// never the lower object showing through, never half of it; the same
+/// after a remount. Each case on a fresh upper.
+#[test]
+fn few_inodes_left_operations_over_whiteouts_are_all_or_nothing() {
+    if !require_mount_env() {
+        return;
+    }
+    let lower = Layer::new("lower")
+        .tagged("w/gone")
+        .tagged("w/gonedir/x")
+        .tagged("w/ldir/q")
+        .tagged("w/kept");
+    type Op = (&'static str, fn(&Setup) -> io::Result<()>);
+    let ops: [Op; 4] = [
+        ("create w/gone over its whiteout", |s| {
+            fs::write(s.at("w/gone"), b"new")
+        }),
+        ("mkdir w/gone over a file's whiteout", |s| {
+            fs::create_dir(s.at("w/gone"))
+        }),
+        ("mkdir w/gonedir over a dir's whiteout", |s| {
+            fs::create_dir(s.at("w/gonedir"))
+        }),
+        (
+            "rename the lower dir w/ldir over the dir's whiteout w/gonedir",
+            |s| fs::rename(s.at("w/ldir"), s.at("w/gonedir")),
+        ),
+    ];
+    // What op `i` shows once done: the listing of the dir it changed (and
+    // the new file's content).
+    let done = |i: usize, s: &Setup, f: &mut Vec<String>, when: &str| {
+        let list = |p: &str| -> Vec<String> {
+            fs::read_dir(s.at(p))
+                .map(|rd| {
+                    let mut v: Vec<String> = rd
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect();
+                    v.sort();
+                    v
+                })
+                .unwrap_or_else(|e| vec![format!("<readdir {p}: {e}>")])
+        };
+        let (p, want): (&str, Vec<&str>) = match i {
+            0 => {
+                expect_content(&s.at("w/gone"), b"new", 0o644, when, f);
+                ("w", vec!["gone", "kept", "ldir"])
+            }
+            1 => ("w/gone", vec![]),
+            2 => ("w/gonedir", vec![]),
+            _ => {
+                expect_absent(&s.at("w/ldir"), when, f);
+                ("w/gonedir", vec!["q"])
+            }
+        };
+        let got = list(p);
+        if got != want {
+            f.push(format!("{when}: {p} lists {got:?}, expected {want:?}"));
+        }
+    };
+    let mut f = Vec::new();
+    for format in ["overlay", "oci"] {
+        for leave in [1, 2] {
+            for (i, (what, op)) in ops.iter().enumerate() {
+                let what = format!("{what}, {leave} inode(s) left, --format {format}");
+                let mut s = Setup::with_args(
+                    "few-inodes",
+                    &lower,
+                    tmpfs_opts(Full::Inodes { leave }),
+                    &["--format", format],
+                );
+                fs::remove_file(s.at("w/gone")).expect("rm w/gone");
+                fs::remove_dir_all(s.at("w/gonedir")).expect("rm -r w/gonedir");
+                let filler = fill(&s, Full::Inodes { leave });
+                let before = snapshot(s.mnt().path());
+                let r = op(&s);
+                if let Err(e) = s.serving() {
+                    panic!("{what}: the daemon stopped serving: {e}");
+                }
+                let after = match r {
+                    Ok(()) => {
+                        done(i, &s, &mut f, &what);
+                        snapshot(s.mnt().path())
+                    }
+                    Err(e) => {
+                        if e.raw_os_error() != Some(libc::ENOSPC) {
+                            f.push(format!("{what}: failed with {e}, expected ENOSPC"));
+                        }
+                        let now = snapshot(s.mnt().path());
+                        f.extend(
+                            before
+                                .diff(&now, same_view())
+                                .into_iter()
+                                .map(|d| format!("{what} (failed): {d}")),
+                        );
+                        before
+                    }
+                };
+                let tmp = s.temporaries();
+                if !tmp.is_empty() {
+                    f.push(format!("{what}: work/tmp holds {tmp:?}"));
+                }
+                s.remount();
+                f.extend(
+                    after
+                        .diff(&snapshot(s.mnt().path()), same_view())
+                        .into_iter()
+                        .map(|d| format!("{what}, after a remount: {d}")),
+                );
+                unfill(&filler);
+                s.unmount();
+                s.sums.assert_unchanged();
+            }
+        }
+    }
+    assert_no_failures("operations over whiteouts with few inodes left", &f);
 }

@@ -1333,7 +1333,8 @@ fn lstat_walk(root: &Path) -> Vec<(PathBuf, String, u64)> {
 /// under it fails; here a btrfs lower whose data blocks of two files stop
 /// matching their checksums under the mounted file system, then are put
 /// back): reading such a file through the mount fails with EIO, so does its
-/// copy-up, which leaves the upper as it was; the daemon keeps serving the
+/// copy-up (plain, and of a file with two names, which stay one inode),
+/// which leaves the upper as it was; the daemon keeps serving the
 /// other files of that lower, the other lower and the upper, and takes
 /// writes; a directory rename (OCI format) whose tree copy meets such a
 /// file fails with EIO and shows no partial copy; once the device reads
@@ -1371,6 +1372,7 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
     let victim = pattern("victim", 256 << 10);
     let victim2 = pattern("victim2", 256 << 10);
     let victim3 = pattern("victim3", 256 << 10);
+    let victim4 = pattern("victim4", 256 << 10);
     let lower = Layer::new("lower")
         .file("bad/victim", &victim)
         .file("bad/victim2", &victim2)
@@ -1378,7 +1380,9 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
         .tagged("bad/sub/x")
         .tagged("bad/tree/a")
         .file("bad/tree/m", &victim3)
-        .tagged("bad/tree/sub/z");
+        .tagged("bad/tree/sub/z")
+        .file("bad/hl1", &victim4)
+        .link("bad/hl2", "bad/hl1");
     let rw = DevMount::new(&dev.dev, "btrfs", "", &fsdir);
     render(&lower, &lower_dir, Format::Kernel);
     let sums = checksum_layers(&[&lower_dir]);
@@ -1416,6 +1420,7 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
         (&victim, "victim"),
         (&victim2, "victim2"),
         (&victim3, "victim3"),
+        (&victim4, "victim4"),
     ] {
         let at = find_all(&image, &content[..64]);
         assert!(
@@ -1451,6 +1456,31 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
         "chmod bad/victim2 (a copy-up that reads EIO)",
         &mut f,
     );
+    // A hard-link copy-up (a write to one name of a file with two) that
+    // reads EIO: both names stay the lower file, one inode.
+    let hl_ino = lstat(&mnt.join("bad/hl1")).ino();
+    check_errno(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("bad/hl1"))
+            .map(drop),
+        libc::EIO,
+        "open bad/hl1 O_WRONLY (a hard-link copy-up that reads EIO)",
+        &mut f,
+    );
+    for p in ["bad/hl1", "bad/hl2"] {
+        match fs::symlink_metadata(mnt.join(p)) {
+            Ok(md) if md.ino() == hl_ino && md.nlink() == 2 && md.len() == 256 << 10 => {}
+            Ok(md) => f.push(format!(
+                "{p} after the failed hard-link copy-up: inode {} (was {hl_ino}), nlink {}, \
+                 size {}",
+                md.ino(),
+                md.nlink(),
+                md.len()
+            )),
+            Err(e) => f.push(format!("lstat {p} after the failed hard-link copy-up: {e}")),
+        }
+    }
     // The daemon keeps serving: the mount, other files of the failing
     // lower, the other lower, the upper.
     if !is_mounted(&mnt) {
@@ -1535,10 +1565,25 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
     if let Err(e) = fs::rename(mnt.join("bad/tree"), mnt.join("bad/tree2")) {
         f.push(format!("the rename once the device reads again: {e}"));
     }
+    if let Err(e) = fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("bad/hl1"))
+        .and_then(|fh| fh.write_all_at(b"CHANGED", 0))
+    {
+        f.push(format!(
+            "the write to bad/hl1 once the device reads again: {e}"
+        ));
+    }
+    let mut hl_want = victim4.clone();
+    hl_want[..7].copy_from_slice(b"CHANGED");
+    if lstat(&mnt.join("bad/hl2")).ino() != hl_ino {
+        f.push("bad/hl2 is another inode than bad/hl1 after the copy-up".into());
+    }
     for (p, want) in [
         ("bad/victim", victim.clone()),
         ("bad/victim2", victim2.clone()),
         ("bad/tree2/m", victim3.clone()),
+        ("bad/hl2", hl_want.clone()),
         ("bad/tree2/a", tag("lower", "bad/tree/a")),
         ("bad/tree2/sub/z", tag("lower", "bad/tree/sub/z")),
         ("bad/small", tag("lower", "bad/small")),

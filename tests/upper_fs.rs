@@ -10,7 +10,8 @@
 //!   and the merged trees are compared with the differential test's
 //!   comparison (names, types, modes, owners, sizes, contents, symlink
 //!   targets, user xattrs, link counts, hard-link groups); a remount of
-//!   unionfs shows the same tree; the lowers are unchanged.
+//!   unionfs shows the same tree with the same inode numbers; the lowers are
+//!   unchanged.
 //! * On xfs (reflink=1) and btrfs, a copy-up of a 4 MiB lower file on the
 //!   upper's file system (by a 1-byte append) shares the lower's extents
 //!   (`filefrag -v` marks them `shared`) instead of copying the data.
@@ -308,11 +309,20 @@ fn sequence_matches_kernel_overlayfs(kind: &str) {
         &u_mnt,
         &args,
     );
-    f.extend(tree_diffs(
-        &u_view,
-        &tree::snap(&u_mnt),
-        "unionfs remounted",
-    ));
+    let again = tree::snap(&u_mnt);
+    f.extend(tree_diffs(&u_view, &again, "unionfs remounted"));
+    // Inode numbers of files and dirs survive the remount (docs/design.md §3).
+    for (p, e) in &u_view {
+        let keeps = matches!(e.ftype, Some(FileType::File) | Some(FileType::Dir));
+        if let Some(a) = again.get(p).filter(|a| keeps && a.ino != e.ino) {
+            f.push(format!(
+                "unionfs remounted: {} changed inode number {} -> {}",
+                show(p),
+                e.ino,
+                a.ino
+            ));
+        }
+    }
     um.umount();
     km.umount();
     sums.assert_unchanged();

@@ -1,4 +1,5 @@
-//! Faults of the upper's file system under a live mount (issue item 3):
+//! Faults of the upper's (or a lower's) file system under a live mount
+//! (issue item 3):
 //!
 //! * ENOSPC: with the upper (and its work dir) on a small tmpfs that is
 //!   full, writes and copy-ups fail with ENOSPC, the lower version stays
@@ -9,7 +10,6 @@
 //! * EROFS: with the upper's tmpfs remounted read-only under the daemon,
 //!   every change fails cleanly with EROFS, reads keep working, the daemon
 //!   stays up, and after `remount,rw` writes work again.
-//!
 //! * A full upper (no room, or no inode) during a directory rename in the
 //!   OCI format (the tree copied up, then made opaque), a hard-link copy-up
 //!   and a create over a whiteout: ENOSPC, nothing of the half-made copy

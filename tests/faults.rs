@@ -1322,7 +1322,7 @@ fn lstat_walk(root: &Path) -> Vec<(PathBuf, String, u64)> {
             // A directory's size is not its content (it changes when the
             // directory is copied up).
             let len = if m.is_dir() { 0 } else { m.len() };
-            v.push((rel, format!("{:?}", m.file_type()), len));
+            v.push((rel, format!("{:?}", FileType::of(m.file_type())), len));
         }
     }
     v.sort();
@@ -1602,6 +1602,24 @@ fn lower_returning_eio_fails_reads_with_eio_and_the_mount_keeps_serving() {
             )),
             Err(e) => f.push(format!("reading {p} after the device recovered: {e}")),
         }
+    }
+    // Every file reads (a snapshot reads each one, and panics on an error);
+    // the files are those of before, plus bad/new.
+    let view = snapshot(&mnt);
+    let before_files = walk_before
+        .iter()
+        .filter(|(_, kind, _)| *kind == format!("{:?}", FileType::File))
+        .count();
+    let now_files = view
+        .nodes
+        .values()
+        .filter(|n| n.ftype == FileType::File)
+        .count();
+    if now_files != before_files + 1 {
+        f.push(format!(
+            "after the remount the view holds {now_files} files, expected {}",
+            before_files + 1
+        ));
     }
     match fs::metadata(mnt.join("bad/victim2")) {
         Ok(md) if md.mode() & 0o7777 == 0o644 => {}

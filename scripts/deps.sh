@@ -66,6 +66,12 @@ need timeout coreutils
 need findmnt util-linux            # conformance.sh: which fs the layers sit on
 need losetup mount                 # conformance.sh: ext4 image when /tmp is not ext4
 need mkfs.ext4 e2fsprogs
+# faults.rs: a btrfs lower on a loop image whose data turns bad (EIO);
+# upper_fs.rs: the upper on ext4, xfs, btrfs and tmpfs loop images, and
+# whether a reflinked copy-up shares extents (filefrag -v).
+need mkfs.btrfs btrfs-progs
+need mkfs.xfs xfsprogs
+need filefrag e2fsprogs
 
 if [ "${UNIONFS_BENCH:-0}" = 1 ]; then
   # scripts/bench.sh and scripts/bench_dir_rename.sh: the loop-mounted ext4

@@ -1105,6 +1105,154 @@ pub fn mount_tmpfs_sized(dir: &Path, size: &str) -> Mount {
 }
 
 // ---------------------------------------------------------------------------
+// Block devices: loop images and their mounts
+// ---------------------------------------------------------------------------
+
+/// True when `cmd` is on PATH (or an absolute path that exists).
+pub fn have_command(cmd: &str) -> bool {
+    if cmd.contains('/') {
+        return Path::new(cmd).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(cmd).is_file()))
+}
+
+/// True when every command of `cmds` exists; otherwise says loudly which do
+/// not (and fails under `CI=true`, scripts/deps.sh installs them).
+pub fn require_commands(cmds: &[&str]) -> bool {
+    let missing: Vec<&str> = cmds.iter().copied().filter(|c| !have_command(c)).collect();
+    if missing.is_empty() {
+        true
+    } else {
+        skip_or_fail(&format!(
+            "missing command(s) {} (scripts/deps.sh installs them)",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// Runs `cmd` (60 s at most) and panics with its output when it fails.
+pub fn run_ok(cmd: &mut Command, what: &str) -> CmdOutput {
+    let out = run(cmd, Duration::from_secs(60));
+    if !out.success() {
+        panic!("{what}: {out}");
+    }
+    out
+}
+
+/// A sparse file of `size` bytes (a disk image).
+pub fn sparse_image(path: &Path, size: u64) {
+    let f = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.set_len(size)
+        .unwrap_or_else(|e| panic!("size {}: {e}", path.display()));
+}
+
+/// A loop device over an image file; detached on Drop (drop what sits on
+/// it first).
+pub struct LoopDev {
+    pub dev: PathBuf,
+}
+
+impl LoopDev {
+    pub fn attach(image: &Path) -> LoopDev {
+        let out = run_ok(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(image),
+            "losetup",
+        );
+        LoopDev {
+            dev: PathBuf::from(out.stdout.trim()),
+        }
+    }
+}
+
+impl Drop for LoopDev {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let out = run(
+                Command::new("losetup").arg("-d").arg(&self.dev),
+                Duration::from_secs(20),
+            );
+            if out.success() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "unionfs tests: WARNING: could not detach {}",
+            self.dev.display()
+        );
+    }
+}
+
+/// A block device's file system mounted at a dir; unmounted on Drop.
+pub struct DevMount {
+    pub dir: PathBuf,
+    done: bool,
+}
+
+impl DevMount {
+    /// `mount -t FSTYPE [-o OPTS] DEV DIR` (DIR created).
+    pub fn new(dev: &Path, fstype: &str, opts: &str, dir: &Path) -> DevMount {
+        fs::create_dir_all(dir).expect("mkdir mount point");
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", fstype]);
+        if !opts.is_empty() {
+            cmd.args(["-o", opts]);
+        }
+        run_ok(cmd.arg(dev).arg(dir), "mount of a block device");
+        DevMount {
+            dir: dir.to_path_buf(),
+            done: false,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmounts now, panicking when it cannot.
+    pub fn umount(mut self) {
+        self.done = true;
+        if let Err(e) = self.do_umount() {
+            panic!("{e}");
+        }
+    }
+
+    fn do_umount(&mut self) -> Result<(), String> {
+        let mut out = run(
+            Command::new("umount").arg(&self.dir),
+            Duration::from_secs(60),
+        );
+        for _ in 0..30 {
+            if out.success() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(100));
+            out = run(
+                Command::new("umount").arg(&self.dir),
+                Duration::from_secs(60),
+            );
+        }
+        lazy_umount(&self.dir);
+        Err(format!("umount {}: {out}", self.dir.display()))
+    }
+}
+
+impl Drop for DevMount {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Err(e) = self.do_umount() {
+            eprintln!("unionfs tests: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Layer DSL
 // ---------------------------------------------------------------------------
 

@@ -109,7 +109,8 @@ impl UnionFs {
         if at_target.as_ref().map(|f| f.ino) != dst.as_ref().map(|f| f.ino) {
             return Err(Error::errno(libc::EBUSY).context("target changed during rename"));
         }
-        let leave = if !exchange && lookup::in_lowers(&self.tree, &pnode, name)? {
+        let in_lowers = src.stack.lowers.iter().any(|l| l.at == LowerAt::Parent);
+        let leave = if !exchange && (in_lowers || lookup::in_lowers(&self.tree, &pnode, name)?) {
             Leave::Whiteout
         } else {
             Leave::Nothing

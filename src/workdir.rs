@@ -35,6 +35,9 @@ pub struct WorkDir {
     tmp: OwnedFd,
     _lock: OwnedFd,
     counter: AtomicU64,
+    /// The process id in temporaries' names, read once: the counter keeps
+    /// names apart within a mount, the id apart from an older mount's.
+    pid: u32,
 }
 
 impl WorkDir {
@@ -96,6 +99,7 @@ impl WorkDir {
             tmp,
             _lock: lock,
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
         };
         work.remove_stale()?;
         Ok(work)
@@ -125,7 +129,7 @@ impl WorkDir {
     /// A fresh name for a temporary.
     pub fn temp_name(&self) -> OsString {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#{}-{n}", std::process::id()))
+        OsString::from(format!("#{}-{n}", self.pid))
     }
 
     /// A fresh name for a link of an index entry on its way to one of the

@@ -327,9 +327,10 @@ Reports, one line each (where, then what):
   private xattrs (*.unionfs.*, overlay.origin, ...) on lowers
   a WORK/unionfs.lock that is not a lock file
 --repair fixes what cannot change the merged view, one 'repaired:' line each:
-removes orphan whiteouts and ignored markers in the upper and the leftovers in
-WORK/tmp (a .place link after putting back its entry's count, as the next mount
-would), and a broken lock file. Lowers and index entries are only reported.
+it removes orphan whiteouts and marker xattrs ignored where they stand from the
+upper, the leftovers in WORK/tmp (a .place link after putting back its entry's
+count, as the next mount would) and a broken lock file. The rest (lowers, index
+entries, redirects, odd .wh. entries) is only reported.
 
 The lock is an flock, released by the kernel when its holder exits, so a lock
 is never stale: an unlocked unionfs.lock left by an unmounted union is normal.

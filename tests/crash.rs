@@ -16,7 +16,10 @@
 //!   file showing through all fail this);
 //! * what was fsync'ed before the kill is there (or a later version);
 //! * files in the upper and the index hold only whole versions;
-//! * the lowers are byte-for-byte unchanged.
+//! * the lowers are byte-for-byte unchanged;
+//! * `unionfs check` of the unmounted union, between the kill and the
+//!   remount, finds nothing but leftovers in `WORK/tmp`, and after each
+//!   round's clean unmount nothing at all.
 //!
 //! Every few kills the upper is thrown away (so that big lower files are
 //! copied up again), alternating the write format (overlay, oci) and the
@@ -1188,6 +1191,46 @@ struct Round<'a> {
     fs_name: &'static str,
 }
 
+/// `unionfs check` of the round's unmounted union; `None` when it finds no
+/// problem. Right after a kill (`crashed`) leftovers in `WORK/tmp` are
+/// expected (the next mount removes them, a `.place` link after putting
+/// its count back) and nothing else is; after a clean unmount nothing is.
+fn check_union(round: &Round, crashed: bool) -> Option<String> {
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["check".into(), "-l".into(), lowers_arg(&round.lowers)];
+    for (flag, dir) in [("-u", &round.upper), ("-w", &round.work)] {
+        args.push(flag.into());
+        args.push(dir.into());
+    }
+    let out = unionfs(&args);
+    // Problem lines say where first; the summary line does not.
+    let unexpected: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("upper") || l.starts_with("lower") || l.starts_with("work"))
+        .filter(|l| !(crashed && l.starts_with("work tmp/")))
+        .collect();
+    let status_ok = match out.code() {
+        Some(0) => true,
+        Some(1) => crashed,
+        _ => false,
+    };
+    if status_ok && unexpected.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "unionfs check of the {} upper ({}) {}:\n  {}\n{out}",
+        round.format,
+        round.fs_name,
+        if crashed {
+            "right after a kill"
+        } else {
+            "after a clean unmount"
+        },
+        unexpected.join("\n  ")
+    ))
+}
+
 /// Checks the mount after a (re)mount against each worker's model before
 /// and after its in-flight step; on success, moves each model to the state
 /// found. Returns the failures.
@@ -1458,6 +1501,12 @@ fn kill9_during_storms_then_remount() {
                     round_failed = true;
                 }
             }
+            // Between the kill and the remount the union is unmounted and
+            // unlocked: everything but what `WORK/tmp` holds must be sound.
+            if let Some(p) = check_union(&round, true) {
+                round_failed = true;
+                failures.push(format!("[kill {done}] before the remount: {p}"));
+            }
             daemon = start(&format!("remount after kill {done}"));
             let d = daemon.deadline(Duration::from_secs(60), "checking a remount");
             let found = check_round(&mnt, &round, &mut workers, &inflight, &mut outcomes);
@@ -1496,8 +1545,14 @@ fn kill9_during_storms_then_remount() {
                 );
             }
         }
-        if let Err(e) = daemon.unmount() {
-            failures.push(format!("end of round {epoch}: {e}"));
+        match daemon.unmount() {
+            Err(e) => failures.push(format!("end of round {epoch}: {e}")),
+            // Unmounted cleanly after the remounts' cleanups: no problem.
+            Ok(()) => {
+                if let Some(p) = check_union(&round, false) {
+                    failures.push(format!("end of round {epoch}: {p}"));
+                }
+            }
         }
         sums.assert_unchanged();
         let _ = fs::remove_dir_all(&round.upper);

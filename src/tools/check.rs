@@ -711,7 +711,7 @@ impl Checker<'_> {
                 None,
             );
         }
-        let links = (st.st_nlink as u64).saturating_sub(tmp_links);
+        let links = st.st_nlink.saturating_sub(tmp_links);
         let upper = self.upper_links.get(&st.st_ino).copied().unwrap_or(0);
         if links != upper + 1 {
             self.problem(

@@ -161,7 +161,7 @@ fn orphan_whiteouts_in_the_upper_are_reported_and_removed() {
         &["upper /d/kept: orphan whiteout (char device 0/0)"],
         &["upper /d/none: orphan whiteout (char device 0/0)", "'none'"],
         &["upper /d/none2: orphan whiteout"],
-        &["upper /o/y: orphan whiteout", "opaque"],
+        &["upper /o/y: orphan whiteout", "its directory is opaque"],
         &["upper /ren/g: orphan whiteout"],
         &["upper /.wh.nothing: orphan whiteout (OCI .wh. file)"],
         &["upper /xw/zz: orphan whiteout (overlay.whiteout xattr)"],

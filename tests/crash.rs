@@ -19,8 +19,9 @@
 //! * the lowers are byte-for-byte unchanged;
 //! * `unionfs check` of the unmounted union, between the kill and the
 //!   remount, finds nothing but leftovers in `WORK/tmp` and stray whiteouts
-//!   in a directory a rename just made opaque, and after each round's clean
-//!   unmount nothing but those strays, which `check --repair` removes.
+//!   in (and below) a directory a rename just made opaque, and after each
+//!   round's clean unmount nothing but those strays, which `check --repair`
+//!   removes.
 //!
 //! Every few kills the upper is thrown away (so that big lower files are
 //! copied up again), alternating the write format (overlay, oci) and the
@@ -1193,11 +1194,14 @@ struct Round<'a> {
 }
 
 /// What a kill may leave that `unionfs check` reports, beyond `WORK/tmp`:
-/// whiteouts inside a directory a rename just made opaque, which the
-/// rename drops right after (`drop_stray_whiteouts`). No mount removes them
-/// (they hide nothing and do not show); `check --repair` does.
+/// whiteouts in a directory a rename just made opaque and in the
+/// directories below it (which then merge with no lower), which the rename
+/// drops right after (`drop_stray_whiteouts`). No mount removes them (they
+/// hide nothing and do not show); `check --repair` does.
 fn is_stray_whiteout(line: &str) -> bool {
-    line.contains(": orphan whiteout (") && line.contains("its directory is opaque")
+    line.contains(": orphan whiteout (")
+        && (line.contains("its directory is opaque")
+            || line.contains("no lower directory merges with its directory"))
 }
 
 /// `unionfs check [--repair]` of the round's unmounted union.

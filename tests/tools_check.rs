@@ -119,6 +119,7 @@ fn orphan_whiteouts_in_the_upper_are_reported_and_removed() {
         .tagged("d/x")
         .tagged("d/kept")
         .tagged("o/y")
+        .tagged("o/sub/y")
         .tagged("orig/f")
         .tagged("xw/kept")
         .tagged("dd/in");
@@ -133,6 +134,8 @@ fn orphan_whiteouts_in_the_upper_are_reported_and_removed() {
         // Inside an opaque dir nothing below merges.
         .opaque("o")
         .whiteout("o/y")
+        // Below an opaque dir: merges with nothing.
+        .whiteout("o/sub/y")
         .dir("ren")
         .whiteout("ren/f")
         .whiteout("ren/g")
@@ -157,11 +160,15 @@ fn orphan_whiteouts_in_the_upper_are_reported_and_removed() {
     let view = u.view();
 
     let out = u.check();
-    let orphans: [&[&str]; 7] = [
+    let orphans: [&[&str]; 8] = [
         &["upper /d/kept: orphan whiteout (char device 0/0)"],
         &["upper /d/none: orphan whiteout (char device 0/0)", "'none'"],
         &["upper /d/none2: orphan whiteout"],
         &["upper /o/y: orphan whiteout", "its directory is opaque"],
+        &[
+            "upper /o/sub/y: orphan whiteout",
+            "no lower directory merges with its directory",
+        ],
         &["upper /ren/g: orphan whiteout"],
         &["upper /.wh.nothing: orphan whiteout (OCI .wh. file)"],
         &["upper /xw/zz: orphan whiteout (overlay.whiteout xattr)"],

@@ -144,6 +144,7 @@ unionfs mount -l LOWER[:LOWER...] [-u UPPER [-w WORK]] [-v] [OPTIONS] MNT
        unionfs umount MNT
        unionfs which|ls|layers|diff|commit|squash -l LOWER[:LOWER...] [-u UPPER] ...
        unionfs which|ls|layers|diff|commit ... PATH-IN-A-LIVE-MOUNT
+       unionfs check [--repair] -l LOWER[:LOWER...] -u UPPER [-w WORK]
        unionfs apply LAYER.tar[.gz] DIR [--format overlay|oci|auto]
        unionfs -o lowerdir=LOWER[:LOWER...][,upperdir=UPPER,workdir=WORK][,OPTS] [-f] MNT
        unionfs SOURCE MNT -o lowerdir=LOWER[:LOWER...][,OPTS]";
@@ -235,6 +236,8 @@ enum Sub {
     Apply(ApplyArgs),
     /// Write the merged view as one plain directory
     Squash(SquashArgs),
+    /// Check an unmounted union for inconsistencies (fsck); --repair fixes the safe ones
+    Check(CheckArgs),
 }
 
 /// The layers a tool reads, given as `mount` takes them.
@@ -325,6 +328,41 @@ struct SquashArgs {
     /// Directory to create (or an empty one)
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     output: OsString,
+}
+
+const CHECK_AFTER_HELP: &str = "\
+Reports, one line each (where, then what):
+  orphan whiteouts (hide nothing in the layers below, as a lookup reads them)
+  redirects that lead to no directory below
+  markers where they are ignored (opaque or redirect xattrs on non-directories,
+    overlay.whiteout outside a directory marked overlay.opaque=x, .wh. entries
+    that are not empty files)
+  index entries (WORK/index) whose lower_links, link count or origin is wrong
+  leftovers in WORK/tmp (temporaries, .place links of index entries)
+  private xattrs (*.unionfs.*, overlay.origin, ...) on lowers
+  a WORK/unionfs.lock that is not a lock file
+--repair fixes what cannot change the merged view, one 'repaired:' line each:
+it removes orphan whiteouts and marker xattrs ignored where they stand from the
+upper, the leftovers in WORK/tmp (a .place link after putting back its entry's
+count, as the next mount would) and a broken lock file. The rest (lowers, index
+entries, redirects, odd .wh. entries) is only reported.
+
+The lock is an flock, released by the kernel when its holder exits, so a lock
+is never stale: an unlocked unionfs.lock left by an unmounted union is normal.
+A union a live mount holds is not checked.
+
+Exit status: 0 no problem; 1 problems found (with --repair: problems left
+unrepaired; 0 when every one was repaired); 2 could not check (a missing
+directory, a live mount, an I/O error).";
+
+#[derive(Args, Debug)]
+#[command(after_help = CHECK_AFTER_HELP)]
+struct CheckArgs {
+    #[command(flatten)]
+    layers: LayerFlags,
+    /// Fix what is safe (never the lowers), one line per fix
+    #[arg(long)]
+    repair: bool,
 }
 
 fn parse_apply_format(value: &str) -> Result<crate::tools::ApplyFormat, String> {
@@ -428,6 +466,14 @@ fn parse_tool(sub: Sub) -> Result<Command, CliError> {
         Sub::Squash(a) => ToolCommand::Squash {
             layers: required_layers(a.layers, false)?,
             output: a.output,
+        },
+        Sub::Check(a) => ToolCommand::Check {
+            // "Could not check" is status 2, whatever the reason.
+            layers: required_layers(a.layers, true).map_err(|e| CliError {
+                exit_code: EXIT_USAGE,
+                ..e
+            })?,
+            repair: a.repair,
         },
         Sub::Mount(_) | Sub::Umount(_) => {
             return Err(usage_error("internal: not a tool (try 'unionfs --help')"))
@@ -620,7 +666,7 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
     };
     match first.as_bytes() {
         b"mount" | b"umount" | b"help" | b"--help" | b"-h" | b"--version" | b"-V" | b"which"
-        | b"ls" | b"layers" | b"diff" | b"commit" | b"apply" | b"squash" => {
+        | b"ls" | b"layers" | b"diff" | b"commit" | b"apply" | b"squash" | b"check" => {
             match Cli::try_parse_from(&args) {
                 Ok(Cli {
                     command: Sub::Mount(m),

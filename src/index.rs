@@ -34,6 +34,10 @@ use crate::workdir::WorkDir;
 /// The xattr (after the metadata prefix) holding the count of lower names.
 const LOWER_LINKS: &str = "lower_links";
 
+/// The metadata prefixes a mount may have written with (with and without
+/// privilege): offline readers try both.
+pub const META_PREFIXES: [&str; 2] = ["trusted.unionfs.", "user.unionfs."];
+
 /// Index entry name for an inode number.
 pub fn key(ino: u64) -> OsString {
     OsString::from(ino.to_string())
@@ -165,7 +169,7 @@ pub struct Placing {
 }
 
 /// `NEW` or `NEW;OLD` (a name being placed) of a `lower_links` value.
-fn counts(v: &[u8]) -> Option<(u64, Option<u64>)> {
+pub fn counts(v: &[u8]) -> Option<(u64, Option<u64>)> {
     let s = std::str::from_utf8(v).ok()?;
     match s.split_once(';') {
         Some((new, old)) => Some((new.parse().ok()?, Some(old.parse().ok()?))),
@@ -178,7 +182,7 @@ fn counts(v: &[u8]) -> Option<(u64, Option<u64>)> {
 /// object, whichever metadata prefix it was written with.
 pub fn undo_placing(tmp: BorrowedFd, name: &OsStr) -> Result<()> {
     let obj = sys::openat(tmp, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-    for prefix in ["trusted.unionfs.", "user.unionfs."] {
+    for prefix in META_PREFIXES {
         let x = format!("{prefix}{LOWER_LINKS}");
         let v = match sys::fgetxattr(obj.as_fd(), OsStr::new(&x)) {
             Ok(Some(v)) => v,
@@ -195,6 +199,28 @@ pub fn undo_placing(tmp: BorrowedFd, name: &OsStr) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The raw `lower_links` value of the object `name` in `dir` (an index
+/// entry), under whichever metadata prefix it was written; `None` when it
+/// has none. For offline readers, which do not know the mount's prefix.
+pub fn stored_lower_links(dir: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    stored(dir, name, LOWER_LINKS)
+}
+
+/// The private xattr `what` (after the prefix) of `name` in `dir`, under
+/// either metadata prefix.
+pub fn stored(dir: BorrowedFd, name: &OsStr, what: &str) -> Result<Option<Vec<u8>>> {
+    for prefix in META_PREFIXES {
+        let x = format!("{prefix}{what}");
+        match sys::getxattrat(dir, name, OsStr::new(&x)) {
+            Ok(Some(v)) => return Ok(Some(v)),
+            Ok(None) => {}
+            Err(e) if crate::whiteout::is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
 
 /// The xattr (after the metadata prefix) naming an upper copy's origin.
-const ORIGIN: &str = "origin";
+pub const ORIGIN: &str = "origin";
 
 /// The FUSE root node id.
 pub const ROOT_INO: u64 = 1;

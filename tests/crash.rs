@@ -16,7 +16,12 @@
 //!   file showing through all fail this);
 //! * what was fsync'ed before the kill is there (or a later version);
 //! * files in the upper and the index hold only whole versions;
-//! * the lowers are byte-for-byte unchanged.
+//! * the lowers are byte-for-byte unchanged;
+//! * `unionfs check` of the unmounted union, between the kill and the
+//!   remount, finds nothing but leftovers in `WORK/tmp` and stray whiteouts
+//!   in (and below) a directory a rename just made opaque, and after each
+//!   round's clean unmount nothing but those strays, which `check --repair`
+//!   removes.
 //!
 //! Every few kills the upper is thrown away (so that big lower files are
 //! copied up again), alternating the write format (overlay, oci) and the
@@ -1188,6 +1193,87 @@ struct Round<'a> {
     fs_name: &'static str,
 }
 
+/// What a kill may leave that `unionfs check` reports, beyond `WORK/tmp`:
+/// whiteouts in a directory a rename just made opaque and in the
+/// directories below it (which then merge with no lower), which the rename
+/// drops right after (`drop_stray_whiteouts`). No mount removes them (they
+/// hide nothing and do not show); `check --repair` does.
+fn is_stray_whiteout(line: &str) -> bool {
+    line.contains(": orphan whiteout (")
+        && (line.contains("its directory is opaque")
+            || line.contains("no lower directory merges with its directory"))
+}
+
+/// `unionfs check [--repair]` of the round's unmounted union.
+fn run_check(round: &Round, repair: bool) -> CmdOutput {
+    let mut args: Vec<std::ffi::OsString> = vec!["check".into()];
+    if repair {
+        args.push("--repair".into());
+    }
+    args.push("-l".into());
+    args.push(lowers_arg(&round.lowers));
+    for (flag, dir) in [("-u", &round.upper), ("-w", &round.work)] {
+        args.push(flag.into());
+        args.push(dir.into());
+    }
+    unionfs(&args)
+}
+
+/// `unionfs check` of the round's unmounted union. Right after a kill
+/// (`crashed`) leftovers in `WORK/tmp` are expected (the next mount removes
+/// them, a `.place` link after putting its count back), and stray
+/// whiteouts in opaque dirs; after a clean unmount only those strays, and
+/// only if a kill of the round left some (`strays`), which `--repair` then
+/// must remove. Err(failure); Ok(true) when strays were found.
+fn check_union(round: &Round, crashed: bool, strays: bool) -> Result<bool, String> {
+    let out = run_check(round, false);
+    let fail = |out: &CmdOutput, unexpected: &[&str]| {
+        format!(
+            "unionfs check of the {} upper ({}) {}:\n  {}\n{out}",
+            round.format,
+            round.fs_name,
+            if crashed {
+                "right after a kill"
+            } else {
+                "after a clean unmount"
+            },
+            unexpected.join("\n  ")
+        )
+    };
+    // Problem lines say where first; the summary line does not.
+    let problems: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("upper") || l.starts_with("lower") || l.starts_with("work"))
+        .collect();
+    let found_strays = problems.iter().any(|l| is_stray_whiteout(l));
+    let unexpected: Vec<&str> = problems
+        .iter()
+        .copied()
+        .filter(|l| !(crashed && l.starts_with("work tmp/")))
+        .filter(|l| !((crashed || strays) && is_stray_whiteout(l)))
+        .collect();
+    let status_ok = match out.code() {
+        Some(0) => problems.is_empty(),
+        Some(1) => !problems.is_empty(),
+        _ => false,
+    };
+    if !status_ok || !unexpected.is_empty() {
+        return Err(fail(&out, &unexpected));
+    }
+    if !crashed && found_strays {
+        let fixed = run_check(round, true);
+        let again = run_check(round, false);
+        if fixed.code() != Some(0) || again.code() != Some(0) {
+            return Err(format!(
+                "{}\n--repair of the stray whiteouts: {fixed}\nthen: {again}",
+                fail(&out, &["(stray whiteouts in opaque dirs)"])
+            ));
+        }
+    }
+    Ok(found_strays)
+}
+
 /// Checks the mount after a (re)mount against each worker's model before
 /// and after its in-flight step; on success, moves each model to the state
 /// found. Returns the failures.
@@ -1415,6 +1501,8 @@ fn kill9_during_storms_then_remount() {
             .unwrap_or_else(|e| panic!("{what}: {e}"))
         };
         let mut daemon = start("first mount of the round");
+        // A kill of this round left stray whiteouts (`is_stray_whiteout`).
+        let mut strays = false;
         let none: Vec<Option<Step>> = vec![None; WORKERS as usize];
         let first = {
             let _d = daemon.deadline(Duration::from_secs(60), "checking the first mount");
@@ -1458,6 +1546,15 @@ fn kill9_during_storms_then_remount() {
                     round_failed = true;
                 }
             }
+            // Between the kill and the remount the union is unmounted and
+            // unlocked: everything but what `WORK/tmp` holds must be sound.
+            match check_union(&round, true, strays) {
+                Ok(found) => strays |= found,
+                Err(p) => {
+                    round_failed = true;
+                    failures.push(format!("[kill {done}] before the remount: {p}"));
+                }
+            }
             daemon = start(&format!("remount after kill {done}"));
             let d = daemon.deadline(Duration::from_secs(60), "checking a remount");
             let found = check_round(&mnt, &round, &mut workers, &inflight, &mut outcomes);
@@ -1496,8 +1593,14 @@ fn kill9_during_storms_then_remount() {
                 );
             }
         }
-        if let Err(e) = daemon.unmount() {
-            failures.push(format!("end of round {epoch}: {e}"));
+        match daemon.unmount() {
+            Err(e) => failures.push(format!("end of round {epoch}: {e}")),
+            // Unmounted cleanly after the remounts' cleanups: no problem.
+            Ok(()) => {
+                if let Err(p) = check_union(&round, false, strays) {
+                    failures.push(format!("end of round {epoch}: {p}"));
+                }
+            }
         }
         sums.assert_unchanged();
         let _ = fs::remove_dir_all(&round.upper);

@@ -1,11 +1,13 @@
 //! Tools that read layers without a mount: `which`, `ls`,
-//! `layers`, `diff`, `commit`, `apply`, `squash`. They share the offline
+//! `layers`, `diff`, `commit`, `apply`, `squash`, and `check`, the fsck
+//! of an unmounted union. They share the offline
 //! union reader in [`tree`], which resolves names with the mount's marker
 //! rules from [`crate::whiteout`], and they only ever read the layers they
 //! are given (`apply` and `squash` write a new directory, `commit` an
 //! archive).
 
 pub mod apply;
+pub mod check;
 pub mod commit;
 pub mod diff;
 pub mod layers;
@@ -159,6 +161,11 @@ pub enum ToolCommand {
         layers: LayerArgs,
         output: OsString,
     },
+    /// Exit status 0 (no problem), 1 (problems left), 2 (could not check).
+    Check {
+        layers: LayerArgs,
+        repair: bool,
+    },
 }
 
 /// Runs a tool; `Ok(code)` is the exit status (1 when `which` did not find
@@ -249,6 +256,17 @@ fn run_tool(cmd: ToolCommand) -> Result<u8, ToolError> {
             squash::run(&layers.open()?, &output)?;
             0
         }
+        ToolCommand::Check { layers, repair } => match check::run(&layers, repair, &mut out) {
+            Ok(code) => code,
+            // Could not check: a status of its own, so that a script tells
+            // "problems" from "no answer".
+            Err(e) if !e.0.is_empty() => {
+                out.flush()?;
+                eprintln!("unionfs: check: {e}");
+                2
+            }
+            Err(e) => return Err(e),
+        },
     };
     out.flush()?;
     Ok(code)

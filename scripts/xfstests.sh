@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# xfstests (the unmodified snapshot in ../shared/suites) on unionfs, with
+# kernel overlayfs over the same base filesystem as the baseline.
+#
+#   scripts/xfstests.sh [--ci] [--targets "unionfs rootless overlay"]
+#                       [--tests "generic/001 generic/002 ..." | --group quick]
+#
+# Targets:
+#   unionfs   the release binary mounted by root (FSTYP=fuse, FUSE_SUBTYP=.unionfs)
+#   rootless  the same, the daemon running as uid 1000 through the setuid
+#             fusermount3 (allow_other, user_allow_other)
+#   overlay   kernel overlayfs, `./check -overlay` over the same ext4 base
+#
+# How unionfs is mounted: xfstests runs `mount -t fuse.unionfs -o source=DIR
+# DEV MNT`; mount(8) runs /sbin/mount.fuse.unionfs (written by this script,
+# removed at exit), which mounts lowers DIR/lower1:DIR/lower2 (prefilled with
+# a merged dir, hard links, a symlink and a big file, made if missing) under
+# DIR/upper with work dir DIR/work.
+#
+# Everything runs inside a private mount namespace: the ext4 images (sparse
+# files in a temp dir), the mounts, and for `rootless` a 0666 /dev/fuse and an
+# /etc/fuse.conf with user_allow_other bind-mounted over the real ones, so
+# nothing outside changes and nothing needs restoring. Loop devices are
+# detached and daemons we started are ended at exit.
+#
+# Prints a table (passed / failed / not run per target) and the tests that
+# pass on kernel overlayfs but fail on unionfs. tests/xfstests-expected.txt
+# lists the failures we expect, with the reason.
+#
+# --ci: a fixed subset (CI_TESTS below) on unionfs (root) and rootless, no
+# baseline; exits non-zero on any failure not in the expected list and ends
+# with the line `xfstests: N passed, N failed`. Under CI=true anything that
+# cannot run fails instead of being skipped.
+#
+# Knobs: KEEP=1 keeps the temp dir (results, .out.bad, .full, daemon logs).
+#        XFSTESTS_CACHE=DIR where the build is cached (/var/tmp/unionfs-xfstests).
+set -euo pipefail
+{
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+say() { echo "[xfstests] $*"; }
+die() { echo "xfstests: $*" >&2; exit 2; }
+
+# The CI subset: quick generic tests that pass on kernel overlayfs, chosen to
+# cover data I/O, copy-up, rename, links, xattrs, ACLs, mmap, fsync, dirs.
+CI_TESTS="generic/001 generic/002 generic/005 generic/006 generic/007
+generic/011 generic/013 generic/014 generic/020 generic/023 generic/024
+generic/028 generic/035 generic/037 generic/053 generic/062 generic/070
+generic/075 generic/080 generic/088 generic/091 generic/112 generic/117
+generic/120 generic/124 generic/126 generic/127 generic/131 generic/184
+generic/193 generic/198 generic/207 generic/210 generic/211 generic/215
+generic/236 generic/237 generic/245 generic/246 generic/247 generic/248
+generic/257 generic/258 generic/263 generic/277 generic/286 generic/294
+generic/306 generic/307 generic/308 generic/309 generic/313 generic/314
+generic/319 generic/337 generic/360 generic/375 generic/377 generic/393
+generic/394 generic/401 generic/403 generic/409 generic/410 generic/411
+generic/423 generic/424 generic/426 generic/428 generic/434 generic/437
+generic/438 generic/443 generic/444 generic/451 generic/452 generic/453
+generic/454 generic/460 generic/467 generic/469 generic/472 generic/477"
+
+ci=0 targets="" tests="" group=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ci) ci=1 ;;
+    --targets) targets="$2"; shift ;;
+    --tests) tests="$2"; shift ;;
+    --group) group="$2"; shift ;;
+    --inner) shift; break ;;   # internal: the part inside the namespace
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    *) die "unknown argument $1 (--help)" ;;
+  esac
+  shift
+done
+
+# fail_or_skip MSG: under CI=true a missing piece fails the run.
+fail_or_skip() {
+  if [ "${CI:-}" = true ]; then die "$1 (CI=true: failing, not skipping)"; fi
+  echo "xfstests: SKIPPED: $1" >&2
+  exit 0
+}
+
+if [ "${1:-}" != inner ]; then
+  [ "$(id -u)" = 0 ] || fail_or_skip "must run as root (xfstests mounts)"
+  [ -e /dev/fuse ] || fail_or_skip "no /dev/fuse"
+  if [ "$ci" = 1 ]; then
+    targets="${targets:-unionfs rootless}"
+    [ -n "$tests" ] || tests="$CI_TESTS"
+  else
+    targets="${targets:-unionfs rootless overlay}"
+    [ -n "$tests" ] || [ -n "$group" ] || group=quick
+  fi
+  tarball="$(cd "${SHARED_SUITES:-../shared/suites}" && pwd)/xfstests-63a2972.tar.gz"
+  [ -f "$tarball" ] || fail_or_skip "no $tarball"
+
+  # Build dependencies (Debian package names; README in shared/suites).
+  pkgs=(xfsprogs xfslibs-dev uuid-dev libtool-bin e2fsprogs automake gcc make
+        quota attr acl libattr1-dev libacl1-dev libaio-dev liburing-dev
+        libgdbm-dev gawk fio dbench bc psmisc fuse3 util-linux)
+  missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
+  command -v setpriv >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  bash scripts/deps.sh
+
+  # Build xfstests once per tarball (cached by its hash).
+  hash="$(sha256sum "$tarball" | cut -c1-16)"
+  cache="${XFSTESTS_CACHE:-/var/tmp/unionfs-xfstests}/$hash"
+  if [ ! -e "$cache/built" ]; then
+    say "building xfstests in $cache (once per tarball)"
+    rm -rf "$cache"; mkdir -p "$cache"
+    tar -xzf "$tarball" -C "$cache"
+    if ! (cd "$cache/xfstests" && nice make -j"$(nproc)" >"$cache/build.log" 2>&1); then
+      tail -30 "$cache/build.log" >&2; die "xfstests build failed ($cache/build.log)"
+    fi
+    touch "$cache/built"
+  fi
+  say "cargo build --release"
+  nice cargo build --release --quiet
+  export XFS_DIR="$cache/xfstests" UNIONFS_BIN="$repo/target/release/unionfs"
+  export XFS_TARGETS="$targets" XFS_TESTS="$tests" XFS_GROUP="$group" XFS_CI="$ci"
+  export XFS_REPO="$repo"
+  tmp="$(mktemp -d /var/tmp/unionfs-xfstests-run.XXXXXX)"
+  chmod 755 "$tmp"
+  export XFS_TMP="$tmp"
+  helper=/sbin/mount.fuse.unionfs
+  [ -e "$helper" ] && ! grep -q 'written by scripts/xfstests.sh' "$helper" &&
+    die "$helper exists and is not ours"
+  export XFS_HELPER="$helper"
+  inner_pid=""
+  cleanup() {
+    local rc=$?
+    if [ -n "$inner_pid" ] && kill -0 "$inner_pid" 2>/dev/null; then
+      kill -TERM "$inner_pid" 2>/dev/null || true; wait "$inner_pid" 2>/dev/null || true
+    fi
+    # daemons we started name our temp dir on their command line
+    local c p
+    for c in /proc/[0-9]*/cmdline; do
+      p="${c#/proc/}"; p="${p%/cmdline}"
+      [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$UNIONFS_BIN" ] || continue
+      tr '\0' '\n' <"$c" 2>/dev/null | grep -q -F -- "$tmp" && kill -KILL "$p" 2>/dev/null
+    done
+    # loop devices backed by our images
+    losetup -j "$tmp/test.img" -O NAME -n 2>/dev/null | xargs -r losetup -d 2>/dev/null || true
+    losetup -j "$tmp/scratch.img" -O NAME -n 2>/dev/null | xargs -r losetup -d 2>/dev/null || true
+    rm -f "$helper"
+    if [ "${KEEP:-0}" = 1 ]; then say "kept $tmp"; else rm -rf --one-file-system "$tmp" || true; fi
+    exit "$rc"
+  }
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  # the rest in a private mount namespace (see the header)
+  unshare --mount --propagation private -- bash "$0" --inner inner &
+  inner_pid=$!
+  wait "$inner_pid"
+  exit
+fi
+
+########## inside the private mount namespace ##########
+tmp="$XFS_TMP"
+xfs="$XFS_DIR"
+results="$tmp/results"
+mkdir -p "$results"
+
+# Two ext4 images, mounted as the base for the unionfs layers; the overlay
+# target hands the same images (as block devices) to xfstests.
+for n in test scratch; do
+  truncate -s 3G "$tmp/$n.img"
+  mkfs.ext4 -q -F "$tmp/$n.img"
+done
+test_loop="$(losetup -f --show "$tmp/test.img")"
+scratch_loop="$(losetup -f --show "$tmp/scratch.img")"
+mkdir -p "$tmp/base-test" "$tmp/base-scratch" "$tmp/mnt-test" "$tmp/mnt-scratch" "$tmp/logs"
+
+write_helper() {  # write_helper RUN_AS_UID (empty: root)
+  cat >"$XFS_HELPER" <<EOF
+#!/bin/bash
+# mount.fuse.unionfs DEV MNT -o source=DIR,OPTS (written by scripts/xfstests.sh)
+# Mounts DIR/lower1:DIR/lower2 (prefilled) under DIR/upper, work DIR/work.
+set -euo pipefail
+bin='$UNIONFS_BIN'; run_as='$1'; logs='$tmp/logs'
+EOF
+  cat >>"$XFS_HELPER" <<'EOF'
+dev="" mnt="" opts=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) opts="$opts,$2"; shift ;;
+    -o*) opts="$opts,${1#-o}" ;;
+    -*) ;;
+    *) if [ -z "$dev" ]; then dev="$1"; else mnt="$1"; fi ;;
+  esac
+  shift
+done
+src="" rest=""
+IFS=, read -ra parts <<<"$opts"
+for o in "${parts[@]}"; do
+  case "$o" in
+    "") ;;
+    source=*) src="${o#source=}" ;;
+    *) rest="$rest,$o" ;;
+  esac
+done
+[ -n "$src" ] && [ -n "$mnt" ] || { echo "mount.fuse.unionfs: need DEV MNT -o source=DIR" >&2; exit 1; }
+mkdir -p "$src/upper" "$src/work"
+if [ ! -d "$src/lower1" ]; then
+  # lower2 (bottom): a dir both lowers have, hard links, a symlink, a big file
+  mkdir -p "$src/lower2/unionfs-fixture/merged/sub" "$src/lower1/unionfs-fixture/merged"
+  echo lower2-a >"$src/lower2/unionfs-fixture/merged/a"
+  echo lower2-b >"$src/lower2/unionfs-fixture/merged/sub/b"
+  echo lower2-link >"$src/lower2/unionfs-fixture/hl1"
+  ln "$src/lower2/unionfs-fixture/hl1" "$src/lower2/unionfs-fixture/hl2"
+  head -c 1048576 /dev/urandom >"$src/lower2/unionfs-fixture/big"
+  ln -s merged/a "$src/lower2/unionfs-fixture/sym"
+  echo lower1-a >"$src/lower1/unionfs-fixture/merged/a"
+  echo lower1-c >"$src/lower1/unionfs-fixture/merged/c"
+  mkdir -p "$src/lower1/unionfs-fixture/dir1"
+  echo lower1-d >"$src/lower1/unionfs-fixture/dir1/d"
+fi
+lowers="$src/lower1:$src/lower2"
+log="$logs/$(echo "$src" | tr / _).log"
+args=("$dev" "$mnt" -o "lowerdir=$lowers,upperdir=$src/upper,workdir=$src/work,log_file=$log$rest")
+if [ -n "$run_as" ]; then
+  chown -R "$run_as:$run_as" "$src"
+  exec setpriv --reuid="$run_as" --regid="$run_as" --clear-groups -- "$bin" "${args[@]}"
+fi
+exec "$bin" "${args[@]}"
+EOF
+  chmod 755 "$XFS_HELPER"
+}
+
+# run_target NAME: one ./check run; leaves $results/NAME/{list,notrun,bad,pass}.
+run_target() {
+  local name="$1" cfg="$tmp/$1.config" out="$results/$1"
+  mkdir -p "$out"
+  umount "$tmp/base-test" 2>/dev/null || true
+  umount "$tmp/base-scratch" 2>/dev/null || true
+  local check_args=()
+  case "$name" in
+    overlay)
+      cat >"$cfg" <<EOF
+export FSTYP=ext4
+export TEST_DEV=$test_loop
+export TEST_DIR=$tmp/base-test
+export SCRATCH_DEV=$scratch_loop
+export SCRATCH_MNT=$tmp/base-scratch
+export RESULT_BASE=$out/results
+EOF
+      check_args=(-overlay) ;;
+    unionfs|rootless)
+      mount "$test_loop" "$tmp/base-test"
+      mount "$scratch_loop" "$tmp/base-scratch"
+      mkdir -p "$tmp/base-test/$name" "$tmp/base-scratch/$name"
+      chmod 755 "$tmp/base-test" "$tmp/base-scratch"
+      if [ "$name" = rootless ]; then write_helper 1000; else write_helper ""; fi
+      cat >"$cfg" <<EOF
+export FSTYP=fuse
+export FUSE_SUBTYP=.unionfs
+export TEST_DEV=unionfs_test
+export TEST_DIR=$tmp/mnt-test
+export SCRATCH_DEV=unionfs_scratch
+export SCRATCH_MNT=$tmp/mnt-scratch
+export MOUNT_OPTIONS="-osource=$tmp/base-scratch/$name,allow_other,default_permissions"
+export TEST_FS_MOUNT_OPTS="-osource=$tmp/base-test/$name,allow_other,default_permissions"
+export RESULT_BASE=$out/results
+EOF
+      ;;
+  esac
+  local sel=()
+  if [ -n "$XFS_TESTS" ]; then sel=($XFS_TESTS); else sel=(-g "$XFS_GROUP"); fi
+  # generic only (the overlay/ group tests kernel overlayfs itself)
+  [ -n "$XFS_TESTS" ] || sel=(-g "generic/$XFS_GROUP")
+  say "running ${sel[*]} on $name"
+  local t0=$SECONDS rc=0
+  (cd "$xfs" && HOST_OPTIONS="$cfg" timeout 3h ./check "${check_args[@]}" "${sel[@]}") \
+    >"$out/check.log" 2>&1 || rc=$?
+  sed -n 's/^Ran: //p' "$out/check.log" | tr ' ' '\n' | sed '/^$/d' | sort -u >"$out/list"
+  sed -n 's/^Not run: //p' "$out/check.log" | tr ' ' '\n' | sed '/^$/d' | sort -u >"$out/notrun"
+  sed -n 's/^Failures: //p' "$out/check.log" | tr ' ' '\n' | sed '/^$/d' | sort -u >"$out/bad"
+  comm -23 "$out/list" <(sort -u "$out/notrun" "$out/bad") >"$out/pass"
+  echo "$((SECONDS - t0))" >"$out/seconds"
+  if [ ! -s "$out/list" ]; then
+    echo "xfstests: $name: ./check ran nothing (exit $rc); its output:" >&2
+    tail -30 "$out/check.log" >&2
+    echo setup >"$out/error"
+  fi
+  say "$name: $(wc -l <"$out/pass") passed, $(wc -l <"$out/bad") failed, $(wc -l <"$out/notrun") not run ($((SECONDS - t0))s)"
+  # leave no mount behind for the next target
+  for m in "$tmp/mnt-test" "$tmp/mnt-scratch" "$tmp/base-test/ovl-mnt" "$tmp/base-scratch/ovl-mnt" \
+           "$tmp/base-test" "$tmp/base-scratch"; do
+    while mountpoint -q "$m"; do umount "$m" 2>/dev/null || umount -l "$m"; done
+  done
+}
+
+for t in $XFS_TARGETS; do
+  case "$t" in
+    rootless)
+      # a 0666 /dev/fuse and user_allow_other, in this namespace only
+      mknod "$tmp/fuse" c 10 229; chmod 666 "$tmp/fuse"
+      mount --bind "$tmp/fuse" /dev/fuse
+      { cat /etc/fuse.conf 2>/dev/null; echo user_allow_other; } >"$tmp/fuse.conf"
+      mount --bind "$tmp/fuse.conf" /etc/fuse.conf
+      [ -u "$(command -v fusermount3)" ] || die "fusermount3 is not setuid"
+      run_target rootless
+      umount /etc/fuse.conf; umount /dev/fuse ;;
+    unionfs|overlay) run_target "$t" ;;
+    *) die "unknown target $t (unionfs rootless overlay)" ;;
+  esac
+done
+losetup -d "$test_loop" "$scratch_loop" 2>/dev/null || true
+
+# The expected failures: "TEST [TARGET...] -- reason" (no target: all unionfs targets).
+expected_for() {  # expected_for TARGET: the tests expected to fail there
+  sed -e 's/#.*//' "$XFS_REPO/tests/xfstests-expected.txt" | awk -v t="$1" '
+    NF == 0 { next }
+    { n = 0; for (i = 2; i <= NF && $i != "--"; i++) { if ($i == t) n = -1; else if (n == 0) n = 1 } }
+    n <= 0 { print $1 }' | sort -u
+}
+
+echo
+echo "=== xfstests ($([ "$XFS_CI" = 1 ] && echo "CI subset" || echo "${XFS_TESTS:+stated list}${XFS_GROUP:+-g generic/$XFS_GROUP}")) ==="
+printf '%-10s %7s %7s %8s %8s\n' target passed failed "not run" seconds
+for t in $XFS_TARGETS; do
+  o="$results/$t"
+  printf '%-10s %7s %7s %8s %8s\n' "$t" "$(wc -l <"$o/pass")" "$(wc -l <"$o/bad")" \
+    "$(wc -l <"$o/notrun")" "$(cat "$o/seconds")"
+done
+unexpected=() total_pass=0 total_fail=0
+for t in $XFS_TARGETS; do
+  o="$results/$t"
+  [ "$t" = overlay ] && continue
+  if [ -d "$results/overlay" ]; then
+    regress="$(comm -12 "$results/overlay/pass" "$o/bad" | tr '\n' ' ')"
+    echo "pass on overlay, fail on $t: ${regress:-none}"
+  fi
+  total_pass=$((total_pass + $(wc -l <"$o/pass")))
+  total_fail=$((total_fail + $(wc -l <"$o/bad")))
+  while read -r f; do
+    [ -n "$f" ] || continue
+    if expected_for "$t" | grep -qx "$f"; then
+      echo "  $t: $f failed (expected: $(grep "^$f\b" "$XFS_REPO/tests/xfstests-expected.txt" | head -1 | sed 's/.*-- //'))"
+    else
+      unexpected+=("$t:$f")
+      echo "  $t: $f FAILED (not expected); its diff:"
+      head -20 "$o/results/$f.out.bad" 2>/dev/null | sed 's/^/      /' || true
+    fi
+  done <"$o/bad"
+  [ ! -e "$o/error" ] || unexpected+=("$t:setup")
+done
+[ "${KEEP:-0}" = 1 ] || echo "(KEEP=1 keeps the results: .out.bad, .full, daemon logs)"
+[ ${#unexpected[@]} -eq 0 ] || echo "unexpected failures: ${unexpected[*]}"
+echo "xfstests: $total_pass passed, $total_fail failed"
+[ ${#unexpected[@]} -eq 0 ]
+}

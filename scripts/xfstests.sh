@@ -4,6 +4,7 @@
 #
 #   scripts/xfstests.sh [--ci] [--targets "unionfs rootless overlay"]
 #                       [--tests "generic/001 generic/002 ..." | --group quick]
+#                       [--parallel]   (the targets at once, each on its own images)
 #
 # Targets:
 #   unionfs   the release binary mounted by root (FSTYP=fuse, FUSE_SUBTYP=.unionfs)
@@ -58,13 +59,14 @@ generic/423 generic/424 generic/426 generic/428 generic/434 generic/437
 generic/438 generic/443 generic/444 generic/451 generic/452 generic/453
 generic/454 generic/460 generic/467 generic/469 generic/472 generic/477"
 
-ci=0 targets="" tests="" group=""
+ci=0 targets="" tests="" group="" parallel=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --ci) ci=1 ;;
     --targets) targets="$2"; shift ;;
     --tests) tests="$2"; shift ;;
     --group) group="$2"; shift ;;
+    --parallel) parallel=1 ;;
     --inner) shift; break ;;   # internal: the part inside the namespace
     -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (--help)" ;;
@@ -128,15 +130,25 @@ if [ "${1:-}" != inner ]; then
   tmp="$(mktemp -d /var/tmp/unionfs-xfstests-run.XXXXXX)"
   chmod 755 "$tmp"
   export XFS_TMP="$tmp"
-  helper=/sbin/mount.fuse.unionfs
-  [ -e "$helper" ] && ! grep -q 'written by scripts/xfstests.sh' "$helper" &&
-    die "$helper exists and is not ours"
-  export XFS_HELPER="$helper"
+  # mount(8) looks for helpers in /sbin only; ours are named by the run id
+  export XFS_HELPER_DIR=/sbin XFS_RUN_ID="${tmp##*.}" XFS_PARALLEL="$parallel"
   inner_pid=""
+  # descendants PID: the processes below PID (from /proc)
+  descendants() {
+    local f line st kids=()
+    for f in /proc/[0-9]*/stat; do
+      read -r line 2>/dev/null <"$f" || continue
+      st=(${line##*) })
+      [ "${st[1]:-}" = "$1" ] || continue
+      f="${f#/proc/}"; kids+=("${f%/stat}")
+    done
+    for f in "${kids[@]}"; do echo "$f"; descendants "$f"; done
+  }
   cleanup() {
     local rc=$?
     if [ -n "$inner_pid" ] && kill -0 "$inner_pid" 2>/dev/null; then
-      kill -TERM "$inner_pid" 2>/dev/null || true; wait "$inner_pid" 2>/dev/null || true
+      kill -TERM $(descendants "$inner_pid") "$inner_pid" 2>/dev/null || true
+      wait "$inner_pid" 2>/dev/null || true
     fi
     # daemons we started name our temp dir on their command line
     local c p
@@ -146,9 +158,12 @@ if [ "${1:-}" != inner ]; then
       tr '\0' '\n' <"$c" 2>/dev/null | grep -q -F -- "$tmp" && kill -KILL "$p" 2>/dev/null
     done
     # loop devices backed by our images
-    losetup -j "$tmp/test.img" -O NAME -n 2>/dev/null | xargs -r losetup -d 2>/dev/null || true
-    losetup -j "$tmp/scratch.img" -O NAME -n 2>/dev/null | xargs -r losetup -d 2>/dev/null || true
-    rm -f "$helper"
+    local img
+    for img in "$tmp"/*/*.img; do
+      [ -e "$img" ] || continue
+      losetup -j "$img" -O NAME -n 2>/dev/null | xargs -r losetup -d 2>/dev/null || true
+    done
+    rm -f "$XFS_HELPER_DIR/mount.fuse.unionfs-$XFS_RUN_ID-"*
     if [ "${KEEP:-0}" = 1 ]; then say "kept $tmp"; else rm -rf --one-file-system "$tmp" || true; fi
     exit "$rc"
   }
@@ -165,27 +180,19 @@ fi
 tmp="$XFS_TMP"
 xfs="$XFS_DIR"
 results="$tmp/results"
-mkdir -p "$results"
+mkdir -p "$results" "$tmp/logs"
+chmod 1777 "$tmp/logs"
 
-# Two ext4 images, mounted as the base for the unionfs layers; the overlay
-# target hands the same images (as block devices) to xfstests.
-for n in test scratch; do
-  truncate -s 3G "$tmp/$n.img"
-  mkfs.ext4 -q -F "$tmp/$n.img"
-done
-test_loop="$(losetup -f --show "$tmp/test.img")"
-scratch_loop="$(losetup -f --show "$tmp/scratch.img")"
-mkdir -p "$tmp/base-test" "$tmp/base-scratch" "$tmp/mnt-test" "$tmp/mnt-scratch" "$tmp/logs"
-
-write_helper() {  # write_helper RUN_AS_UID (empty: root)
-  cat >"$XFS_HELPER" <<EOF
+write_helper() {  # write_helper PATH RUN_AS_UID (empty: root)
+  local helper="$1"
+  cat >"$helper" <<EOF
 #!/bin/bash
 # mount.fuse.unionfs DEV MNT -o source=DIR,OPTS (written by scripts/xfstests.sh)
 # Mounts DIR/lower1:DIR/lower2 (prefilled) under DIR/upper, work DIR/work.
 set -euo pipefail
-bin='$UNIONFS_BIN'; run_as='$1'; logs='$tmp/logs'
+bin='$UNIONFS_BIN'; run_as='$2'; logs='$tmp/logs'
 EOF
-  cat >>"$XFS_HELPER" <<'EOF'
+  cat >>"$helper" <<'EOF'
 dev="" mnt="" opts=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -209,74 +216,91 @@ done
 mkdir -p "$src/upper" "$src/work"
 if [ ! -d "$src/lower1" ]; then
   # lower2 (bottom): a dir both lowers have, hard links, a symlink, a big file
-  mkdir -p "$src/lower2/unionfs-fixture/merged/sub" "$src/lower1/unionfs-fixture/merged"
-  echo lower2-a >"$src/lower2/unionfs-fixture/merged/a"
-  echo lower2-b >"$src/lower2/unionfs-fixture/merged/sub/b"
-  echo lower2-link >"$src/lower2/unionfs-fixture/hl1"
-  ln "$src/lower2/unionfs-fixture/hl1" "$src/lower2/unionfs-fixture/hl2"
-  head -c 1048576 /dev/urandom >"$src/lower2/unionfs-fixture/big"
-  ln -s merged/a "$src/lower2/unionfs-fixture/sym"
-  echo lower1-a >"$src/lower1/unionfs-fixture/merged/a"
-  echo lower1-c >"$src/lower1/unionfs-fixture/merged/c"
-  mkdir -p "$src/lower1/unionfs-fixture/dir1"
-  echo lower1-d >"$src/lower1/unionfs-fixture/dir1/d"
+  f=unionfs-fixture
+  mkdir -p "$src/lower2/$f/merged/sub" "$src/lower1/$f/merged" "$src/lower1/$f/dir1"
+  echo lower2-a >"$src/lower2/$f/merged/a"
+  echo lower2-b >"$src/lower2/$f/merged/sub/b"
+  echo lower2-link >"$src/lower2/$f/hl1"
+  ln "$src/lower2/$f/hl1" "$src/lower2/$f/hl2"
+  head -c 1048576 /dev/urandom >"$src/lower2/$f/big"
+  ln -s merged/a "$src/lower2/$f/sym"
+  echo lower1-a >"$src/lower1/$f/merged/a"
+  echo lower1-c >"$src/lower1/$f/merged/c"
+  echo lower1-d >"$src/lower1/$f/dir1/d"
 fi
-lowers="$src/lower1:$src/lower2"
 log="$logs/$(echo "$src" | tr / _).log"
-args=("$dev" "$mnt" -o "lowerdir=$lowers,upperdir=$src/upper,workdir=$src/work,log_file=$log$rest")
+args=("$dev" "$mnt" -o "lowerdir=$src/lower1:$src/lower2,upperdir=$src/upper,workdir=$src/work,log_file=$log$rest")
 if [ -n "$run_as" ]; then
   chown -R "$run_as:$run_as" "$src"
+  # the daemon cannot chown: owners and modes are kept in xattrs, as
+  # rootless containers/storage runs it
+  args[3]="${args[3]},xattr_permissions=2"
   exec setpriv --reuid="$run_as" --regid="$run_as" --clear-groups -- "$bin" "${args[@]}"
 fi
 exec "$bin" "${args[@]}"
 EOF
-  chmod 755 "$XFS_HELPER"
+  chmod 755 "$helper"
 }
 
-# run_target NAME: one ./check run; leaves $results/NAME/{list,notrun,bad,pass}.
+# run_target NAME: one ./check run on two fresh ext4 images of its own
+# (sparse files in the temp dir, loop devices); leaves
+# $results/NAME/{list,notrun,bad,pass,seconds}.
 run_target() {
-  local name="$1" cfg="$tmp/$1.config" out="$results/$1"
-  mkdir -p "$out"
-  umount "$tmp/base-test" 2>/dev/null || true
-  umount "$tmp/base-scratch" 2>/dev/null || true
-  local check_args=()
+  local name="$1" cfg="$tmp/$1.config" out="$results/$1" d="$tmp/$1" n
+  mkdir -p "$out" "$d/base-test" "$d/base-scratch" "$d/mnt-test" "$d/mnt-scratch"
+  for n in test scratch; do
+    truncate -s 3G "$d/$n.img"
+    mkfs.ext4 -q -F "$d/$n.img"
+  done
+  local test_loop scratch_loop check_args=()
+  test_loop="$(losetup -f --show "$d/test.img")"
+  scratch_loop="$(losetup -f --show "$d/scratch.img")"
   case "$name" in
     overlay)
       cat >"$cfg" <<EOF
 export FSTYP=ext4
 export TEST_DEV=$test_loop
-export TEST_DIR=$tmp/base-test
+export TEST_DIR=$d/base-test
 export SCRATCH_DEV=$scratch_loop
-export SCRATCH_MNT=$tmp/base-scratch
+export SCRATCH_MNT=$d/base-scratch
 export RESULT_BASE=$out/results
 EOF
       check_args=(-overlay) ;;
     unionfs|rootless)
-      mount "$test_loop" "$tmp/base-test"
-      mount "$scratch_loop" "$tmp/base-scratch"
-      mkdir -p "$tmp/base-test/$name" "$tmp/base-scratch/$name"
-      chmod 755 "$tmp/base-test" "$tmp/base-scratch"
-      if [ "$name" = rootless ]; then write_helper 1000; else write_helper ""; fi
+      mount "$test_loop" "$d/base-test"
+      mount "$scratch_loop" "$d/base-scratch"
+      chmod 755 "$d/base-test" "$d/base-scratch"
+      # fusermount3 wants the user to own the mount point
+      [ "$name" != rootless ] || chown 1000:1000 "$d/mnt-test" "$d/mnt-scratch"
+      # a subtype of our own, so that concurrent runs never share a helper
+      local subtype="unionfs-$XFS_RUN_ID-$name"
+      write_helper "$XFS_HELPER_DIR/mount.fuse.$subtype" "$([ "$name" = rootless ] && echo 1000 || true)"
       cat >"$cfg" <<EOF
 export FSTYP=fuse
-export FUSE_SUBTYP=.unionfs
+export FUSE_SUBTYP=.$subtype
 export TEST_DEV=unionfs_test
-export TEST_DIR=$tmp/mnt-test
+export TEST_DIR=$d/mnt-test
 export SCRATCH_DEV=unionfs_scratch
-export SCRATCH_MNT=$tmp/mnt-scratch
-export MOUNT_OPTIONS="-osource=$tmp/base-scratch/$name,allow_other,default_permissions"
-export TEST_FS_MOUNT_OPTS="-osource=$tmp/base-test/$name,allow_other,default_permissions"
+export SCRATCH_MNT=$d/mnt-scratch
+export MOUNT_OPTIONS="-osource=$d/base-scratch/src,allow_other,default_permissions"
+export TEST_FS_MOUNT_OPTS="-osource=$d/base-test/src,allow_other,default_permissions"
 export RESULT_BASE=$out/results
 EOF
+      if [ "$name" = rootless ]; then
+        # fusermount3 mounts with type fuse.unionfs (root's mount(2) path
+        # shows plain fuse); xfstests wants df -T to say fuse
+        printf '#!/bin/sh\ndf "$@" | sed "s/ fuse\\.unionfs / fuse /"\n' >"$d/df"
+        chmod 755 "$d/df"
+        echo "export DF_PROG=\"$d/df -T -P\"" >>"$cfg"
+      fi
       ;;
   esac
   local sel=()
-  if [ -n "$XFS_TESTS" ]; then sel=($XFS_TESTS); else sel=(-g "$XFS_GROUP"); fi
   # generic only (the overlay/ group tests kernel overlayfs itself)
-  [ -n "$XFS_TESTS" ] || sel=(-g "generic/$XFS_GROUP")
-  say "running ${sel[*]} on $name"
+  if [ -n "$XFS_TESTS" ]; then sel=($XFS_TESTS); else sel=(-g "generic/$XFS_GROUP"); fi
+  say "running ${sel[*]:0:8}$([ ${#sel[@]} -gt 8 ] && echo " ... (${#sel[@]})") on $name"
   local t0=$SECONDS rc=0
-  (cd "$xfs" && HOST_OPTIONS="$cfg" timeout 3h ./check "${check_args[@]}" "${sel[@]}") \
+  (cd "$xfs" && HOST_OPTIONS="$cfg" timeout 3h nice ./check "${check_args[@]}" "${sel[@]}") \
     >"$out/check.log" 2>&1 || rc=$?
   sed -n 's/^Ran: //p' "$out/check.log" | tr ' ' '\n' | sed '/^$/d' | sort -u >"$out/list"
   sed -n 's/^Not run: //p' "$out/check.log" | tr ' ' '\n' | sed '/^$/d' | sort -u >"$out/notrun"
@@ -289,31 +313,34 @@ EOF
     echo setup >"$out/error"
   fi
   say "$name: $(wc -l <"$out/pass") passed, $(wc -l <"$out/bad") failed, $(wc -l <"$out/notrun") not run ($((SECONDS - t0))s)"
-  # leave no mount behind for the next target
-  for m in "$tmp/mnt-test" "$tmp/mnt-scratch" "$tmp/base-test/ovl-mnt" "$tmp/base-scratch/ovl-mnt" \
-           "$tmp/base-test" "$tmp/base-scratch"; do
+  # leave no mount behind
+  local m
+  for m in "$d/mnt-test" "$d/mnt-scratch" "$d/base-test/ovl-mnt" "$d/base-scratch/ovl-mnt" \
+           "$d/base-test" "$d/base-scratch"; do
     while mountpoint -q "$m"; do umount "$m" 2>/dev/null || umount -l "$m"; done
   done
+  losetup -d "$test_loop" "$scratch_loop" 2>/dev/null || true
 }
 
+if [[ " $XFS_TARGETS " == *" rootless "* ]]; then
+  # a 0666 /dev/fuse and user_allow_other, in this namespace only
+  [ -u "$(command -v fusermount3)" ] || die "fusermount3 is not setuid"
+  mknod "$tmp/fuse" c 10 229; chmod 666 "$tmp/fuse"
+  mount --bind "$tmp/fuse" /dev/fuse
+  { cat /etc/fuse.conf 2>/dev/null; echo user_allow_other; } >"$tmp/fuse.conf"
+  mount --bind "$tmp/fuse.conf" /etc/fuse.conf
+fi
+pids=()
 for t in $XFS_TARGETS; do
   case "$t" in
-    rootless)
-      # a 0666 /dev/fuse and user_allow_other, in this namespace only
-      mknod "$tmp/fuse" c 10 229; chmod 666 "$tmp/fuse"
-      mount --bind "$tmp/fuse" /dev/fuse
-      { cat /etc/fuse.conf 2>/dev/null; echo user_allow_other; } >"$tmp/fuse.conf"
-      mount --bind "$tmp/fuse.conf" /etc/fuse.conf
-      [ -u "$(command -v fusermount3)" ] || die "fusermount3 is not setuid"
-      run_target rootless
-      umount /etc/fuse.conf; umount /dev/fuse ;;
-    unionfs|overlay) run_target "$t" ;;
+    unionfs|rootless|overlay) ;;
     *) die "unknown target $t (unionfs rootless overlay)" ;;
   esac
+  if [ "$XFS_PARALLEL" = 1 ]; then run_target "$t" & pids+=($!); else run_target "$t"; fi
 done
-losetup -d "$test_loop" "$scratch_loop" 2>/dev/null || true
+for p in "${pids[@]}"; do wait "$p" || true; done
 
-# The expected failures: "TEST [TARGET...] -- reason" (no target: all unionfs targets).
+# The expected failures: "TEST [TARGET...] -- reason" (no target: unionfs and rootless).
 expected_for() {  # expected_for TARGET: the tests expected to fail there
   sed -e 's/#.*//' "$XFS_REPO/tests/xfstests-expected.txt" | awk -v t="$1" '
     NF == 0 { next }
@@ -322,7 +349,7 @@ expected_for() {  # expected_for TARGET: the tests expected to fail there
 }
 
 echo
-echo "=== xfstests ($([ "$XFS_CI" = 1 ] && echo "CI subset" || echo "${XFS_TESTS:+stated list}${XFS_GROUP:+-g generic/$XFS_GROUP}")) ==="
+echo "=== xfstests ($([ "$XFS_CI" = 1 ] && echo "CI subset" || echo "${XFS_TESTS:+stated list}${XFS_GROUP:+-g generic/$XFS_GROUP}"), ext4 base) ==="
 printf '%-10s %7s %7s %8s %8s\n' target passed failed "not run" seconds
 for t in $XFS_TARGETS; do
   o="$results/$t"
@@ -349,7 +376,7 @@ for t in $XFS_TARGETS; do
       head -20 "$o/results/$f.out.bad" 2>/dev/null | sed 's/^/      /' || true
     fi
   done <"$o/bad"
-  [ ! -e "$o/error" ] || unexpected+=("$t:setup")
+  if [ -e "$o/error" ]; then unexpected+=("$t:setup"); total_fail=$((total_fail + 1)); fi
 done
 [ "${KEEP:-0}" = 1 ] || echo "(KEEP=1 keeps the results: .out.bad, .full, daemon logs)"
 [ ${#unexpected[@]} -eq 0 ] || echo "unexpected failures: ${unexpected[*]}"

@@ -278,9 +278,9 @@ EOF
       cat >"$cfg" <<EOF
 export FSTYP=fuse
 export FUSE_SUBTYP=.$subtype
-export TEST_DEV=unionfs_test
+export TEST_DEV=${name}_test
 export TEST_DIR=$d/mnt-test
-export SCRATCH_DEV=unionfs_scratch
+export SCRATCH_DEV=${name}_scratch
 export SCRATCH_MNT=$d/mnt-scratch
 export MOUNT_OPTIONS="-osource=$d/base-scratch/src,allow_other,default_permissions"
 export TEST_FS_MOUNT_OPTS="-osource=$d/base-test/src,allow_other,default_permissions"

@@ -5,6 +5,7 @@
 #   scripts/xfstests.sh [--ci] [--targets "unionfs rootless overlay"]
 #                       [--tests "generic/001 generic/002 ..." | --group quick]
 #                       [--parallel]   (the targets at once, each on its own images)
+#   scripts/xfstests.sh --build-only    builds (or finds) xfstests, prints its dir
 #
 # Targets:
 #   unionfs   the release binary mounted by root (FSTYP=fuse, FUSE_SUBTYP=.unionfs)
@@ -39,7 +40,7 @@ set -euo pipefail
 {
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
-say() { echo "[xfstests] $*"; }
+say() { echo "[xfstests] $*" >&2; }
 die() { echo "xfstests: $*" >&2; exit 2; }
 
 # The CI subset: quick generic tests that pass on kernel overlayfs, chosen to
@@ -59,7 +60,7 @@ generic/423 generic/424 generic/426 generic/428 generic/434 generic/437
 generic/438 generic/443 generic/444 generic/451 generic/452 generic/453
 generic/454 generic/460 generic/467 generic/469 generic/472 generic/477"
 
-ci=0 targets="" tests="" group="" parallel=0
+ci=0 targets="" tests="" group="" parallel=0 build_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --ci) ci=1 ;;
@@ -67,6 +68,7 @@ while [ $# -gt 0 ]; do
     --tests) tests="$2"; shift ;;
     --group) group="$2"; shift ;;
     --parallel) parallel=1 ;;
+    --build-only) build_only=1 ;;
     --inner) shift; break ;;   # internal: the part inside the namespace
     -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (--help)" ;;
@@ -122,6 +124,7 @@ if [ "${1:-}" != inner ]; then
     fi
     touch "$cache/built"
   fi
+  if [ "$build_only" = 1 ]; then echo "$cache/xfstests"; exit 0; fi
   say "cargo build --release"
   nice cargo build --release --quiet
   export XFS_DIR="$cache/xfstests" UNIONFS_BIN="$repo/target/release/unionfs"
@@ -155,7 +158,7 @@ if [ "${1:-}" != inner ]; then
     for c in /proc/[0-9]*/cmdline; do
       p="${c#/proc/}"; p="${p%/cmdline}"
       [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$UNIONFS_BIN" ] || continue
-      tr '\0' '\n' <"$c" 2>/dev/null | grep -q -F -- "$tmp" && kill -KILL "$p" 2>/dev/null
+      tr '\0' '\n' 2>/dev/null <"$c" | grep -q -F -- "$tmp" && kill -KILL "$p" 2>/dev/null
     done
     # loop devices backed by our images
     local img

@@ -8,9 +8,11 @@
 #
 # 1. fsx, root (the daemon may serve upper files by FUSE passthrough), and
 #    rootless (daemon and fsx as uid 1000, mounted through the setuid
-#    fusermount3): every fsx file starts in a lower (random bytes; fsx -k
-#    keeps them and checks every read against them), so the first write
-#    copies it up while fsx has it open; with mmap and without (-R -W), two
+#    fusermount3): every fsx file starts in a lower (1 MiB of random
+#    bytes); fsx's open for writing copies it up (unionfs copies up at
+#    open, as overlayfs), fsx -k keeps the bytes and checks every read
+#    against them, and a file of its own checks that a copy is exact;
+#    with mmap and without (-R -W), two
 #    fsx at once on two files; then the two names of one hard-linked lower
 #    file, one fsx after the other (two fsx on one inode at once would see
 #    each other's writes, which fsx reports as corruption by design), with
@@ -137,7 +139,7 @@ make_layers() {
   local d="$1" id="$2"
   mkdir -p "$d/lower1/fsx" "$d/lower2/fsx" "$d/upper" "$d/work" "$d/mnt" "$d/logs"
   local f
-  for f in mmap nommap mmap2 nommap2 hl1; do
+  for f in mmap nommap mmap2 nommap2 hl1 probe; do
     # byte 1 = byte 0: fsx probes copy_file_range by copying byte 0 over
     # byte 1 of the file, unrecorded (harmless on the empty file it
     # normally starts from; -k keeps ours)
@@ -168,6 +170,16 @@ fsx_suite() {
   mount_union "$d" "$id" || { bad "$label: mount"; return; }
   pid="$(daemon_pid "$d/mnt")" || { bad "$label: daemon pid"; return; }
   say "$label: fsx on lower files (daemon $pid), $FSX_OPS ops per run"
+  # unionfs copies a file up when it is opened for writing (as overlayfs),
+  # so fsx's open copies each file up and fsx then checks every byte it
+  # reads against what it read first, from the copy; that the copy itself
+  # is exact is checked here, on a file of its own: an open for writing,
+  # then the bytes against the lower's
+  copy_exact() {
+    as_id "$id" sh -c 'exec 3<>"$1/mnt/fsx/probe"; exec 3>&-; cmp "$1/mnt/fsx/probe" "$1/lower2/fsx/probe"' _ "$d" &&
+      [ -f "$d/upper/fsx/probe" ]
+  }
+  check "$label: copy-up on open for writing is exact" copy_exact
   # two at once (mmap and not), then two more
   local r1=0 r2=0
   run_fsx "$d" "$id" mmap "$FSX_OPS" & local p1=$!

@@ -185,8 +185,8 @@ fsx_suite() {
   run_fsx "$d" "$id" mmap "$FSX_OPS" & local p1=$!
   run_fsx "$d" "$id" nommap "$FSX_OPS" -R -W & local p2=$!
   wait "$p1" || r1=$?; wait "$p2" || r2=$?
-  [ $r1 = 0 ] && ok "$label: fsx mmap (copy-up mid-run)" || bad "$label: fsx mmap (copy-up mid-run)"
-  [ $r2 = 0 ] && ok "$label: fsx -R -W (copy-up mid-run)" || bad "$label: fsx -R -W (copy-up mid-run)"
+  [ $r1 = 0 ] && ok "$label: fsx mmap on a lower file" || bad "$label: fsx mmap on a lower file"
+  [ $r2 = 0 ] && ok "$label: fsx -R -W on a lower file" || bad "$label: fsx -R -W on a lower file"
   # -c drops the page cache at each close: root only
   if [ "$id" = 0 ]; then
     check "$label: fsx mmap, closing, dropping caches, reopening (-c 50)" run_fsx "$d" "$id" mmap2 "$FSX_OPS" -c 50

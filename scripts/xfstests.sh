@@ -428,7 +428,7 @@ for t in $XFS_TARGETS; do
   while read -r f; do
     [ -n "$f" ] || continue
     if expected_for "$t" | grep -qx "$f"; then
-      echo "  $t: $f failed (expected: $(grep "^$f\b" "$XFS_REPO/tests/xfstests-expected.txt" | head -1 | sed 's/.*-- //'))"
+      echo "  $t: $f failed (expected: $(grep "^$f\b" "$XFS_REPO/tests/xfstests-expected.txt" | head -1 | sed 's/.*-- //' | cut -c1-150)...)"
     else
       unexpected+=("$t:$f")
       echo "  $t: $f FAILED (not expected); its diff:"

@@ -36,6 +36,7 @@ need setfattr attr                 # differential repro scripts
 need strace strace                 # volatile_mount.rs: which syncs the daemon makes
 need sync coreutils                # volatile_mount.rs: fsync/fdatasync/fsyncdir through the mount
 need kill procps                   # volatile_mount.rs: stops strace
+need xfs_io xfsprogs               # mmap_times.rs: mmap writes as xfstests makes them
 # write_mount.rs reads an oci-format upper back through an independent
 # implementation (oci_format_upper_holds_exactly_the_whiteouts_of_an_image_layer_diff).
 need fuse-overlayfs fuse-overlayfs

@@ -4,6 +4,11 @@
 # conformance suites (pjdfstest, unionmount-testsuite) on the release binary.
 # Mount tests need root and /dev/fuse; with CI=true they fail rather than skip.
 # CONFORMANCE=0 skips the conformance suites (e.g. for a quick local run).
+# Then xfstests' generic tests on unionfs, root and rootless, a fixed subset
+# (scripts/xfstests.sh --ci, about 12 minutes; failures not listed in
+# tests/xfstests-expected.txt fail it), and fsx/fsstress in their short mode
+# (scripts/stress.sh --short, about 4 minutes). XFSTESTS=0 and STRESS=0 skip
+# them.
 # Then podman's whole cycle with unionfs as the mount program, rootful and
 # rootless (scripts/podman_e2e.sh, under a minute); where podman cannot run
 # it is skipped, and fails under CI=true. PODMAN=0 skips it.
@@ -15,6 +20,12 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets 2>&1
 if [ "${CONFORMANCE:-1}" = 1 ]; then
   bash scripts/conformance.sh
+fi
+if [ "${XFSTESTS:-1}" = 1 ]; then
+  bash scripts/xfstests.sh --ci
+fi
+if [ "${STRESS:-1}" = 1 ]; then
+  bash scripts/stress.sh --short
 fi
 if [ "${PODMAN:-1}" = 1 ]; then
   bash scripts/podman_e2e.sh

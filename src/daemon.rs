@@ -72,8 +72,11 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;
 
-    let session = Session::new(FuseFs::new(fs.clone()), &config.mountpoint, &fuse_config)
+    let fuse_fs = FuseFs::new(fs.clone());
+    let notifier = fuse_fs.notifier_slot();
+    let session = Session::new(fuse_fs, &config.mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
 
     raise_readahead(&config.mountpoint);
 

@@ -7,14 +7,14 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use log::{debug, info, warn};
 
@@ -43,6 +43,8 @@ pub struct FuseFs {
     io: Arc<Passthrough<BackingId>>,
     /// Long requests running on threads of their own.
     long: Arc<AtomicUsize>,
+    /// Tells the kernel a cached answer is wrong; set once the session is.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseFs {
@@ -52,6 +54,39 @@ impl FuseFs {
             passthrough: false,
             io: Arc::default(),
             long: Arc::default(),
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Where the daemon, once the session exists, hands its notifier.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// How long the kernel may keep the attributes of `ino`. A file served
+    /// by passthrough changes without us when it is written through a
+    /// shared mapping (the page faults reach the layer's file, never the
+    /// daemon), so while it is open that way every stat asks.
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        if self.passthrough && self.io.through(ino) {
+            Duration::ZERO
+        } else {
+            TTL
+        }
+    }
+
+    /// A writable open served by passthrough: the attributes the kernel
+    /// holds from before (kept for TTL) stop being the truth at its first
+    /// write through a mapping, so drop them (`attr_ttl` keeps later
+    /// answers from being kept while it is open).
+    fn passthrough_writable(&self, ino: u64, flags: i32) {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return;
+        }
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                debug!("inval_inode {ino}: {e}");
+            }
         }
     }
 
@@ -293,7 +328,7 @@ impl Filesystem for FuseFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, _fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
             Err(e) => reply.error(failed("getattr", e)),
         }
     }
@@ -326,7 +361,7 @@ impl Filesystem for FuseFs {
         };
         let change = MayCopy::Change { ino: ino.0 };
         self.run(change, move |me| match me.fs.setattr(ino.0, set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&me.attr_ttl(ino.0), &file_attr(&a)),
             Err(e) => reply.error(failed("setattr", e)),
         });
     }
@@ -454,7 +489,8 @@ impl Filesystem for FuseFs {
             };
             match me.serve(ino.0, fh, |fd| reply.open_backing(fd)) {
                 Some(id) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+                    me.passthrough_writable(ino.0, flags.0);
                 }
                 None => reply.opened(FileHandle(fh), CACHED_FILE),
             }
@@ -730,14 +766,17 @@ impl Filesystem for FuseFs {
                 let attr = file_attr(&a);
                 let gen = Generation(a.generation);
                 match self.serve(a.ino, fh, |fd| reply.open_backing(fd)) {
-                    Some(id) => reply.created_passthrough(
-                        &TTL,
-                        &attr,
-                        gen,
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_NOFLUSH,
-                        &id,
-                    ),
+                    Some(id) => {
+                        reply.created_passthrough(
+                            &TTL,
+                            &attr,
+                            gen,
+                            FileHandle(fh),
+                            FopenFlags::FOPEN_NOFLUSH,
+                            &id,
+                        );
+                        self.passthrough_writable(a.ino, flags);
+                    }
                     None => reply.created(&TTL, &attr, gen, FileHandle(fh), CACHED_FILE),
                 }
             }

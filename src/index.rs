@@ -92,7 +92,13 @@ impl Index<'_> {
     pub fn add(&self, dir: BorrowedFd, name: &OsStr, ino: u64, lower_links: u64) -> Result<()> {
         debug!("index_add {ino} ({lower_links} lower names left)");
         let obj = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        self.write_lower_links(obj.as_fd(), &lower_links.to_string())?;
+        if let Err(e) = self.write_lower_links(obj.as_fd(), &lower_links.to_string()) {
+            // A symlink cannot hold `user.` xattrs (a daemon without
+            // privilege): no count reads as 0, so none is needed for 0.
+            if lower_links != 0 || self.read_lower_links(obj.as_fd()).ok() != Some(0) {
+                return Err(e);
+            }
+        }
         sys::linkat(dir, name, self.dir(), &key(ino))
     }
 

@@ -11,13 +11,14 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
+use crate::sys::Stat;
 
 /// The xattr (after the metadata prefix) naming an upper copy's origin.
 pub const ORIGIN: &str = "origin";
@@ -133,6 +134,10 @@ pub struct Node {
     /// The object's last name is gone (it may still be open): it must not
     /// be copied up to a name, and its number may come back for a new one.
     dead: AtomicBool,
+    /// What the object looked like when its last name went, for a `stat`
+    /// of it that no open file answers (an open directory: `fstat` of it
+    /// is sent without a handle). Boxed: most nodes never die.
+    dead_stat: OnceLock<Box<Stat>>,
     /// Bit 0: the object is known to carry no xattr a user sees, so a
     /// getxattr needs no system call (`ls -l` asks for `security.selinux`
     /// of every file). The rest counts xattr changes, so that a look that
@@ -167,6 +172,7 @@ impl Node {
             seq: AtomicU64::new(0),
             generation,
             dead: AtomicBool::new(false),
+            dead_stat: OnceLock::new(),
             xattrs: AtomicU64::new(0),
         }
     }
@@ -199,6 +205,18 @@ impl Node {
     /// Marks the object deleted (its last name was removed).
     pub fn set_dead(&self) {
         self.dead.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the object deleted and keeps `st`, its `lstat` as the name
+    /// went, to answer a later `stat` that has no open file to ask.
+    pub fn set_dead_with(&self, st: Stat) {
+        let _ = self.dead_stat.set(Box::new(st));
+        self.set_dead();
+    }
+
+    /// The `lstat` kept by [`Node::set_dead_with`].
+    pub fn dead_stat(&self) -> Option<Stat> {
+        self.dead_stat.get().map(|st| **st)
     }
 
     /// True once the object's last name was removed.

@@ -85,6 +85,11 @@ impl<B> Passthrough<B> {
         }
     }
 
+    /// True while the open files of `ino` are served by the kernel.
+    pub fn through(&self, ino: u64) -> bool {
+        matches!(self.modes.lock().get(&ino), Some(Mode::Through(..)))
+    }
+
     /// An open file of `ino` was released.
     pub fn release(&self, ino: u64) {
         let mut modes = self.modes.lock();

@@ -317,3 +317,52 @@ fn forced_permissions_in_a_user_namespace() {
     assert_eq!(xattr("d/f"), "0:0:0600:file");
     sum.assert_unchanged();
 }
+
+/// A symlink made through the mount with a second name (`ln -P`), one name
+/// then removed, as the user through fusermount3: the daemon indexes the
+/// object as its first name goes, and a symlink cannot carry the `user.`
+/// xattr that would count its lower names (it has none). Was EPERM
+/// (xfstests generic/013 and generic/070 rootless: fsstress links symlinks).
+#[test]
+fn unprivileged_user_removes_a_name_of_a_hard_linked_symlink() {
+    if !require_mount_env() || !require_tools() {
+        return;
+    }
+    let s = setup("rootless-linked-symlink");
+    let sum = checksum_layers(&[&s.lower]);
+    let m = s.mnt.display();
+    let user_script = format!(
+        "set -e; B={bin}; \"$B\" mount -l {l} -u {u} -w {w} {m}; \
+         ln -s d/f {m}/s; ln -P {m}/s {m}/s2; ls -li {m} >/dev/null; \
+         if rm {m}/s; then echo RM-OK; else echo RM-FAILED; fi; \
+         echo \"LEFT $(ls {m} | tr '\\n' ' ')\"; \
+         echo \"S2 $(stat -c '%F %h' {m}/s2) -> $(readlink {m}/s2)\"; \
+         \"$B\" umount {m}",
+        bin = unionfs_bin(),
+        l = s.lower.display(),
+        u = s.upper.display(),
+        w = s.work.display(),
+    );
+    let outer = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         setpriv --reuid={USER} --regid={USER} --clear-groups -- sh -c '{inner}'; rc=$?; \
+         umount -l {m} 2>/dev/null; exit $rc",
+        fuse = s.fuse.display(),
+        inner = user_script.replace('\'', "'\\''"),
+    );
+    let out = run(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(outer),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("RM-OK"), "{out}");
+    assert!(out.stdout.contains("LEFT d dir gone s2 "), "{out}");
+    assert!(out.stdout.contains("S2 symbolic link 1 -> d/f"), "{out}");
+    // where it landed: the upper holds the one name left, indexed
+    let s2 = fs::symlink_metadata(s.upper.join("s2")).unwrap();
+    assert!(s2.file_type().is_symlink() && !s.upper.join("s").exists());
+    assert_eq!(s2.nlink(), 2, "s2 and its entry in WORK/index");
+    sum.assert_unchanged();
+}

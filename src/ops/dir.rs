@@ -305,7 +305,7 @@ impl UnionFs {
             // The node of an object with one name sits at that name: one
             // sitting elsewhere is another object that took the number.
             if found.stack.index.is_none() && last_name && node.is_at(parent.ino, name) {
-                node.set_dead();
+                node.set_dead_with(found.stat);
             }
         }
         // After the mark: a walk that holds the directory open again drops

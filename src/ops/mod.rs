@@ -252,10 +252,22 @@ impl UnionFs {
     fn attr_of(&self, node: &Node) -> Result<Attr> {
         let stack = node.stack();
         let mut st = if node.is_dead() {
-            let (layer, fd) = self.fd_of_dead(node, libc::O_RDONLY)?;
-            let mut st = sys::fstat(fd.as_fd())?;
-            self.force_fd(layer, fd.as_fd(), &mut st);
-            st
+            match self.fd_of_dead(node, libc::O_RDONLY) {
+                Ok((layer, fd)) => {
+                    let mut st = sys::fstat(fd.as_fd())?;
+                    self.force_fd(layer, fd.as_fd(), &mut st);
+                    st
+                }
+                // No open file of it (a directory's handle holds none): what
+                // it was as its last name went, with no name left, as the
+                // kernel shows a removed directory that is still open.
+                Err(e) => {
+                    let mut st = node.dead_stat().ok_or(e)?;
+                    let mut attr = self.finish_attr(node.ino, &stack, &mut st);
+                    attr.st.st_nlink = 0;
+                    return Ok(attr);
+                }
+            }
         } else {
             let layer = stack
                 .top()

@@ -9,9 +9,9 @@
 #   base-image file) and `RUN chown -R` of a base-image directory; the
 #   built image run with podman on the same storage (the file, the copy,
 #   the deletion, the owners), the built layers' content as buildah
-#   pushes them to a docker-archive (the deletion is a `.wh.`); every
-#   mount done by unionfs (the mount program is a wrapper that logs each
-#   call and execs unionfs; no call is missing, no fuse-overlayfs ran);
+#   pushes them to a docker-archive (the deletion is a `.wh.`); the mounts
+#   done by unionfs (the mount program is a wrapper that logs each call and
+#   execs unionfs; a RUN step records its root's type, fuse.unionfs);
 #   and a cleanup that leaves no mount and no unionfs daemon behind.
 # No registry: the base is a busybox-static tree. Every storage root is
 # private, below one temp dir removed afterwards. Each step prints one
@@ -242,9 +242,9 @@ run_mode() {
 
   # run the built image with podman on the same storage
   if try "podman run the built image" "$pm" run --rm "${RUNOPTS[@]}" localhost/e2e:bud sh -c \
-    'cat /etc/run /etc/ctx.txt /etc/base; sed "s/^fuse\..*/fuse.*/" /etc/run-root-fs; ls /etc/gone 2>&1 | grep -c "No such"; stat -c "%u:%g" /data /data/file /data/sub /data/sub/deep /etc/ctx.txt /etc/base; grep " / / " /proc/self/mountinfo | grep -c fuse'; then
-    check "podman run the built image: RUN file (its root was FUSE), COPY file, deletion, owners, FUSE root" \
-      "run ctx base fuse.* 1 1000:1000 1000:1000 1000:1000 1000:1000 0:0 0:0 1" "$(one_line <<<"$out")"
+    'cat /etc/run /etc/ctx.txt /etc/base; cat /etc/run-root-fs; ls /etc/gone 2>&1 | grep -c "No such"; stat -c "%u:%g" /data /data/file /data/sub /data/sub/deep /etc/ctx.txt /etc/base; grep " / / " /proc/self/mountinfo | grep -c fuse'; then
+    check "podman run the built image: RUN file (its root was fuse.unionfs), COPY file, deletion, owners, FUSE root" \
+      "run ctx base fuse.unionfs 1 1000:1000 1000:1000 1000:1000 1000:1000 0:0 0:0 1" "$(one_line <<<"$out")"
   fi
 
   # the built image as layers: the deletion is a .wh. in one of them

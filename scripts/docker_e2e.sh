@@ -7,17 +7,21 @@
 # with subordinate ids):
 #   start dockerd (driver fuse-overlayfs), import a busybox image, run,
 #   the container's root served by unionfs (the mount's daemon process is
-#   the unionfs binary, its fstype FUSE), write and rm, `docker diff` (A/C/D),
+#   the unionfs binary, its type fuse.unionfs), `docker exec` (its write
+#   reaches the upper dir), write and rm, `docker diff` (A/C/D),
 #   commit, run the committed image, save (the saved layer carries `.wh.`),
 #   load it back and run it, load a 2-layer image whose top layer holds
-#   `.wh.NAME` and `.wh..wh..opq` (made with `unionfs commit`), build with a
+#   `.wh.NAME` and `.wh..wh..opq` (made with `unionfs commit`), `docker cp`
+#   in and out of a stopped container, build with a
 #   RUN step, and a cleanup that leaves no mount, no unionfs and no dockerd
 #   process behind.
 # Every dockerd has its own data-root, exec-root, socket and config below
 # one temp dir (never the system's), no bridge, no iptables; containers run
 # with --network none. For the rootless run /dev/fuse is made 0666 while
-# the script runs (its mode is restored on exit). No registry: the image is built here from
-# busybox-static. Each step prints one PASS/FAIL line; the last line is
+# the script runs (its mode is restored on exit); rootlesskit gets the host
+# network (no slirp4netns, no /dev/net/tun) and no port driver. Where
+# rootless dockerd cannot start at all, that half is skipped (a failure
+# under CI=true). No registry: the image is built here from busybox-static. Each step prints one PASS/FAIL line; the last line is
 # `N passed, N failed` and the exit status is non-zero on any failure.
 #
 # The Debian docker client (/usr/bin/docker) is used, whatever other docker
@@ -32,6 +36,7 @@
 #   MODES=rootful scripts/docker_e2e.sh   # or MODES=rootless
 #   KEEP=1 scripts/docker_e2e.sh          # keep the temp dir (dockerd logs)
 #   E2E_USER=name                         # the unprivileged user (default unionfs-e2e)
+#   ROOTLESS_NET=slirp4netns ROOTLESS_PORT_DRIVER=builtin   # rootlesskit's network (default host, none)
 set -uo pipefail
 export LC_ALL=C
 
@@ -234,7 +239,8 @@ start_dockerd() {
     # (slirp4netns would need /dev/net/tun).
     (cd / && exec setpriv --reuid="$uid" --regid="$gid" --init-groups env -i \
       HOME="$d/home" USER="$RUSER" LOGNAME="$RUSER" XDG_RUNTIME_DIR="$d/xdg" PATH="$path" \
-      DOCKERD_ROOTLESS_ROOTLESSKIT_NET=host DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER=none \
+      DOCKERD_ROOTLESS_ROOTLESSKIT_NET="${ROOTLESS_NET:-host}" \
+      DOCKERD_ROOTLESS_ROOTLESSKIT_PORT_DRIVER="${ROOTLESS_PORT_DRIVER:-none}" \
       DOCKERD_ROOTLESS_ROOTLESSKIT_FLAGS="--state-dir=$d/rk" \
       "$ROOTLESS_SH" "${args[@]}") >"$d/dockerd.log" 2>&1 &
     STARTED+=($!)
@@ -254,8 +260,9 @@ EOF
   "$d/dk" version >/dev/null 2>&1
 }
 
-# serves_check NAME: a running container's root is a FUSE mount whose
-# daemon process is the unionfs binary.
+# serves_check NAME: a running container's root is a FUSE mount of type
+# fuse.unionfs (fuse-overlayfs's are fuse.fuse-overlayfs) whose daemon
+# process (found by its command line) runs the unionfs binary.
 serves_check() {
   local name=$1 dk=$T/$MODE/dk
   if ! try "$name" "$dk" run -d --name ve2e "${RUNOPTS[@]}" localhost/e2e:1 sleep 60; then return; fi
@@ -268,8 +275,15 @@ serves_check() {
     e=$(readlink "/proc/$p/exe" 2>/dev/null)
     exes+="$( [ "$e" = "$UNIONFS_BIN" ] || [ "$e" = "$BIN" ] && echo unionfs || echo "$e") "
   done
-  check "$name" "fstype fuse.* daemons [unionfs]" \
-    "fstype ${fstype/#fuse.*/fuse.*} daemons [$(sort -u <<<"${exes// /$'\n'}" | grep . | one_line)]"
+  check "$name" "fstype fuse.unionfs daemons [unionfs]" \
+    "fstype $fstype daemons [$(sort -u <<<"${exes// /$'\n'}" | grep . | one_line)]"
+  # docker exec in the running container: the write lands in its upper dir
+  local upper
+  upper=$("$dk" inspect -f '{{.GraphDriver.Data.UpperDir}}' ve2e 2>&1)
+  if try "exec: a write in a running container" "$dk" exec ve2e sh -c 'echo e >/etc/e; cat /etc/e'; then
+    check "exec: a write in a running container reaches its upper dir" "e e" \
+      "$(one_line <<<"$out") $(cat "$upper/etc/e" 2>&1)"
+  fi
   "$dk" rm -f ve2e >/dev/null 2>&1
 }
 
@@ -283,8 +297,16 @@ run_mode() {
     check "dockerd up with the fuse-overlayfs storage driver" fuse-overlayfs \
       "$("$dk" info --format '{{.Driver}}' 2>&1)"
   else
-    fail "dockerd up with the fuse-overlayfs storage driver" \
-      "$(grep -v -e '^+' -e 'level=info' -e 'level=warn' "$d/dockerd.log" | tail -n 3 | one_line)"
+    local why
+    why=$(grep -v -e '^+' -e 'level=info' -e 'level=warn' "$d/dockerd.log" | tail -n 3 | one_line)
+    # Rootless dockerd needs user namespaces, newuidmap and rootlesskit to
+    # work on this machine before unionfs plays any part (the driver runs
+    # nothing at start): where it cannot start, a skip, failing under CI=true.
+    if [ "$MODE" = rootless ] && [ "${CI:-}" != true ]; then
+      echo "SKIP [$MODE] dockerd-rootless.sh cannot start here: $why (under CI=true this fails)"
+    else
+      fail "dockerd up with the fuse-overlayfs storage driver" "$why"
+    fi
     return
   fi
 
@@ -344,6 +366,18 @@ run_mode() {
     fi
   elif [ ! -s "$T/ld.tar" ]; then
     fail "load a 2-layer image" "the archive could not be made (see setup)"
+  fi
+
+  # docker cp into and out of a stopped container (dockerd mounts it)
+  echo cp-in >"$d/cp-in"
+  if try "create a container for docker cp" "$dk" create --name cpe2e "${RUNOPTS[@]}" localhost/e2e:2 cat /cp-in /etc/new; then
+    if try "docker cp into a stopped container" "$dk" cp "$d/cp-in" cpe2e:/cp-in &&
+      try "docker cp out of a stopped container" sh -c "$dk cp cpe2e:/made/x - | tar -xO" &&
+      check "docker cp out of a stopped container" m "$out" &&
+      try "docker cp: the container sees the copied file" "$dk" start -a cpe2e; then
+      check "docker cp: the container sees the copied file" "cp-in new" "$(one_line <<<"$out")"
+    fi
+    "$dk" rm -f cpe2e >/dev/null 2>&1
   fi
 
   # build with a RUN step (the classic builder: DOCKER_BUILDKIT=0)

@@ -6,7 +6,8 @@
 #   a base image made with `buildah from scratch` + `buildah copy` +
 #   `buildah commit`, then `buildah bud` of a Dockerfile with RUN (a new
 #   file), COPY (a file of the context), a deletion (`RUN rm` of a
-#   base-image file) and `RUN chown -R` of a base-image directory; the
+#   base-image file), a base-image directory replaced by a new one
+#   (opaque) and `RUN chown -R` of a base-image directory; the
 #   built image run with podman on the same storage (the file, the copy,
 #   the deletion, the owners), the built layers' content as buildah
 #   pushes them to a docker-archive (the deletion is a `.wh.`); the mounts
@@ -130,7 +131,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # The base image's files: busybox and a few files owned by root.
-mkdir -p "$T/rootfs/bin" "$T/rootfs/etc" "$T/rootfs/data/sub" "$T/rootfs/tmp"
+mkdir -p "$T/rootfs/bin" "$T/rootfs/etc" "$T/rootfs/data/sub" "$T/rootfs/tmp" "$T/rootfs/rep"
 chmod 1777 "$T/rootfs/tmp"
 cp /bin/busybox "$T/rootfs/bin/"
 for a in sh ls cat echo mkdir rm mv stat id chown grep touch sed cut; do ln -s busybox "$T/rootfs/bin/$a"; done
@@ -138,6 +139,7 @@ echo base >"$T/rootfs/etc/base"
 echo gone >"$T/rootfs/etc/gone"
 echo data >"$T/rootfs/data/file"
 echo deep >"$T/rootfs/data/sub/deep"
+echo r >"$T/rootfs/rep/r"
 chown -R 0:0 "$T/rootfs"
 chmod -R a+rX "$T/rootfs"
 
@@ -161,6 +163,7 @@ FROM localhost/e2e:base
 RUN echo run >/etc/run && grep " / / " /proc/self/mountinfo | sed "s/.* - //" | cut -d" " -f1 >/etc/run-root-fs
 COPY ctx.txt /etc/ctx.txt
 RUN rm /etc/gone
+RUN rm -r /rep && mkdir /rep && echo n >/rep/n
 RUN chown -R 1000:1000 /data
 EOF
   if [ "$mode" = rootless ]; then
@@ -242,19 +245,22 @@ run_mode() {
 
   # run the built image with podman on the same storage
   if try "podman run the built image" "$pm" run --rm "${RUNOPTS[@]}" localhost/e2e:bud sh -c \
-    'cat /etc/run /etc/ctx.txt /etc/base; cat /etc/run-root-fs; ls /etc/gone 2>&1 | grep -c "No such"; stat -c "%u:%g" /data /data/file /data/sub /data/sub/deep /etc/ctx.txt /etc/base; grep " / / " /proc/self/mountinfo | grep -c fuse'; then
-    check "podman run the built image: RUN file (its root was fuse.unionfs), COPY file, deletion, owners, FUSE root" \
-      "run ctx base fuse.unionfs 1 1000:1000 1000:1000 1000:1000 1000:1000 0:0 0:0 1" "$(one_line <<<"$out")"
+    'cat /etc/run /etc/ctx.txt /etc/base; cat /etc/run-root-fs; ls /etc/gone 2>&1 | grep -c "No such"; stat -c "%u:%g" /data /data/file /data/sub /data/sub/deep /etc/ctx.txt /etc/base; grep " / / " /proc/self/mountinfo | grep -c fuse; ls /rep'; then
+    check "podman run the built image: RUN file (its root was fuse.unionfs), COPY file, deletion, owners, FUSE root, replaced dir" \
+      "run ctx base fuse.unionfs 1 1000:1000 1000:1000 1000:1000 1000:1000 0:0 0:0 1 n" "$(one_line <<<"$out")"
   fi
 
-  # the built image as layers: the deletion is a .wh. in one of them
+  # the built image as layers: the deletions are .wh. in them. With a
+  # mount_program containers/storage makes a layer by its naive diff (the
+  # mounted layer against its parent), so the replaced /rep is a whiteout
+  # of its old file, not `.wh..wh..opq` (the same with fuse-overlayfs).
   local ar=$d/bud.tar
   if try "buildah push to a docker-archive" "$bh" push -q localhost/e2e:bud "docker-archive:$ar:localhost/e2e:bud"; then
     local wh='' m
     for m in $(tar -tf "$ar" | grep '\.tar$'); do
       wh+=$(tar -xOf "$ar" "$m" | tar -t 2>/dev/null | grep -E '(^|/)\.wh\.' | sed 's|^\./||')$'\n'
     done
-    check "buildah push: a layer carries the whiteout of the RUN rm" "etc/.wh.gone" "$(grep . <<<"$wh" | sort | one_line)"
+    check "buildah push: the layers carry the whiteouts of the RUN rm and of the replaced dir's old file" "etc/.wh.gone rep/.wh.r" "$(grep . <<<"$wh" | sort | one_line)"
   fi
 
   # cleanup: nothing mounted, no daemon

@@ -34,7 +34,7 @@
 set -uo pipefail
 export LC_ALL=C
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)
 cannot_run() {
   if [ "${CI:-}" = true ]; then

@@ -40,7 +40,7 @@
 set -uo pipefail
 export LC_ALL=C
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)
 # Where docker cannot run at all: a failure under CI=true, else a skip.
 cannot_run() {
@@ -251,8 +251,7 @@ start_dockerd() {
 DOCKER_HOST=unix://$d/d.sock DOCKER_CONFIG=$d/cfg DOCKER_BUILDKIT=0 exec $DOCKER "\$@"
 EOF
   chmod 755 "$d/dk"
-  local i
-  for i in $(seq 150); do
+  for _ in $(seq 150); do
     "$d/dk" version >/dev/null 2>&1 && break
     kill -0 "${STARTED[-1]}" 2>/dev/null || break
     sleep 0.2
@@ -402,9 +401,11 @@ run_mode() {
   # cleanup: every container and image removed, dockerd stopped; then
   # nothing mounted below this mode's dir and no process of ours left.
   "$dk" rm -a -f >/dev/null 2>&1
-  "$dk" rmi -f $("$dk" images -q -a 2>/dev/null) >/dev/null 2>&1
+  local images
+  mapfile -t images < <("$dk" images -q -a 2>/dev/null | sort -u)
+  [ ${#images[@]} = 0 ] || "$dk" rmi -f "${images[@]}" >/dev/null 2>&1
   local left_layers
-  left_layers=$(ls "$d/data/fuse-overlayfs" 2>/dev/null | grep -v -x l | wc -l)
+  left_layers=$(find "$d/data/fuse-overlayfs" -mindepth 1 -maxdepth 1 ! -name l 2>/dev/null | wc -l)
   check "cleanup: no layer left after rm and rmi" 0 "$left_layers"
   stop_pid "${STARTED[-1]}"
   local mounts procs

@@ -402,8 +402,13 @@ run_mode() {
   # nothing mounted below this mode's dir and no process of ours left.
   "$dk" rm -a -f >/dev/null 2>&1
   local images
-  mapfile -t images < <("$dk" images -q -a 2>/dev/null | sort -u)
-  [ ${#images[@]} = 0 ] || "$dk" rmi -f "${images[@]}" >/dev/null 2>&1
+  # (newest first, as listed: a child before its parent; again for what a
+  # dependent child kept)
+  for _ in 1 2 3; do
+    mapfile -t images < <("$dk" images -q -a 2>/dev/null | awk '!seen[$0]++')
+    [ ${#images[@]} = 0 ] && break
+    "$dk" rmi -f "${images[@]}" >/dev/null 2>&1
+  done
   local left_layers
   left_layers=$(find "$d/data/fuse-overlayfs" -mindepth 1 -maxdepth 1 ! -name l 2>/dev/null | wc -l)
   check "cleanup: no layer left after rm and rmi" 0 "$left_layers"

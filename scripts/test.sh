@@ -12,6 +12,10 @@
 # Then podman's whole cycle with unionfs as the mount program, rootful and
 # rootless (scripts/podman_e2e.sh, under a minute); where podman cannot run
 # it is skipped, and fails under CI=true. PODMAN=0 skips it.
+# Then docker (dockerd's fuse-overlayfs driver running unionfs, rootful and
+# rootless; scripts/docker_e2e.sh) and buildah (bud with unionfs as the
+# mount program, the image run by podman; scripts/buildah_e2e.sh), each
+# skipped or failed the same way. DOCKER=0 / BUILDAH=0 skip them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -29,4 +33,10 @@ if [ "${STRESS:-1}" = 1 ]; then
 fi
 if [ "${PODMAN:-1}" = 1 ]; then
   bash scripts/podman_e2e.sh
+fi
+if [ "${DOCKER:-1}" = 1 ]; then
+  bash scripts/docker_e2e.sh
+fi
+if [ "${BUILDAH:-1}" = 1 ]; then
+  bash scripts/buildah_e2e.sh
 fi

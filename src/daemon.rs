@@ -43,7 +43,11 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     let allow_other = config.allow_other.unwrap_or(is_root);
     let mut options = vec![
         MountOption::FSName(config.fsname.clone()),
-        MountOption::Subtype("unionfs".into()),
+        // The mount table's type `fuse.unionfs` (fuse-overlayfs shows
+        // `fuse.fuse-overlayfs`). As a kernel option: fuser's own mount(2)
+        // passes type "fuse" and drops `Subtype`, which only fusermount3
+        // would read; fusermount3 reads `subtype=` from the options too.
+        MountOption::CUSTOM("subtype=unionfs".into()),
         MountOption::DefaultPermissions,
     ];
     if opts.read_only {

@@ -387,3 +387,27 @@ fn a_big_lower_file_reads_ahead_and_copies_up_whole() {
     m.umount();
     sums.assert_unchanged();
 }
+
+/// The mount table names the filesystem as `mount -t fuse.unionfs` would,
+/// in every invocation form (fuse-overlayfs shows `fuse.fuse-overlayfs`):
+/// type `fuse.unionfs`, not bare `fuse` (fuser's mount(2) dropped the
+/// subtype); container tools and findmnt -t tell the daemon by it.
+#[test]
+fn the_mount_table_shows_type_fuse_unionfs() {
+    if !require_mount_env() {
+        return;
+    }
+    for form in ALL_FORMS {
+        let t = TestDir::new("fstype");
+        let (l1, upper, work, mnt) = (
+            t.mkdir("l1"),
+            t.mkdir("upper"),
+            t.join("work"),
+            t.mkdir("mnt"),
+        );
+        let m = mount_unionfs_form(form, &[&l1], Some(&upper), Some(&work), &mnt, &[]);
+        let info = mount_at(&mnt).expect("mount in the mount table");
+        assert_eq!(info.fstype, "fuse.unionfs", "{form:?}: {info:?}");
+        m.umount();
+    }
+}

@@ -489,8 +489,10 @@ impl Filesystem for FuseFs {
             };
             match me.serve(ino.0, fh, |fd| reply.open_backing(fd)) {
                 Some(id) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
+                    // Before the reply: the opener may write through a
+                    // mapping and stat at once, before a later notice came.
                     me.passthrough_writable(ino.0, flags.0);
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id);
                 }
                 None => reply.opened(FileHandle(fh), CACHED_FILE),
             }

@@ -310,14 +310,11 @@ export MOUNT_OPTIONS="-osource=$d/base-scratch/src,allow_other,default_permissio
 export TEST_FS_MOUNT_OPTS="-osource=$d/base-test/src,allow_other,default_permissions"
 export RESULT_BASE=$out/results
 EOF
-      if [ "$name" != unionfs ]; then
-        # fusermount3 (and fuse-overlayfs) mount with type fuse.SUBTYPE
-        # (unionfs's own mount(2) as root shows plain fuse); xfstests
-        # wants df -T to say fuse
-        printf '#!/bin/sh\ndf "$@" | sed "s/ fuse\\.[^ ]* / fuse /"\n' >"$d/df"
-        chmod 755 "$d/df"
-        echo "export DF_PROG=\"$d/df -T -P\"" >>"$cfg"
-      fi
+      # every FUSE mount here has type fuse.SUBTYPE (unionfs passes its
+      # subtype to mount(2) too); xfstests wants df -T to say fuse
+      printf '#!/bin/sh\ndf "$@" | sed "s/ fuse\\.[^ ]* / fuse /"\n' >"$d/df"
+      chmod 755 "$d/df"
+      echo "export DF_PROG=\"$d/df -T -P\"" >>"$cfg"
       if [ "$name" = fuse-overlayfs ]; then
         # fuse-overlayfs names every mount's source "fuse-overlayfs" (no
         # fsname option); xfstests tells test from scratch by source, with

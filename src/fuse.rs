@@ -250,6 +250,15 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask: 0,
+    }
+}
+
+/// The caller of a request that creates, with the umask it sent.
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -286,6 +295,9 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_ASYNC_READ,
             // O_TRUNC reaches open(), so a truncating open copies no data up.
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // Create modes arrive without the umask, which `ops` applies
+            // unless the directory's default ACL takes its place.
+            InitFlags::FUSE_DONT_MASK,
         ];
         for flag in wanted {
             if config.add_capabilities(flag).is_err() {
@@ -379,7 +391,7 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -394,7 +406,7 @@ impl Filesystem for FuseFs {
                 rdev: rdev as u64,
             }
         };
-        let r = self.fs.create(caller(req), parent.0, name, what);
+        let r = self.fs.create(creator(req, umask), parent.0, name, what);
         // mknod of a regular file opens nothing for the caller.
         if let Ok((_, Some(fh))) = &r {
             self.fs.release(*fh);
@@ -408,12 +420,11 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .fs
-            .create(caller(req), parent.0, name, NewObject::Dir { mode });
+        let what = NewObject::Dir { mode };
+        let r = self.fs.create(creator(req, umask), parent.0, name, what);
         reply_entry(reply, entry_of(r), "mkdir");
     }
 
@@ -758,12 +769,12 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
         let what = NewObject::File { mode, flags };
-        match self.fs.create(caller(req), parent.0, name, what) {
+        match self.fs.create(creator(req, umask), parent.0, name, what) {
             Ok((a, Some(fh))) => {
                 let attr = file_attr(&a);
                 let gen = Generation(a.generation);

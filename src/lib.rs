@@ -21,6 +21,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod acl;
 pub mod cli;
 pub mod copy_up;
 pub mod daemon;

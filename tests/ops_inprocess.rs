@@ -95,6 +95,7 @@ fn me() -> Caller {
     Caller {
         uid: my_uid(),
         gid: 0,
+        umask: 0,
     }
 }
 

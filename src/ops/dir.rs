@@ -4,11 +4,12 @@
 //! again, through `upper.rs`.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
 use super::file::real_open_flags;
 use super::{Attr, Caller, NewObject, UnionFs};
+use crate::acl;
 use crate::error::{fail, Error, Result};
 use crate::index;
 use crate::layer::UPPER;
@@ -17,7 +18,8 @@ use crate::node::{LowerAt, Node, Stack};
 use crate::override_stat;
 use crate::readdir::{self, DirEntry};
 use crate::sys;
-use crate::upper::{Leave, Shape};
+use crate::upper::{Leave, Shape, Temp};
+use crate::whiteout;
 
 impl UnionFs {
     /// Opens a directory: its handle number, and whether the kernel may
@@ -93,6 +95,34 @@ impl UnionFs {
         self.lookup_listed(dir, &entry.name, Some(entry.listed))
     }
 
+    /// The default ACL of the upper directory `pdir`, if it has one.
+    fn default_acl(&self, pdir: BorrowedFd) -> Result<Option<Vec<u8>>> {
+        match sys::fgetxattr(pdir, OsStr::new(acl::DEFAULT_XATTR)) {
+            Ok(v) => Ok(v),
+            Err(e) if whiteout::is_xattr_unsupported(e.raw()) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a new object built in the work dir its mode `mode`, masked by
+    /// `default`, the default ACL of the upper directory it goes to if that
+    /// has one, with the access ACL (and, for a directory, the default ACL)
+    /// that the kernel would have given it there (see `acl`).
+    fn inherit_acl(&self, temp: &Temp, mode: u32, default: Option<&[u8]>) -> Result<()> {
+        let upper = self.upper()?;
+        let Some(inherited) = default.and_then(|d| acl::inherit(d, mode)) else {
+            return upper.chmod_temp(temp, mode);
+        };
+        upper.chmod_temp(temp, inherited.mode)?;
+        if let Some(access) = &inherited.access {
+            upper.set_xattr(temp.fd.as_fd(), OsStr::new(acl::ACCESS_XATTR), access, 0)?;
+        }
+        if let (libc::S_IFDIR, Some(d)) = (temp.kind, default) {
+            upper.set_xattr(temp.fd.as_fd(), OsStr::new(acl::DEFAULT_XATTR), d, 0)?;
+        }
+        Ok(())
+    }
+
     /// Creates a file, directory, symlink or special file owned by the
     /// caller. Returns its attributes and, for a file, its open handle.
     pub fn create(
@@ -130,6 +160,12 @@ impl UnionFs {
             }
         };
         let is_dir = matches!(what, NewObject::Dir { .. });
+        let default_acl = self.default_acl(pdir.fd())?;
+        // A default ACL takes the umask's place (POSIX.1e).
+        let mode = match default_acl {
+            Some(_) => mode,
+            None => mode & !(caller.umask & 0o777),
+        };
         // With forced permissions the daemon owns the inode and the owner
         // and mode live in the override xattr.
         let forced = self.upper_forced_name().is_some();
@@ -152,8 +188,10 @@ impl UnionFs {
                     _ => 0,
                 };
                 self.write_forced(temp.fd.as_fd(), &f, temp.kind, rdev)?;
-            } else {
+            } else if temp.kind == libc::S_IFLNK {
                 upper.chmod_temp(&temp, mode)?;
+            } else {
+                self.inherit_acl(&temp, mode, default_acl.as_deref())?;
             }
             // Over a name a lower still has, the new directory must not
             // merge with it: it starts empty.

@@ -78,6 +78,9 @@ pub struct UnionFs {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask, for what it creates: applied here, not by the
+    /// kernel (`FUSE_DONT_MASK`), since a default ACL takes its place.
+    pub umask: u32,
 }
 
 /// What to create.

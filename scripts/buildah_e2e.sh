@@ -36,18 +36,11 @@ export LC_ALL=C
 
 cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)
-cannot_run() {
-  if [ "${CI:-}" = true ]; then
-    echo "FAIL buildah_e2e: buildah cannot run here: $1"
-    echo "0 passed, 1 failed"
-    exit 1
-  fi
-  echo "SKIP buildah_e2e: buildah cannot run here: $1 (under CI=true this fails)"
-  exit 0
-}
+E2E=buildah_e2e
+CLIENT=buildah
+# shellcheck source=scripts/e2e_lib.sh
+. scripts/e2e_lib.sh
 [ "$(id -u)" = 0 ] || cannot_run "needs root"
-missing=()
-need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need buildah buildah
 need podman podman
 need runc runc
@@ -60,18 +53,10 @@ need usermod passwd
 need pgrep procps
 need tar tar
 [ -x /bin/busybox ] || missing+=(busybox-static)
-if [ ${#missing[@]} -gt 0 ]; then
-  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-  { apt-get update -qq >/dev/null &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
-    cannot_run "apt-get install ${missing[*]} failed"
-fi
+install_missing
 buildah version >/dev/null 2>&1 || cannot_run "buildah version: $(buildah version 2>&1 | tail -n 1)"
 
-if [ -z "${UNIONFS_BIN:-}" ]; then
-  cargo build --release --quiet || { echo "FAIL buildah_e2e: cargo build --release"; echo "0 passed, 1 failed"; exit 1; }
-  UNIONFS_BIN=$PWD/target/release/unionfs
-fi
+build_unionfs
 MODES=${MODES:-rootful rootless}
 RUSER=${E2E_USER:-unionfs-e2e}
 
@@ -80,16 +65,6 @@ T=$(mktemp -d /tmp/ube.XXXXXX)
 chmod 755 "$T"
 cp "$UNIONFS_BIN" "$T/unionfs"
 chmod 755 "$T/unionfs"
-
-passed=0
-failed=0
-MODE=-
-pass() { echo "PASS [$MODE] $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL [$MODE] $1: $2"; failed=$((failed + 1)); }
-check() { # check NAME EXPECTED ACTUAL
-  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "expected [$2], got [$3]"; fi
-}
-one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 
 FUSE_MODE=$(stat -c %a /dev/fuse)
 CREATED_USER=0
@@ -308,6 +283,4 @@ if [ "${KEEP:-0}" != 1 ]; then
   check "after podman system reset: no mount below $T, no unionfs daemon" "mounts [], 0 daemons" \
     "mounts [$(one_line <<<"$left")], $daemons daemons"
 fi
-echo "buildah_e2e: $(($(date +%s) - START)) s"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary

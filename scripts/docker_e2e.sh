@@ -42,19 +42,11 @@ export LC_ALL=C
 
 cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)
-# Where docker cannot run at all: a failure under CI=true, else a skip.
-cannot_run() {
-  if [ "${CI:-}" = true ]; then
-    echo "FAIL docker_e2e: docker cannot run here: $1"
-    echo "0 passed, 1 failed"
-    exit 1
-  fi
-  echo "SKIP docker_e2e: docker cannot run here: $1 (under CI=true this fails)"
-  exit 0
-}
+E2E=docker_e2e
+CLIENT=docker
+# shellcheck source=scripts/e2e_lib.sh
+. scripts/e2e_lib.sh
 [ "$(id -u)" = 0 ] || cannot_run "needs root"
-missing=()
-need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need dockerd docker.io
 [ -x /usr/bin/docker ] || missing+=(docker.io)
 [ -x /usr/share/docker.io/contrib/dockerd-rootless.sh ] || missing+=(docker.io)
@@ -69,20 +61,12 @@ need usermod passwd
 need pgrep procps
 need tar tar
 [ -x /bin/busybox ] || missing+=(busybox-static)
-if [ ${#missing[@]} -gt 0 ]; then
-  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-  { apt-get update -qq >/dev/null &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
-    cannot_run "apt-get install ${missing[*]} failed"
-fi
+install_missing
 DOCKER=/usr/bin/docker
 ROOTLESS_SH=/usr/share/docker.io/contrib/dockerd-rootless.sh
 dockerd --version >/dev/null 2>&1 || cannot_run "dockerd --version: $(dockerd --version 2>&1 | tail -n 1)"
 
-if [ -z "${UNIONFS_BIN:-}" ]; then
-  cargo build --release --quiet || { echo "FAIL docker_e2e: cargo build --release"; echo "0 passed, 1 failed"; exit 1; }
-  UNIONFS_BIN=$PWD/target/release/unionfs
-fi
+build_unionfs
 UNIONFS_BIN=$(realpath "$UNIONFS_BIN")
 MODES=${MODES:-rootful rootless}
 RUSER=${E2E_USER:-unionfs-e2e}
@@ -101,16 +85,6 @@ fi
 ln -s "$BIN" "$T/bin/fuse-overlayfs"
 KEY_JSON_EXISTED=0
 [ -e /etc/docker/key.json ] && KEY_JSON_EXISTED=1
-
-passed=0
-failed=0
-MODE=-
-pass() { echo "PASS [$MODE] $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL [$MODE] $1: $2"; failed=$((failed + 1)); }
-check() { # check NAME EXPECTED ACTUAL
-  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "expected [$2], got [$3]"; fi
-}
-one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 
 FUSE_MODE=$(stat -c %a /dev/fuse)
 CREATED_USER=0
@@ -438,6 +412,4 @@ for m in $MODES; do
   run_mode "$m"
 done
 
-echo "docker_e2e: $(($(date +%s) - START)) s"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary

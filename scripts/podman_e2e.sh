@@ -31,21 +31,13 @@
 set -uo pipefail
 export LC_ALL=C
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 START=$(date +%s)
-# Where podman cannot run at all: a failure under CI=true, else a skip.
-cannot_run() {
-  if [ "${CI:-}" = true ]; then
-    echo "FAIL podman_e2e: podman cannot run here: $1"
-    echo "0 passed, 1 failed"
-    exit 1
-  fi
-  echo "SKIP podman_e2e: podman cannot run here: $1 (under CI=true this fails)"
-  exit 0
-}
+E2E=podman_e2e
+CLIENT=podman
+# shellcheck source=scripts/e2e_lib.sh
+. scripts/e2e_lib.sh
 [ "$(id -u)" = 0 ] || cannot_run "needs root"
-missing=()
-need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
 need podman podman
 need runc runc
 need newuidmap uidmap
@@ -59,17 +51,10 @@ need pgrep procps
 need sha256sum coreutils
 need tar tar
 [ -x /bin/busybox ] || missing+=(busybox-static)
-if [ ${#missing[@]} -gt 0 ]; then
-  { apt-get update -qq >/dev/null &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
-    cannot_run "apt-get install ${missing[*]} failed"
-fi
+install_missing
 podman version >/dev/null 2>&1 || cannot_run "podman version: $(podman version 2>&1 | tail -n 1)"
 
-if [ -z "${UNIONFS_BIN:-}" ]; then
-  cargo build --release --quiet || { echo "FAIL podman_e2e: cargo build --release"; echo "0 passed, 1 failed"; exit 1; }
-  UNIONFS_BIN=$PWD/target/release/unionfs
-fi
+build_unionfs
 MODES=${MODES:-rootful rootless}
 RUSER=${E2E_USER:-unionfs-e2e}
 
@@ -78,16 +63,6 @@ T=$(mktemp -d /tmp/upe.XXXXXX)
 chmod 755 "$T"
 cp "$UNIONFS_BIN" "$T/unionfs"
 chmod 755 "$T/unionfs"
-
-passed=0
-failed=0
-MODE=-
-pass() { echo "PASS [$MODE] $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL [$MODE] $1: $2"; failed=$((failed + 1)); }
-check() { # check NAME EXPECTED ACTUAL
-  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "expected [$2], got [$3]"; fi
-}
-one_line() { tr '\n' ' ' | sed 's/  */ /g; s/ $//'; }
 
 FUSE_MODE=$(stat -c %a /dev/fuse)
 CREATED_USER=0
@@ -406,6 +381,4 @@ if [ "${KEEP:-0}" != 1 ]; then
   check "after podman system reset: no mount below $T, no unionfs daemon" "mounts [], 0 daemons" \
     "mounts [$(one_line <<<"$left")], $daemons daemons"
 fi
-echo "podman_e2e: $(($(date +%s) - START)) s"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+summary

@@ -256,16 +256,6 @@ run_mode() {
     "mounts [$(one_line <<<"$mounts")], $daemons daemons"
 }
 
-rootless_prepare() {
-  MODE=rootless
-  if ! id -u "$RUSER" >/dev/null 2>&1; then
-    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$RUSER" || return 1
-    CREATED_USER=1
-  fi
-  grep -q "^$RUSER:" /etc/subuid || usermod --add-subuids 400000-599999 "$RUSER" || return 1
-  grep -q "^$RUSER:" /etc/subgid || usermod --add-subgids 400000-599999 "$RUSER" || return 1
-  chmod 666 /dev/fuse
-}
 
 for m in $MODES; do
   if [ "$m" = rootless ]; then

@@ -118,31 +118,8 @@ echo a >"$T/rootfs/opq/a"
 echo b >"$T/rootfs/opq/b"
 tar -C "$T/rootfs" --owner=0 --group=0 -cf "$T/base.tar" .
 
-# A 2-layer docker-archive: the base, then a layer made with unionfs
-# commit over it that deletes /etc/gone (`.wh.gone`) and replaces /opq
-# by a new directory (`.wh..wh..opq`).
-craft_archive() {
-  local c=$T/craft
-  mkdir -p "$c/up" "$c/mnt"
-  "$T/unionfs" mount -l "$T/rootfs" -u "$c/up" --format oci "$c/mnt" || return 1
-  rm "$c/mnt/etc/gone" && rm -r "$c/mnt/opq" && mkdir "$c/mnt/opq" && echo c >"$c/mnt/opq/c"
-  local rc=$?
-  "$T/unionfs" umount "$c/mnt" || return 1
-  [ $rc = 0 ] || return 1
-  "$T/unionfs" commit -l "$T/rootfs" -u "$c/up" -o "$c/l2.tar" || return 1
-  mkdir "$c/ar"
-  cp "$T/base.tar" "$c/ar/l1.tar"
-  cp "$c/l2.tar" "$c/ar/l2.tar"
-  local d1 d2
-  d1=$(sha256sum "$c/ar/l1.tar" | cut -d' ' -f1)
-  d2=$(sha256sum "$c/ar/l2.tar" | cut -d' ' -f1)
-  printf '{"architecture":"%s","os":"linux","config":{"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s","sha256:%s"]}}' \
-    "$(dpkg --print-architecture)" "$d1" "$d2" >"$c/ar/config.json"
-  printf '[{"Config":"config.json","RepoTags":["localhost/e2e:ld"],"Layers":["l1.tar","l2.tar"]}]' >"$c/ar/manifest.json"
-  tar -C "$c/ar" -cf "$T/ld.tar" manifest.json config.json l1.tar l2.tar
-}
 MODE=setup
-if craft_archive >"$T/craft.log" 2>&1; then
+if craft_archive "$T/unionfs" >"$T/craft.log" 2>&1; then
   members=$(tar -tf "$T/craft/l2.tar" | grep -E '(^|/)\.wh\.' | sed 's|^\./||' | sort | one_line)
   check "unionfs commit wrote the whiteout and the opaque marker" "etc/.wh.gone opq/.wh..wh..opq" "$members"
 else
@@ -351,17 +328,6 @@ run_mode() {
     "mounts [$(one_line <<<"$mounts")], $daemons daemons"
 }
 
-rootless_prepare() {
-  MODE=rootless
-  if ! id -u "$RUSER" >/dev/null 2>&1; then
-    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$RUSER" || return 1
-    CREATED_USER=1
-  fi
-  # subordinate ids: enough for --uidmap 0:100000:65536 inside
-  grep -q "^$RUSER:" /etc/subuid || usermod --add-subuids 400000-599999 "$RUSER" || return 1
-  grep -q "^$RUSER:" /etc/subgid || usermod --add-subgids 400000-599999 "$RUSER" || return 1
-  chmod 666 /dev/fuse
-}
 
 for m in $MODES; do
   if [ "$m" = rootless ]; then

@@ -341,6 +341,17 @@ pub fn in_lowers(tree: &Tree, parent: &Node, name: &OsStr) -> Result<bool> {
     Ok(false)
 }
 
+/// [`in_lowers`] for the name `found` resolved to: when a lower of its own
+/// stack holds it at this name (not through a redirect), that settles it
+/// without asking the lowers again; an upper object may still hide a lower
+/// one of the name.
+pub fn found_in_lowers(tree: &Tree, parent: &Node, name: &OsStr, found: &Found) -> Result<bool> {
+    if found.stack.lowers.iter().any(|l| l.at == LowerAt::Parent) {
+        return Ok(true);
+    }
+    in_lowers(tree, parent, name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

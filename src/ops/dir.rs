@@ -14,7 +14,7 @@ use crate::error::{fail, Error, Result};
 use crate::index;
 use crate::layer::UPPER;
 use crate::lookup::{self, Found};
-use crate::node::{LowerAt, Node, Stack};
+use crate::node::{Node, Stack};
 use crate::override_stat;
 use crate::readdir::{self, DirEntry};
 use crate::sys;
@@ -303,10 +303,7 @@ impl UnionFs {
         self.copier()?
             .node(&pnode, crate::copy_up::Data::All, why)?;
         let pdir = self.tree.dir(&pnode, UPPER)?;
-        // A lower of the object's own stack holds it at this name (not
-        // through a redirect); else one may still hold the name below it.
-        let in_lowers = found.stack.lowers.iter().any(|l| l.at == LowerAt::Parent);
-        let leave = if in_lowers || lookup::in_lowers(&self.tree, &pnode, name)? {
+        let leave = if lookup::found_in_lowers(&self.tree, &pnode, name, &found)? {
             Leave::Whiteout
         } else {
             Leave::Nothing

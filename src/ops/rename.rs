@@ -109,8 +109,7 @@ impl UnionFs {
         if at_target.as_ref().map(|f| f.ino) != dst.as_ref().map(|f| f.ino) {
             return Err(Error::errno(libc::EBUSY).context("target changed during rename"));
         }
-        let in_lowers = src.stack.lowers.iter().any(|l| l.at == LowerAt::Parent);
-        let leave = if !exchange && (in_lowers || lookup::in_lowers(&self.tree, &pnode, name)?) {
+        let leave = if !exchange && lookup::found_in_lowers(&self.tree, &pnode, name, &src)? {
             Leave::Whiteout
         } else {
             Leave::Nothing

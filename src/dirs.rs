@@ -49,13 +49,14 @@ struct Listing {
 }
 
 impl Listing {
-    fn of(entries: Result<Vec<sys::RawDirEntry>>) -> Listing {
+    /// What a listing says; `None`: it failed.
+    fn of(entries: Option<&[sys::RawDirEntry]>) -> Listing {
         match entries {
-            Ok(entries) => Listing {
-                oci_whiteouts: has_oci_whiteout(&entries),
+            Some(entries) => Listing {
+                oci_whiteouts: has_oci_whiteout(entries),
                 names: Some(entries.iter().map(|e| name_hash(&e.name)).collect()),
             },
-            Err(_) => Listing {
+            None => Listing {
                 oci_whiteouts: true,
                 names: None,
             },
@@ -119,7 +120,7 @@ impl LayerDir {
             return true; // the upper changes: always look
         };
         known
-            .get_or_init(|| Listing::of(self.read_entries()))
+            .get_or_init(|| Listing::of(self.read_entries().ok().as_deref()))
             .oci_whiteouts
     }
 
@@ -129,13 +130,16 @@ impl LayerDir {
     /// its name needs no listing).
     pub fn surely_lacks(&self, name: &OsStr) -> bool {
         let Some(Listing {
-            names: Some(names), ..
+            names: Some(names),
+            oci_whiteouts,
         }) = self.listing.as_ref().and_then(OnceLock::get)
         else {
             return false;
         };
-        !names.contains(&name_hash(name))
-            && !names.contains(&name_hash(&whiteout::oci_whiteout_name(name)))
+        let listed = |n: &OsStr| names.contains(&name_hash(n));
+        // With no `.wh.` entry at all, no need to look for `.wh.NAME`.
+        let whited = || *oci_whiteouts && listed(&whiteout::oci_whiteout_name(name));
+        !(listed(name) || whited())
     }
 
     /// Every entry of the directory. A lower's listing also settles what
@@ -144,7 +148,7 @@ impl LayerDir {
         let entries = self.read_entries()?;
         if let Some(known) = &self.listing {
             if known.get().is_none() {
-                let _ = known.set(Listing::of(Ok(entries.clone())));
+                let _ = known.set(Listing::of(Some(&entries)));
             }
         }
         Ok(entries)

@@ -288,6 +288,17 @@ fn lock_holder(st: &Stat) -> Option<u32> {
 }
 
 /// A file type for messages.
+/// What a marker that should be an empty file is instead: a "non-empty
+/// file", a "directory", ...
+fn not_empty_file(kind: u32) -> String {
+    let non_empty = if kind == libc::S_IFREG {
+        "non-empty "
+    } else {
+        ""
+    };
+    format!("{non_empty}{}", kind_name(kind))
+}
+
 fn kind_name(kind: u32) -> &'static str {
     match kind {
         libc::S_IFREG => "regular file",
@@ -362,32 +373,22 @@ impl Checker<'_> {
             let kind = st.st_mode & libc::S_IFMT;
             let empty_file = kind == libc::S_IFREG && st.st_size == 0;
             if name == whiteout::OCI_OPAQUE && !empty_file {
+                let what = not_empty_file(kind);
                 self.problem(
                     &at,
                     format!(
-                        "the OCI opaque marker is a {}{}, not an empty file \
-                         (its directory is opaque all the same)",
-                        if kind == libc::S_IFREG {
-                            "non-empty "
-                        } else {
-                            ""
-                        },
-                        kind_name(kind)
+                        "the OCI opaque marker is a {what}, not an empty file \
+                         (its directory is opaque all the same)"
                     ),
                     None,
                 );
             } else if whiteout::oci_whited_out_name(&name).is_some() && !empty_file {
+                let what = not_empty_file(kind);
                 self.problem(
                     &at,
                     format!(
-                        "an OCI whiteout that is a {}{}, not an empty file \
-                         (read as a whiteout all the same)",
-                        if kind == libc::S_IFREG {
-                            "non-empty "
-                        } else {
-                            ""
-                        },
-                        kind_name(kind)
+                        "an OCI whiteout that is a {what}, not an empty file \
+                         (read as a whiteout all the same)"
                     ),
                     None,
                 );

@@ -32,7 +32,7 @@ use crate::sys;
 use crate::workdir::WorkDir;
 
 /// The xattr (after the metadata prefix) holding the count of lower names.
-const LOWER_LINKS: &str = "lower_links";
+pub const LOWER_LINKS: &str = "lower_links";
 
 /// The metadata prefixes a mount may have written with (with and without
 /// privilege): offline readers try both.
@@ -207,15 +207,10 @@ pub fn undo_placing(tmp: BorrowedFd, name: &OsStr) -> Result<()> {
     Ok(())
 }
 
-/// The raw `lower_links` value of the object `name` in `dir` (an index
-/// entry), under whichever metadata prefix it was written; `None` when it
-/// has none. For offline readers, which do not know the mount's prefix.
-pub fn stored_lower_links(dir: BorrowedFd, name: &OsStr) -> Result<Option<Vec<u8>>> {
-    stored(dir, name, LOWER_LINKS)
-}
-
-/// The private xattr `what` (after the prefix) of `name` in `dir`, under
-/// either metadata prefix.
+/// The private xattr `what` (after the prefix, e.g. [`LOWER_LINKS`]) of
+/// `name` in `dir`, under whichever metadata prefix it was written; `None`
+/// when it has none. For offline readers, which do not know the mount's
+/// prefix.
 pub fn stored(dir: BorrowedFd, name: &OsStr, what: &str) -> Result<Option<Vec<u8>>> {
     for prefix in META_PREFIXES {
         let x = format!("{prefix}{what}");

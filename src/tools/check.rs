@@ -686,7 +686,7 @@ impl Checker<'_> {
             self.problem(&at, "a directory, not a link of an upper copy".into(), None);
             return Ok(());
         }
-        let stored = crate::index::stored_lower_links(dir, name)?;
+        let stored = crate::index::stored(dir, name, crate::index::LOWER_LINKS)?;
         let Some((now, old)) = stored.as_deref().and_then(crate::index::counts) else {
             let what = match &stored {
                 Some(v) => format!(

@@ -313,7 +313,7 @@ impl CopyUp<'_> {
         is_dir: bool,
     ) -> Result<()> {
         let _names = parent.names.lock();
-        let slot = whiteout::upper_slot(pdir.fd(), pdir.marks, name)?;
+        let slot = pdir.upper_slot(name)?;
         if slot.object || slot.is_whiteout() {
             return Err(Error::errno(libc::ENOENT).context("changed during copy-up"));
         }

@@ -29,9 +29,34 @@ pub struct LayerDir {
     /// The directory's inode number in its layer, when known (0 if not):
     /// tells a lookup that a held lower directory is the one it found.
     pub real_ino: u64,
-    /// For a lower (which never changes): what one listing, made on first
-    /// need, says about it. `None` for the upper, which changes.
-    listing: Option<OnceLock<Listing>>,
+    /// What one listing, made on first need, settled about it.
+    known: Known,
+}
+
+/// What may change a layer directory while the union is mounted, which says
+/// what one listing of it can settle for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changes {
+    /// A lower: nothing changes it.
+    Never,
+    /// The upper written in the overlay format: only the daemon changes it,
+    /// and it never puts a `.wh.` name there (its whiteouts are devices,
+    /// and such names cannot be made through the mount).
+    NoOciNames,
+    /// The upper written in the OCI format: its whiteouts come and go.
+    Any,
+}
+
+/// What a listing settled, per [`Changes`].
+#[derive(Debug)]
+enum Known {
+    /// A lower: the names it holds (see [`Listing`]).
+    Listing(OnceLock<Listing>),
+    /// An overlay-format upper: whether it holds any `.wh.` entry. Once
+    /// false it stays false, so a missing name needs no look for
+    /// `.wh.NAME`, the second failed `fstatat` of every create.
+    OciWhiteouts(OnceLock<bool>),
+    Nothing,
 }
 
 /// What a lower directory's one listing settles for every later lookup in
@@ -74,20 +99,24 @@ fn name_hash(name: &OsStr) -> u64 {
 
 impl LayerDir {
     /// Wraps an open directory fd of a layer, reading its markers.
-    pub fn new(fd: OwnedFd, immutable: bool) -> Result<LayerDir> {
+    pub fn new(fd: OwnedFd, changes: Changes) -> Result<LayerDir> {
         let (marks, redirect) = whiteout::dir_marks(fd.as_fd())?;
         Ok(LayerDir {
             fd,
             marks,
             redirect,
             real_ino: 0,
-            listing: immutable.then(OnceLock::new),
+            known: match changes {
+                Changes::Never => Known::Listing(OnceLock::new()),
+                Changes::NoOciNames => Known::OciWhiteouts(OnceLock::new()),
+                Changes::Any => Known::Nothing,
+            },
         })
     }
 
     /// Opens the directory `name` in `parent` (one component, no symlink
-    /// followed). `immutable` for lowers, whose contents never change.
-    pub fn open_at(parent: BorrowedFd, name: &OsStr, immutable: bool) -> Result<LayerDir> {
+    /// followed).
+    pub fn open_at(parent: BorrowedFd, name: &OsStr, changes: Changes) -> Result<LayerDir> {
         // O_RDONLY rather than O_PATH: xattrs and getdents need a real fd.
         let fd = match sys::openat(parent, name, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
             Err(e) if e.is(libc::EACCES) => {
@@ -95,17 +124,17 @@ impl LayerDir {
             }
             other => other?,
         };
-        LayerDir::new(fd, immutable)
+        LayerDir::new(fd, changes)
     }
 
     /// [`LayerDir::open_at`] of a directory whose inode number is known.
     pub fn open_known(
         parent: BorrowedFd,
         name: &OsStr,
-        immutable: bool,
+        changes: Changes,
         real_ino: u64,
     ) -> Result<LayerDir> {
-        let mut d = LayerDir::open_at(parent, name, immutable)?;
+        let mut d = LayerDir::open_at(parent, name, changes)?;
         d.real_ino = real_ino;
         Ok(d)
     }
@@ -116,12 +145,18 @@ impl LayerDir {
 
     /// False only when the directory surely holds no `.wh.NAME` whiteout.
     pub fn may_hold_oci_whiteouts(&self) -> bool {
-        let Some(known) = &self.listing else {
-            return true; // the upper changes: always look
-        };
-        known
-            .get_or_init(|| Listing::of(self.read_entries().ok().as_deref()))
-            .oci_whiteouts
+        match &self.known {
+            Known::Listing(known) => {
+                known
+                    .get_or_init(|| Listing::of(self.read_entries().ok().as_deref()))
+                    .oci_whiteouts
+            }
+            Known::OciWhiteouts(known) => *known.get_or_init(|| {
+                self.read_entries()
+                    .map_or(true, |entries| has_oci_whiteout(&entries))
+            }),
+            Known::Nothing => true,
+        }
     }
 
     /// True when a lower's listing, if one was made already, shows neither
@@ -129,10 +164,13 @@ impl LayerDir {
     /// when it may be there, or nothing is known yet (a lookup that finds
     /// its name needs no listing).
     pub fn surely_lacks(&self, name: &OsStr) -> bool {
+        let Known::Listing(known) = &self.known else {
+            return false; // the upper changes: always look
+        };
         let Some(Listing {
             names: Some(names),
             oci_whiteouts,
-        }) = self.listing.as_ref().and_then(OnceLock::get)
+        }) = known.get()
         else {
             return false;
         };
@@ -142,16 +180,28 @@ impl LayerDir {
         !(listed(name) || whited())
     }
 
-    /// Every entry of the directory. A lower's listing also settles what
-    /// [`Listing`] says, so that later lookups need not list it again.
+    /// Every entry of the directory. The listing also settles what
+    /// [`Known`] records, so that later lookups need not list it again.
     pub fn list(&self) -> Result<Vec<sys::RawDirEntry>> {
         let entries = self.read_entries()?;
-        if let Some(known) = &self.listing {
-            if known.get().is_none() {
+        match &self.known {
+            Known::Listing(known) if known.get().is_none() => {
                 let _ = known.set(Listing::of(Some(&entries)));
             }
+            Known::OciWhiteouts(known) if known.get().is_none() => {
+                let _ = known.set(has_oci_whiteout(&entries));
+            }
+            _ => {}
         }
         Ok(entries)
+    }
+
+    /// What the upper directory holds at `name`, for a change that puts
+    /// something there.
+    pub fn upper_slot(&self, name: &OsStr) -> Result<whiteout::UpperSlot> {
+        let oci_whiteout =
+            self.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(self.fd(), name)?;
+        whiteout::upper_slot(self.fd(), self.marks, name, oci_whiteout)
     }
 
     /// Every entry of the directory. Through a fresh fd: the held one may
@@ -234,8 +284,8 @@ mod tests {
         for name in ["a", ".wh.b"] {
             std::fs::write(dir.join(name), b"").unwrap();
         }
-        let open = |immutable| LayerDir::new(sys::open_dir_path(&dir).unwrap(), immutable).unwrap();
-        let lower = open(true);
+        let open = |changes| LayerDir::new(sys::open_dir_path(&dir).unwrap(), changes).unwrap();
+        let lower = open(Changes::Never);
         // Nothing is known before a listing: every name may be there.
         assert!(!lower.surely_lacks(OsStr::new("c")));
         assert!(lower.may_hold_oci_whiteouts());
@@ -246,9 +296,31 @@ mod tests {
             "its whiteout is listed"
         );
         // The upper changes under us: it is never answered from a listing.
-        let upper = open(false);
+        let upper = open(Changes::Any);
         upper.list().unwrap();
         assert!(!upper.surely_lacks(OsStr::new("c")));
+        assert!(upper.may_hold_oci_whiteouts());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_overlay_format_upper_without_oci_whiteouts_is_never_asked_for_one() {
+        let dir = std::env::temp_dir().join(format!("unionfs-dirs-oci-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"").unwrap();
+        let open =
+            || LayerDir::new(sys::open_dir_path(&dir).unwrap(), Changes::NoOciNames).unwrap();
+        let clean = open();
+        assert!(!clean.may_hold_oci_whiteouts(), "no .wh. entry listed");
+        assert!(!clean.upper_slot(OsStr::new("a")).unwrap().oci_whiteout);
+        // Names still change in the upper: never answered from the listing.
+        assert!(!clean.surely_lacks(OsStr::new("c")));
+        // A `.wh.` entry that was there (an imported layer): always looked for.
+        std::fs::write(dir.join(".wh.b"), b"").unwrap();
+        let marked = open();
+        assert!(marked.may_hold_oci_whiteouts());
+        assert!(marked.upper_slot(OsStr::new("b")).unwrap().oci_whiteout);
+        assert!(!marked.upper_slot(OsStr::new("a")).unwrap().oci_whiteout);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -129,7 +129,7 @@ fn place_in(
             InLayer::Object(_) => {}
         }
         let replaced = dir.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(dir.fd(), c)?;
-        let next = LayerDir::open_at(dir.fd(), c, layer != UPPER)?;
+        let next = LayerDir::open_at(dir.fd(), c, tree.changes(layer))?;
         *opaque_on_path |= next.marks.opaque || replaced;
         dir = Arc::new(next);
     }
@@ -277,7 +277,7 @@ pub fn resolve_listed(
             None => Arc::new(LayerDir::open_known(
                 pdir.fd(),
                 &here,
-                layer_id != UPPER,
+                tree.changes(layer_id),
                 st.st_ino,
             )?),
         };
@@ -324,6 +324,23 @@ pub fn resolve_listed(
         stat,
         dirs,
     }))
+}
+
+/// [`resolve`] again, under the parent's names lock, for a change about to
+/// act on `found` (what `name` resolved to before the lock): `None` when the
+/// name no longer shows that object. Lowers never change, so while `found`
+/// has no upper copy, cannot have gained one through the index (it has one
+/// name), and the upper still holds nothing at the name, `found` stands:
+/// one `fstatat` of the upper instead of a walk down every layer.
+pub fn recheck(tree: &Tree, parent: &Node, name: &OsStr, found: Found) -> Result<Option<Found>> {
+    let may_be_indexed = found.kind != libc::S_IFDIR && found.stat.st_nlink > 1;
+    if !found.stack.upper && !may_be_indexed {
+        let slot = tree.dir(parent, UPPER)?.upper_slot(name)?;
+        if !slot.object && !slot.is_whiteout() {
+            return Ok(Some(found));
+        }
+    }
+    Ok(resolve(tree, parent, name)?.filter(|f| f.ino == found.ino))
 }
 
 /// True when a lower layer of `parent` still has `name` (what the upper

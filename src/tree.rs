@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use crate::dirs::{DirCache, LayerDir};
+use crate::dirs::{Changes, DirCache, LayerDir};
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::layer::{show_name, show_path, split_path, LayerId, LayerStack, INDEX, UPPER};
@@ -24,6 +24,8 @@ pub struct Tree {
     /// Each layer's root, by layer id (the upper's slot empty without one).
     roots: Vec<Option<Arc<LayerDir>>>,
     index_root: Option<Arc<LayerDir>>,
+    /// What may change the upper's directories (by its write format).
+    upper_changes: Changes,
 }
 
 /// How often a reader looks again when names keep changing under it
@@ -39,24 +41,33 @@ enum Step {
 }
 
 impl Tree {
-    pub fn new(layers: LayerStack, meta_prefix: &'static str) -> Result<Tree> {
-        let root_of = |id: LayerId, immutable: bool| -> Result<Arc<LayerDir>> {
+    /// `upper_changes`: [`Changes::NoOciNames`] when the upper is written
+    /// in the overlay format, else [`Changes::Any`].
+    pub fn new(
+        layers: LayerStack,
+        meta_prefix: &'static str,
+        upper_changes: Changes,
+    ) -> Result<Tree> {
+        let root_of = |id: LayerId, changes: Changes| -> Result<Arc<LayerDir>> {
             let fd = sys::openat(
                 layers.get(id)?.root(),
                 OsStr::new("."),
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0,
             )?;
-            Ok(Arc::new(LayerDir::new(fd, immutable)?))
+            Ok(Arc::new(LayerDir::new(fd, changes)?))
         };
-        let mut roots = vec![layers.upper().map(|_| root_of(UPPER, false)).transpose()?];
+        let mut roots = vec![layers
+            .upper()
+            .map(|_| root_of(UPPER, upper_changes))
+            .transpose()?];
         for l in layers.lowers() {
-            roots.push(Some(root_of(l.id, true)?));
+            roots.push(Some(root_of(l.id, Changes::Never)?));
         }
         let index_root = layers
             .get(INDEX)
             .ok()
-            .map(|_| root_of(INDEX, false))
+            .map(|_| root_of(INDEX, Changes::Any))
             .transpose()?;
         Ok(Tree {
             nodes: NodeTable::new(&layers, meta_prefix),
@@ -64,7 +75,17 @@ impl Tree {
             dirs: DirCache::default(),
             roots,
             index_root,
+            upper_changes,
         })
+    }
+
+    /// What may change the directories of `layer` while mounted.
+    pub fn changes(&self, layer: LayerId) -> Changes {
+        if layer == UPPER {
+            self.upper_changes
+        } else {
+            Changes::Never
+        }
     }
 
     /// The hard-link index (mounts with an upper only).
@@ -159,12 +180,12 @@ impl Tree {
         // name is checked to have stayed put while it was opened.
         for (held, ino, parent, name) in chain.into_iter().rev() {
             let opened = if immutable {
-                LayerDir::open_at(dir.fd(), &name, true)
+                LayerDir::open_at(dir.fd(), &name, Changes::Never)
             } else {
                 let child: &Node = held.as_deref().unwrap_or(node);
                 let pnode = self.nodes.get(parent)?;
                 let seen = pnode.settled();
-                let opened = LayerDir::open_at(dir.fd(), &name, false);
+                let opened = LayerDir::open_at(dir.fd(), &name, self.upper_changes);
                 if !pnode.unchanged_since(seen) || !child.is_at(parent, &name) {
                     return Ok(None);
                 }
@@ -317,7 +338,7 @@ impl Tree {
             .split(|b| *b == b'/')
             .filter(|c| !c.is_empty())
         {
-            match LayerDir::open_at(dir.fd(), OsStr::from_bytes(name), layer != UPPER) {
+            match LayerDir::open_at(dir.fd(), OsStr::from_bytes(name), self.changes(layer)) {
                 Ok(d) => dir = Arc::new(d),
                 Err(e) if e.is(libc::ENOENT) || e.is(libc::ENOTDIR) || e.is(libc::ELOOP) => {
                     return Ok(None)

@@ -285,7 +285,7 @@ impl Upper {
     /// Returns true when it replaced a whiteout (a new dir then must have
     /// been made opaque by the caller, before this call).
     pub fn place(&self, tmp: &OsStr, dir: &LayerDir, name: &OsStr, is_dir: bool) -> Result<bool> {
-        let slot = whiteout::upper_slot(dir.fd(), dir.marks, name)?;
+        let slot = dir.upper_slot(name)?;
         if slot.object {
             self.work.remove(tmp);
             return Err(crate::error::Error::errno(libc::EEXIST));
@@ -443,7 +443,7 @@ impl Upper {
             );
         }
         let src_is_dir = sys::statat(s, sname)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        let slot = whiteout::upper_slot(d, ddir.marks, dname)?;
+        let slot = ddir.upper_slot(dname)?;
         if slot.object && src_is_dir {
             return self.rename_over_dir(s, sname, d, dname, leave);
         }

@@ -370,11 +370,17 @@ impl UpperSlot {
     }
 }
 
-/// Reads what the upper directory `dir` holds at `name`.
-pub fn upper_slot(dir: BorrowedFd, marks: DirMarks, name: &OsStr) -> Result<UpperSlot> {
+/// Reads what the upper directory `dir` holds at `name`, given whether
+/// `.wh.NAME` is there (`LayerDir::upper_slot` knows when it cannot be).
+pub fn upper_slot(
+    dir: BorrowedFd,
+    marks: DirMarks,
+    name: &OsStr,
+    oci_whiteout: bool,
+) -> Result<UpperSlot> {
     let mut slot = UpperSlot {
         whiteout_at_name: false,
-        oci_whiteout: has_oci_whiteout(dir, name)?,
+        oci_whiteout,
         object: false,
     };
     match sys::statat(dir, name) {

@@ -194,16 +194,21 @@ impl UnionFs {
                 self.inherit_acl(&temp, mode, default_acl.as_deref())?;
             }
             // Over a name a lower still has, the new directory must not
-            // merge with it: it starts empty.
-            if is_dir && lookup::in_lowers(&self.tree, &pnode, name)? {
+            // merge with it: it starts empty. (Lowers never change: what
+            // they hold is settled before the lock.)
+            let in_lowers = lookup::in_lowers(&self.tree, &pnode, name)?;
+            if is_dir && in_lowers {
                 let why = "made over a name a lower has: opaque so the lower's entries stay hidden";
                 upper.make_opaque(temp.fd.as_fd(), &self.tree.shown(&pnode, name), why)?;
             }
             let _names = pnode.names.lock();
-            if lookup::resolve(&self.tree, &pnode, name)?.is_some() {
+            // The name shows something unless the upper hides the lowers'
+            // copy with a whiteout.
+            let slot = pdir.upper_slot(name)?;
+            if slot.object || (in_lowers && !slot.is_whiteout()) {
                 return fail(libc::EEXIST);
             }
-            upper.place(&temp.name, &pdir, name, is_dir).map(|_| ())
+            upper.place_in(&temp.name, &pdir, name, is_dir, slot)
         })();
         if let Err(e) = placed {
             upper.discard(&temp);
@@ -311,8 +316,7 @@ impl UnionFs {
         self.link_goes(&pnode, name, &found)?;
         let _names = pnode.names.lock();
         // Again under the lock: a copy-up may have given it an upper copy.
-        let now = lookup::resolve(&self.tree, &pnode, name)?
-            .filter(|f| f.ino == found.ino)
+        let now = lookup::recheck(&self.tree, &pnode, name, found)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let _changing = pnode.changing();
         if now.stack.upper {

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::copy_up::{CopyUp, Data};
+use crate::dirs::Changes;
 use crate::error::{fail, Error, Result};
 use crate::handles::Handles;
 use crate::idmap::Owners;
@@ -30,7 +31,7 @@ use crate::node::{Node, Stack};
 use crate::sys::{self, Stat};
 use crate::tree::Tree;
 use crate::upper::Upper;
-use crate::whiteout::{self, WriteFormat};
+use crate::whiteout::{self, UpperFormat, WriteFormat};
 use crate::workdir::WorkDir;
 
 pub use crate::readdir::DirEntry;
@@ -152,8 +153,14 @@ impl UnionFs {
         } else {
             opts.read_only = true;
         }
+        // The overlay format never writes `.wh.` names: a listing of an
+        // upper dir without any rules them out for good (`dirs::Changes`).
+        let upper_changes = match upper.as_ref().map(|u| u.format) {
+            Some(UpperFormat::Oci) => Changes::Any,
+            _ => Changes::NoOciNames,
+        };
         Ok(UnionFs {
-            tree: Tree::new(layers, meta_prefix)?,
+            tree: Tree::new(layers, meta_prefix, upper_changes)?,
             handles: Handles::default(),
             opts,
             upper,

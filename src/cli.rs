@@ -97,12 +97,26 @@ pub enum Command {
     Mount(MountConfig),
     /// `unionfs umount MNT`: an absolute path, the parent resolved.
     Umount(PathBuf),
+    /// `mount -o remount[,ro|rw] MNT`, which mount(8) hands to the
+    /// `mount.fuse.unionfs` helper: flip the live mount read-only or back.
+    Remount(Remount),
     /// Help or version text: print it (it has no trailing newline) to stdout
     /// and exit 0.
     Print(String),
     /// One of the layer tools (`which`, `ls`, `layers`, `diff`, `commit`,
     /// `apply`, `squash`).
     Tool(crate::tools::ToolCommand),
+}
+
+/// A remount of a live mount (no daemon is started).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Remount {
+    /// Absolute, the parent resolved.
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+    /// Per-mount flags given with it (`nosuid`, `noexec`, ...): these are
+    /// added to the ones the mount has.
+    pub kernel_options: Vec<String>,
 }
 
 /// A bad command line.
@@ -686,7 +700,17 @@ pub fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, 
 /// (`SOURCE MNT -o DATA`), flags and positionals in any order.
 fn parse_compat(args: &[OsString]) -> Result<Command, CliError> {
     match scan_compat(args)? {
-        Compat::Mount(raw) => resolve(raw).map(Command::Mount),
+        Compat::Mount(raw) => {
+            let opts = MountOptions::parse(&raw.options)?;
+            if opts.remount {
+                return Ok(Command::Remount(Remount {
+                    mountpoint: resolve_umount(&raw.mountpoint)?,
+                    read_only: opts.read_only,
+                    kernel_options: opts.kernel_options,
+                }));
+            }
+            resolve(raw).map(Command::Mount)
+        }
         Compat::Print(text) => Ok(Command::Print(text)),
     }
 }
@@ -799,6 +823,8 @@ fn utf8(value: &OsStr) -> Result<String, CliError> {
 /// What the `-o` strings ask for.
 #[derive(Debug, Default)]
 struct MountOptions {
+    /// `remount`: change the flags of a live mount, mount nothing.
+    remount: bool,
     lowerdir: Option<OsString>,
     upperdir: Option<OsString>,
     workdir: Option<OsString>,
@@ -1017,6 +1043,11 @@ impl MountOptions {
             "ro" | "rw" => {
                 no_value(name, value)?;
                 self.read_only = name == "ro";
+                Ok(())
+            }
+            "remount" => {
+                no_value(name, value)?;
+                self.remount = true;
                 Ok(())
             }
             "allow_other" | "allow_root" => {

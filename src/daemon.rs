@@ -2,6 +2,7 @@
 //! mount` returns exactly when the mount is live), signals that unmount,
 //! and `unionfs umount`.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 use log::{debug, error, info};
 
-use crate::cli::MountConfig;
+use crate::cli::{MountConfig, Remount};
 use crate::error::Error;
 use crate::fuse::FuseFs;
 use crate::fuse_conn;
@@ -238,6 +239,66 @@ const RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// and returns once the processes serving the mount have let go of it
 /// (the daemon exits and drops its locks a moment after the unmount), so
 /// that the same upper can be mounted again at once.
+/// `mount -o remount,ro MNT` (or `rw`): the kernel then refuses every
+/// change with EROFS before it reaches the daemon, which keeps serving.
+/// The mount's other flags (nosuid, nodev, noatime, ...) are kept, as
+/// remount(2) would otherwise clear them; flags given with it are added.
+pub fn remount(r: &Remount) -> Result<(), String> {
+    let mnt = &r.mountpoint;
+    let fail = |e: Error| format!("cannot remount {}: {e}", mnt.display());
+    if !is_mount_point(mnt) {
+        return Err(format!(
+            "cannot remount {}: not a mount point",
+            mnt.display()
+        ));
+    }
+    let fd = sys::open_dir_path(mnt).map_err(fail)?;
+    let now = sys::fstatvfs(fd.as_fd()).map_err(fail)?.f_flag;
+    drop(fd);
+    let mut flags: libc::c_ulong = 0;
+    for (st, ms) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (libc::ST_SYNCHRONOUS, libc::MS_SYNCHRONOUS),
+    ] {
+        if now & st != 0 {
+            flags |= ms;
+        }
+    }
+    for o in &r.kernel_options {
+        match o.as_str() {
+            "nosuid" => flags |= libc::MS_NOSUID,
+            "suid" => flags &= !libc::MS_NOSUID,
+            "nodev" => flags |= libc::MS_NODEV,
+            "dev" => flags &= !libc::MS_NODEV,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "exec" => flags &= !libc::MS_NOEXEC,
+            "sync" => flags |= libc::MS_SYNCHRONOUS,
+            "async" => flags &= !libc::MS_SYNCHRONOUS,
+            "dirsync" => flags |= libc::MS_DIRSYNC,
+            _ => {}
+        }
+    }
+    if r.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    sys::remount(mnt, flags).map_err(fail)?;
+    info!(
+        "remounted {} {}",
+        mnt.display(),
+        if r.read_only {
+            "read-only"
+        } else {
+            "read-write"
+        }
+    );
+    Ok(())
+}
+
 pub fn unmount(mnt: &Path) -> Result<(), String> {
     let conn = fuse_conn::connection_of(mnt);
     let serving = conn.map(fuse_conn::holders).unwrap_or_default();

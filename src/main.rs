@@ -15,6 +15,9 @@ fn run() -> Result<(), (String, u8)> {
         Command::Umount(mnt) => {
             unionfs::daemon::unmount(&mnt).map_err(|m| (format!("unionfs: {m}"), 1))
         }
+        Command::Remount(r) => {
+            unionfs::daemon::remount(&r).map_err(|m| (format!("unionfs: {m}"), 1))
+        }
         Command::Tool(tool) => match unionfs::tools::run(tool) {
             Ok(0) => Ok(()),
             Ok(code) => Err((String::new(), code)),

@@ -565,6 +565,23 @@ pub fn umount(path: &std::path::Path) -> Result<()> {
     check(unsafe { libc::umount2(c.as_ptr(), 0) }).map(|_| ())
 }
 
+/// `mount(NULL, path, NULL, MS_REMOUNT | flags, NULL)`: new flags for a
+/// live mount (read-only, nosuid, ...), its filesystem untouched.
+pub fn remount(path: &std::path::Path, flags: libc::c_ulong) -> Result<()> {
+    let c = cstr(path.as_os_str())?;
+    // SAFETY: valid C string; a remount takes no source, type or data.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | flags,
+            std::ptr::null(),
+        )
+    })
+    .map(|_| ())
+}
+
 /// `geteuid()`.
 pub fn geteuid() -> u32 {
     // SAFETY: no arguments, cannot fail.

@@ -254,6 +254,33 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// Whether the process `pid` (primary group `gid`) is in group `file_gid`
+/// or holds CAP_FSETID, as the kernel asks before it lets a mode keep its
+/// setgid bit. FUSE sends only the primary group: the others and the
+/// capabilities are read from /proc (a caller already gone: its primary
+/// group alone decides).
+fn in_group_or_fsetid(pid: u32, gid: u32, file_gid: u32) -> bool {
+    const CAP_FSETID: u32 = 4; // linux/capability.h
+    if gid == file_gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_default()
+    };
+    let groups = field("Groups:");
+    let in_group = groups
+        .split_whitespace()
+        .any(|g| g.parse::<u32>() == Ok(file_gid));
+    let caps = u64::from_str_radix(field("CapEff:").trim(), 16).unwrap_or(0);
+    in_group || caps & (1 << CAP_FSETID) != 0
+}
+
 /// The caller of a request that creates, with the umask it sent.
 fn creator(req: &Request, umask: u32) -> Caller {
     Caller {
@@ -726,7 +753,7 @@ impl Filesystem for FuseFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -735,8 +762,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let (name, value) = (name.to_os_string(), value.to_vec());
+        let (pid, gid) = (req.pid(), req.gid());
         self.run(MayCopy::Change { ino: ino.0 }, move |me| {
-            let r = me.fs.setxattr(ino.0, &name, &value, flags);
+            let in_group = |file_gid| in_group_or_fsetid(pid, gid, file_gid);
+            let r = me.fs.setxattr(ino.0, &name, &value, flags, &in_group);
             reply_empty(reply, r, "setxattr");
         });
     }

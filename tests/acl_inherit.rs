@@ -109,3 +109,55 @@ fn new_objects_inherit_default_acls_as_on_kernel_overlayfs() {
     assert!(o.stdout.contains("user::r--"), "{o}");
     sums.assert_unchanged();
 }
+
+/// As xfstests generic/375: an access ACL set by the owner keeps the
+/// setgid bit only when the owner is in the file's group; by a caller
+/// outside it, the bit goes (kernel overlayfs's upper filesystem drops it;
+/// unionfs sets the ACL with the daemon's rights, so drops it itself).
+/// For a file and a directory made through the mount, and a lower file
+/// copied up by the ACL change.
+#[test]
+fn an_acl_set_from_outside_the_group_drops_setgid_as_on_kernel_overlayfs() {
+    if !require_kernel_overlay() || !require_commands(&["setpriv", "setfacl"]) {
+        return;
+    }
+    const SGID_SCRIPT: &str = "for f in file dir lowfile; do
+  [ -e $f ] || { [ $f = dir ] && mkdir $f || touch $f; }
+  chown 100:100 $f
+  for g in 100 101; do
+    chmod 2755 $f
+    setpriv --reuid=100 --regid=$g --clear-groups -- setfacl -m u::rwx,g::rwx,o::rwx $f
+    echo \"$f by gid $g: $(stat -c %A $f)\"
+  done
+done";
+    let t = TestDir::new("acl-sgid");
+    let layer = || Layer::new("lower").tagged("lowfile");
+    let ours = render_stack(&[layer()], &t.join("ours"), Format::Kernel).remove(0);
+    let theirs = render_stack(&[layer()], &t.join("theirs"), Format::Kernel).remove(0);
+    let sums = checksum_layers(&[&ours]);
+    let script = |mnt: &Path| {
+        let o = run(
+            Command::new("sh")
+                .args(["-ec", SGID_SCRIPT])
+                .current_dir(mnt),
+            Duration::from_secs(20),
+        );
+        assert!(o.success(), "script in {}: {o}", mnt.display());
+        o.stdout
+    };
+    let (up, work, mnt) = (t.mkdir("up"), t.mkdir("work"), t.mkdir("mnt"));
+    let m = mount_unionfs(&[&ours], Some(&up), Some(&work), &mnt, &[]);
+    let got = script(m.path());
+    m.umount();
+    let (kup, kwork, kmnt) = (t.mkdir("kup"), t.mkdir("kwork"), t.mkdir("kmnt"));
+    let k = mount_kernel_overlay(&[&theirs], Some(&kup), Some(&kwork), &kmnt, &[]);
+    let want = script(k.path());
+    k.umount();
+    assert_eq!(
+        got, want,
+        "unionfs (left) and kernel overlayfs (right) differ"
+    );
+    assert!(want.contains("file by gid 101: -rwxrwxrwx"), "{want}");
+    assert!(want.contains("file by gid 100: -rwxrwsrwx"), "{want}");
+    sums.assert_unchanged();
+}

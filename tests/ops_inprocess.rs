@@ -250,7 +250,13 @@ fn forged_whiteouts_are_refused() {
         .unwrap_err()
         .is(libc::EPERM));
     let err = u
-        .setxattr(ROOT_INO, OsStr::new("user.overlay.opaque"), b"y", 0)
+        .setxattr(
+            ROOT_INO,
+            OsStr::new("user.overlay.opaque"),
+            b"y",
+            0,
+            &|_| true,
+        )
         .unwrap_err();
     assert!(err.is(libc::EPERM));
     assert!(tree(&f.p("upper")).is_empty());

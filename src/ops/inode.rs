@@ -1,10 +1,11 @@
 //! Lookup, attributes and xattrs of one object.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::{is_upper_copy, Attr, UnionFs};
+use crate::acl;
 use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
 use crate::handles;
@@ -179,7 +180,16 @@ impl UnionFs {
         Ok(out)
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    /// setxattr(2). `in_group(gid)`: whether the caller is in group `gid`
+    /// or holds CAP_FSETID, asked only when an access ACL is set.
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        in_group: &dyn Fn(u32) -> bool,
+    ) -> Result<()> {
         let upper = self.upper()?;
         if whiteout::is_private_xattr(name) {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
@@ -200,7 +210,33 @@ impl UnionFs {
         let r = upper.set_xattr(fd.as_fd(), name, value, flags);
         // After the change: a look that began before it then keeps nothing.
         node.xattrs_changed();
-        r
+        r?;
+        if name == acl::ACCESS_XATTR {
+            self.acl_drops_setgid(&node, fd.as_fd(), in_group)?;
+        }
+        Ok(())
+    }
+
+    /// An access ACL also sets the mode, and a local filesystem then drops
+    /// the setgid bit when the caller is neither in the file's group nor
+    /// holds CAP_FSETID (`posix_acl_update_mode`). The daemon set it with
+    /// its own rights, which always keep the bit: drop it for the caller.
+    fn acl_drops_setgid(
+        &self,
+        node: &Node,
+        fd: BorrowedFd,
+        in_group: &dyn Fn(u32) -> bool,
+    ) -> Result<()> {
+        if self.upper_forced_name().is_some() {
+            return Ok(()); // the shown mode is the override's, not the file's
+        }
+        let st = sys::fstat(fd)?;
+        if st.st_mode & libc::S_ISGID == 0 || in_group(self.attr_of(node)?.st.st_gid) {
+            return Ok(());
+        }
+        let mode = st.st_mode & 0o7777 & !libc::S_ISGID;
+        self.tree
+            .at_locked(node, UPPER, |dir, name| sys::fchmodat(dir.fd(), name, mode))
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {

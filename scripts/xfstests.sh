@@ -315,6 +315,35 @@ EOF
       printf '#!/bin/sh\ndf "$@" | sed "s/ fuse\\.[^ ]* / fuse /"\n' >"$d/df"
       chmod 755 "$d/df"
       echo "export DF_PROG=\"$d/df -T -P\"" >>"$cfg"
+      if [ "$name" != fuse-overlayfs ]; then
+        # umount that, when it finds the mount busy, logs who holds it: the
+        # processes with a cwd, root, open file or mapping under it, and
+        # what is mounted below it (umount-busy.log in the results)
+        mkdir -p "$d/bin"
+        cat >"$d/bin/umount" <<'EOF'
+#!/bin/bash
+/usr/bin/umount "$@" && exit 0
+rc=$?
+{
+  echo "== $(date +%T) umount $* failed ($rc)"
+  for a in "$@"; do
+    case "$a" in "$BUSY_NAME"_test) a=$BUSY_TEST ;; "$BUSY_NAME"_scratch) a=$BUSY_SCRATCH ;; esac
+    [ -d "$a" ] || continue
+    grep -F " $a" /proc/self/mountinfo
+    for p in /proc/[0-9]*; do
+      h=$( { ls -l "$p/cwd" "$p/root" "$p/fd" 2>/dev/null | grep -F -- "-> $a"; grep -F -- " $a" "$p/maps" 2>/dev/null | head -3; } )
+      [ -z "$h" ] || echo "pid ${p#/proc/} ($(tr '\0' ' ' <"$p/cmdline" | cut -c1-120)): $h"
+    done
+  done
+} >>"$BUSY_LOG" 2>&1
+exit $rc
+EOF
+        chmod 755 "$d/bin/umount"
+        cat >>"$cfg" <<EOF
+export PATH="$d/bin:\$PATH" UMOUNT_PROG=$d/bin/umount BUSY_NAME=$name
+export BUSY_TEST=$d/mnt-test BUSY_SCRATCH=$d/mnt-scratch BUSY_LOG=$out/umount-busy.log
+EOF
+      fi
       if [ "$name" = fuse-overlayfs ]; then
         # fuse-overlayfs names every mount's source "fuse-overlayfs" (no
         # fsname option); xfstests tells test from scratch by source, with

@@ -1073,3 +1073,24 @@ fn bad_owner_mappings_are_refused() {
         &["uidmapping", "twice"],
     );
 }
+
+/// mount(8) hands `mount -o remount,ro MNT` of a fuse.unionfs mount to the
+/// helper as `unionfs SOURCE MNT -o remount,ro,...`: a remount, no layers.
+#[test]
+fn remount_in_the_helper_form_needs_no_layers() {
+    let s = Scratch::new("remount");
+    let mnt = s.dir("mnt");
+    for (opts, read_only) in [("remount,ro", true), ("rw,remount,nosuid", false)] {
+        match parse(&[os("unionfs"), os(&mnt), os("-o"), os(opts)]) {
+            Ok(Command::Remount(r)) => {
+                assert_eq!(r.mountpoint, mnt);
+                assert_eq!(r.read_only, read_only, "{opts}");
+            }
+            other => panic!("{opts}: expected a remount, got {other:?}"),
+        }
+    }
+    fails(
+        &[os("unionfs"), os(&mnt), os("-o"), os("remount=1")],
+        &["remount"],
+    );
+}

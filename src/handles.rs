@@ -40,9 +40,8 @@ impl FileHandle {
 #[derive(Debug)]
 pub struct DirHandle {
     pub ino: u64,
-    /// Taken at opendir, retaken on a rewind to offset 0 after reading.
-    /// `None` until the first readdir for a directory whose listing the
-    /// kernel may keep (it then often never asks).
+    /// Taken at the first readdir, retaken on a rewind to offset 0 after
+    /// reading; `None` before.
     pub entries: Mutex<Option<Vec<DirEntry>>>,
     /// Set once a readdir past offset 0 has been answered from `entries`.
     pub served: AtomicBool,
@@ -95,14 +94,14 @@ impl Handles {
             .collect()
     }
 
-    /// Registers an open directory with its first snapshot.
-    pub fn open_dir(&self, ino: u64, entries: Option<Vec<DirEntry>>) -> u64 {
+    /// Registers an open directory (its listing is read at first readdir).
+    pub fn open_dir(&self, ino: u64) -> u64 {
         let fh = self.next_fh();
         self.dirs.insert(
             fh,
             Arc::new(DirHandle {
                 ino,
-                entries: Mutex::new(entries),
+                entries: Mutex::new(None),
                 served: AtomicBool::new(false),
             }),
         );

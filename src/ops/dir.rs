@@ -36,14 +36,11 @@ impl UnionFs {
             return fail(libc::ENOENT);
         }
         let cacheable = !node.stack().upper;
-        // A listing the kernel may keep is read at the first readdir, as
-        // the kernel then usually serves it from its copy and never asks;
-        // one that changes with the upper is read now.
-        let entries = match cacheable {
-            true => None,
-            false => Some(readdir::snapshot(&self.tree, &node)?),
-        };
-        Ok((self.handles.open_dir(ino, entries), cacheable))
+        // The listing is read at the first readdir, not now: names made
+        // between opendir(3) and rewinddir(3) must show after the rewind
+        // (POSIX; xfstests generic/471), and a listing the kernel keeps is
+        // then usually never asked for.
+        Ok((self.handles.open_dir(ino), cacheable))
     }
 
     /// Hands the entries of the snapshot from `offset` on to `add`, each
@@ -177,10 +174,17 @@ impl UnionFs {
         let placed = (|| -> Result<()> {
             if forced {
                 upper.chmod_temp(&temp, override_stat::real_perm(mode, is_dir))?;
+                // The mode shown is the override's: a default ACL masks it
+                // as it would the file's own (the ACLs themselves stay on
+                // the real file, whose mode the daemon needs).
+                let perm = default_acl
+                    .as_deref()
+                    .and_then(|d| acl::inherit(d, mode))
+                    .map_or(mode, |i| i.mode);
                 let f = override_stat::Forced {
                     uid,
                     gid,
-                    perm: mode & 0o7777,
+                    perm: perm & 0o7777,
                     kind: None,
                 };
                 let rdev = match what {

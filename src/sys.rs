@@ -812,6 +812,19 @@ pub fn fchmodat(dir: BorrowedFd, name: &OsStr, mode: u32) -> Result<()> {
         .map(|_| ())
 }
 
+/// `fcntl(fd, F_GETFL)`: the file status flags.
+pub fn get_status_flags(fd: BorrowedFd) -> Result<i32> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// `fcntl(fd, F_SETFL, flags)`: sets the changeable status flags
+/// (O_APPEND, O_NONBLOCK, O_DIRECT, O_NOATIME, ...).
+pub fn set_status_flags(fd: BorrowedFd, flags: i32) -> Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(|_| ())
+}
+
 /// `fchown(fd, uid, gid)`.
 pub fn fchown(fd: BorrowedFd, uid: u32, gid: u32) -> Result<()> {
     // SAFETY: plain syscall on a valid fd.

@@ -2,7 +2,7 @@
 //! open file reads and writes one layer's file through its fd; copy-up
 //! points it at the copy.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{is_upper_copy, UnionFs};
 use crate::copy_up::Data;
@@ -27,6 +27,25 @@ pub(super) fn real_open_flags(flags: i32) -> i32 {
         | libc::O_DSYNC
         | libc::O_DIRECT;
     flags & keep
+}
+
+/// Runs `io` on `fd`. When the fd is O_DIRECT and its filesystem refuses
+/// the I/O with EINVAL (buffer, offset or length not aligned: FUSE takes
+/// any, and the daemon's buffer sits where the request put it), the fd is
+/// made buffered and `io` runs again: the same bytes reach the same file,
+/// only through the upper filesystem's page cache from then on.
+fn direct_or_buffered<T>(fd: BorrowedFd, mut io: impl FnMut() -> Result<T>) -> Result<T> {
+    match io() {
+        Err(e) if e.is(libc::EINVAL) => {
+            let flags = sys::get_status_flags(fd)?;
+            if flags & libc::O_DIRECT == 0 {
+                return Err(e);
+            }
+            sys::set_status_flags(fd, flags & !libc::O_DIRECT)?;
+            io()
+        }
+        other => other,
+    }
 }
 
 impl UnionFs {
@@ -80,7 +99,8 @@ impl UnionFs {
         if buf.len() < size as usize {
             buf.resize(size as usize, 0);
         }
-        let n = sys::pread(handles::fd_of(&real), &mut buf[..size as usize], offset)?;
+        let fd = handles::fd_of(&real);
+        let n = direct_or_buffered(fd, || sys::pread(fd, &mut buf[..size as usize], offset))?;
         Ok(&buf[..n])
     }
 
@@ -95,7 +115,8 @@ impl UnionFs {
         if !is_upper_copy(real.0) {
             return fail(libc::EBADF);
         }
-        sys::pwrite(handles::fd_of(&real), data, offset)
+        let fd = handles::fd_of(&real);
+        direct_or_buffered(fd, || sys::pwrite(fd, data, offset))
     }
 
     pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {

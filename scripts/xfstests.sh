@@ -322,8 +322,10 @@ EOF
         mkdir -p "$d/bin"
         cat >"$d/bin/umount" <<'EOF'
 #!/bin/bash
-/usr/bin/umount "$@" && exit 0
+err=$(/usr/bin/umount "$@" 2>&1) && exit 0
 rc=$?
+[ -z "$err" ] || printf '%s\n' "$err" >&2
+case "$err" in *busy*) ;; *) exit $rc ;; esac
 {
   echo "== $(date +%T) umount $* failed ($rc)"
   for a in "$@"; do

@@ -57,6 +57,19 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     for o in &config.kernel_options {
         options.push(kernel_option(o));
     }
+    // As kernel overlayfs, a mount by root honours setuid bits and device
+    // nodes (a container image's `su`, `ping`, `passwd`), unless told
+    // `nosuid`/`nodev`; fuser would default to both. Without privilege
+    // fusermount3 always adds them.
+    if is_root {
+        let given = |a: &str, b: &str| config.kernel_options.iter().any(|o| o == a || o == b);
+        if !given("suid", "nosuid") {
+            options.push(MountOption::Suid);
+        }
+        if !given("dev", "nodev") {
+            options.push(MountOption::Dev);
+        }
+    }
     let mut fuse_config = Config::default();
     fuse_config.mount_options = options;
     fuse_config.acl = if allow_other {

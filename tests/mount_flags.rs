@@ -1,7 +1,9 @@
-//! `mount -o remount,ro` and back through a real mount: mount(8) hands a
-//! remount of a `fuse.unionfs` mount to the `mount.fuse.unionfs` helper,
-//! which runs `unionfs -o remount,ro SOURCE MNT` (xfstests generic/294,
-//! 306 and 452 remount their scratch mount read-only).
+//! The flags of a real mount: a mount by root honours setuid bits and
+//! device nodes as kernel overlayfs does, unless told `nosuid`/`nodev`;
+//! and `mount -o remount,ro` and back: mount(8) hands a remount of a
+//! `fuse.unionfs` mount to the `mount.fuse.unionfs` helper, which runs
+//! `unionfs -o remount,ro SOURCE MNT` (xfstests generic/294, 306 and 452
+//! remount their scratch mount read-only).
 
 mod common;
 
@@ -74,4 +76,42 @@ fn remount_of_a_plain_directory_says_it_is_no_mount_point() {
     let out = helper("remount,ro", &dir);
     assert_eq!(out.status.and_then(|s| s.code()), Some(1), "{out}");
     assert!(out.stderr.contains("not a mount point"), "{out}");
+}
+
+/// A device node made through a root mount works (xfstests generic/184
+/// writes to a null device it makes), and the mount is not nosuid (a
+/// container image's setuid `su` or `ping`); with `-o nodev,nosuid` both
+/// are refused as asked.
+#[test]
+fn a_root_mount_honours_devices_and_setuid_unless_told_not_to() {
+    if !require_mount_env() {
+        return;
+    }
+    let t = TestDir::new("mount-flags");
+    let lower = t.mkdir("lower");
+    let sum = checksum_layers(&[&lower]);
+    for (extra, honoured) in [(vec![], true), (vec!["-o", "nodev,nosuid"], false)] {
+        let upper = t.mkdir(if honoured { "upper1" } else { "upper2" });
+        let mnt = t.mkdir(if honoured { "mnt1" } else { "mnt2" });
+        let m = mount_unionfs(&[&lower], Some(&upper), None, &mnt, &extra);
+        let flags = mount_at(&mnt).expect("mounted").mount_opts;
+        assert_eq!(!flags.contains("nosuid"), honoured, "{flags}");
+        assert_eq!(!flags.contains("nodev"), honoured, "{flags}");
+        let node = mnt.join("null");
+        let made = run(
+            std::process::Command::new("mknod")
+                .arg(&node)
+                .args(["c", "1", "3"]),
+            std::time::Duration::from_secs(10),
+        );
+        assert!(made.success(), "{made}");
+        let written = fs::OpenOptions::new().write(true).open(&node);
+        if honoured {
+            written.expect("a null device made in the mount opens");
+        } else {
+            expect_errno(written, libc::EACCES).unwrap();
+        }
+        drop(m);
+    }
+    sum.assert_unchanged();
 }

@@ -192,6 +192,12 @@ impl UnionFs {
                     _ => 0,
                 };
                 self.write_forced(temp.fd.as_fd(), &f, temp.kind, rdev)?;
+                // A new directory inherits the default ACL itself; no access
+                // ACL is set on the real object, whose mode the daemon keeps
+                // for its own access (the shown mode above carries the mask).
+                if let (true, Some(d)) = (is_dir, default_acl.as_deref()) {
+                    upper.set_xattr(temp.fd.as_fd(), OsStr::new(acl::DEFAULT_XATTR), d, 0)?;
+                }
             } else if temp.kind == libc::S_IFLNK {
                 upper.chmod_temp(&temp, mode)?;
             } else {

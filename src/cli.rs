@@ -44,6 +44,11 @@ pub use crate::whiteout::WriteFormat;
 pub struct MountConfig {
     /// Lower layers, top first; each an existing directory, symlinks resolved.
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers (after `::` in the lower list), top first:
+    /// never looked up by name, reached only by metacopy redirects.
+    pub data_lowers: Vec<PathBuf>,
+    /// `-o metacopy=on`: a metadata change copies up metadata only.
+    pub metacopy: bool,
     /// The writable layer; `None` for a read-only union.
     pub upper: Option<PathBuf>,
     /// `Some` exactly when `upper` is. May not exist yet: the mount creates it.
@@ -201,11 +206,16 @@ Options for -o (comma-separated; '\\,' is a literal comma):
                              security.fuseoverlayfs.override_stat (1) or
                              user.containers.override_stat (2); layers whose
                              root carries one of those are read that way
+  metacopy=on|off            chown, chmod, utimes, xattrs, rename and link of a
+                             lower file copy up its metadata only (kernel
+                             overlayfs's metacopy); its bytes at the first write
 Options of fuse-overlayfs and overlayfs that mean nothing here (noatime,
 context=, xino=, index=, ...) are accepted with a warning. Layout changing
-ones (metacopy=on, plugins=, ...) are refused.
+ones (plugins=, ...) are refused.
 
-Write a ':' inside a lower path as '\\:' and a '\\' as '\\\\'. The work dir must
+Write a ':' inside a lower path as '\\:' and a '\\' as '\\\\'. Lowers after '::'
+(L1:L2::D1::D2) are data-only, as in kernel overlayfs: no name is looked up
+in them; only the absolute redirect of a metacopy file reaches them. The work dir must
 be on the upper's filesystem and outside it; by default it is
 .UPPER-NAME.unionfs-work next to the upper.
 
@@ -403,7 +413,12 @@ fn tool_layers(
         }
         return Ok(None);
     };
-    let lowers = resolve_lowers(&lower)?;
+    let (lowers, data_lowers) = resolve_lowers(&lower)?;
+    if !data_lowers.is_empty() {
+        return Err(usage_error(
+            "data-only lowers ('::') are for mounts; the layer tools take plain lowers",
+        ));
+    }
     let upper = match &flags.upper {
         Some(u) => Some(existing_dir("upper dir", Path::new(u))?),
         None if need_upper => return Err(usage_error("no upper layer given (use -u UPPER)")),
@@ -843,6 +858,7 @@ struct MountOptions {
     squash_to_gid: Option<u32>,
     volatile: bool,
     xattr_permissions: u8,
+    metacopy: bool,
 }
 
 /// Flags handed to the kernel as they are.
@@ -903,10 +919,6 @@ const IGNORED_WITH_VALUE: &[&str] = &[
 
 /// Options that would change what the mount shows, with why they are refused.
 const REFUSED: &[(&str, &str)] = &[
-    (
-        "metacopy",
-        "unionfs always copies data up with the metadata",
-    ),
     ("plugins", "unionfs has no layer plugins"),
     ("ino32_t", "unionfs inode numbers are 64-bit"),
     ("nfs_export", "unionfs does not support NFS export"),
@@ -1013,6 +1025,14 @@ impl MountOptions {
                 } else {
                     self.squash_to_gid = Some(id);
                 }
+                Ok(())
+            }
+            "metacopy" => {
+                let v = text_value(name, value)?;
+                self.metacopy = match v.as_str() {
+                    "on" => true,
+                    _ => return Err(bad_value(name, &v, "expected on or off".into())),
+                };
                 Ok(())
             }
             "xattr_permissions" => {
@@ -1224,7 +1244,7 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         ));
     }
 
-    let lowers = resolve_lowers(&lower_list)?;
+    let (lowers, data_lowers) = resolve_lowers(&lower_list)?;
     let upper = match &upper_arg {
         Some(u) => Some(existing_dir("upper dir", Path::new(u))?),
         None => None,
@@ -1236,8 +1256,9 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
     };
     let mountpoint = resolve_mountpoint(&raw.mountpoint)?;
 
+    let all_lowers: Vec<PathBuf> = lowers.iter().chain(&data_lowers).cloned().collect();
     check_layout(
-        &lowers,
+        &all_lowers,
         upper.as_deref(),
         work.as_ref().map(|w| w.path.as_path()),
         &mountpoint,
@@ -1267,6 +1288,8 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
 
     Ok(MountConfig {
         lowers,
+        data_lowers,
+        metacopy: opts.metacopy,
         upper,
         work: work.map(|w| w.path),
         work_is_default,
@@ -1303,27 +1326,60 @@ fn only_once(
     }
 }
 
-fn resolve_lowers(list: &OsStr) -> Result<Vec<PathBuf>, CliError> {
+/// The lowers looked up by name and the data-only ones (after `::`).
+fn resolve_lowers(list: &OsStr) -> Result<(Vec<PathBuf>, Vec<PathBuf>), CliError> {
     let shown = list.to_string_lossy();
     if list.is_empty() {
         return Err(usage_error("empty lower layer list"));
     }
-    let names = split_layer_list(list);
+    let mut names = split_layer_list(list);
+    // `a::b` splits as a, "", b: the first empty entry starts the data-only
+    // layers, each after its own `::`, as the kernel reads the list.
+    let data_names = match names.iter().position(|n| n.is_empty()) {
+        Some(i) if i > 0 => {
+            let rest = names.split_off(i);
+            let mut data = Vec::new();
+            for pair in rest.chunks(2) {
+                match pair {
+                    [sep, name] if sep.is_empty() && !name.is_empty() => data.push(name.clone()),
+                    [_] | [_, _] if pair.iter().all(|n| n.is_empty()) => {
+                        return Err(usage_error(format!(
+                            "empty entry in lower layer list '{shown}'"
+                        )))
+                    }
+                    _ => {
+                        return Err(usage_error(format!(
+                            "lower layer list '{shown}': data-only layers (after '::') \
+                             are each given after '::'"
+                        )))
+                    }
+                }
+            }
+            data
+        }
+        _ => Vec::new(),
+    };
     if names.iter().any(|n| n.is_empty()) {
         return Err(usage_error(format!(
             "empty entry in lower layer list '{shown}'"
         )));
     }
-    if names.len() > MAX_LOWERS {
+    if names.len() + data_names.len() > MAX_LOWERS {
         return Err(usage_error(format!(
             "{} lower layers given; at most {MAX_LOWERS} are supported",
-            names.len()
+            names.len() + data_names.len()
         )));
     }
-    names
-        .iter()
-        .map(|name| existing_dir("lower layer", Path::new(name)))
-        .collect()
+    let resolve = |names: &[OsString], what: &str| {
+        names
+            .iter()
+            .map(|name| existing_dir(what, Path::new(name)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok((
+        resolve(&names, "lower layer")?,
+        resolve(&data_names, "data-only lower layer")?,
+    ))
 }
 
 /// Resolves `path` (symlinks and all) to an existing directory.

@@ -3,6 +3,14 @@
 //! then owner, xattrs, mode, capabilities, times) and renamed into place in
 //! one step, so no reader ever sees a partial file and a crash leaves only
 //! a temporary that the next mount removes.
+//!
+//! With `-o metacopy=on` a change of metadata only copies a regular file up
+//! as a *metacopy* (kernel overlayfs's format): an empty file of the data's
+//! size carrying `overlay.metacopy`, whose bytes stay in the lower. The
+//! first write copies them in ([`CopyUp::node`] with [`Data::All`]) into
+//! that same inode, so its hard links stay one; removing the xattr last is
+//! the commit point, so a crash midway leaves the metacopy, still reading
+//! the lower's bytes, never a partial file.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -18,7 +26,7 @@ use crate::handles::Handles;
 use crate::index;
 use crate::layer::UPPER;
 use crate::lookup::{self, Found};
-use crate::node::{Node, Stack, ROOT_INO};
+use crate::node::{Lower, LowerAt, Node, Stack, ROOT_INO};
 use crate::readdir;
 use crate::sys::{self, SetTime, Stat};
 use crate::tree::Tree;
@@ -32,6 +40,9 @@ pub enum Data {
     /// The caller truncates to zero right after (open with O_TRUNC), so
     /// copying the bytes would be wasted.
     Skip,
+    /// Only the metadata changes (chmod, chown, times, xattrs, rename,
+    /// link): with `-o metacopy=on` a regular file's bytes stay below.
+    Meta,
 }
 
 /// The xattr applied last: writing data or changing the owner clears it.
@@ -56,6 +67,15 @@ impl CopyUp<'_> {
     /// unlinked). `why` says in a few words what asked for the copy, for
     /// the log ("opened for writing").
     pub fn node(&self, node: &Node, data: Data, why: &str) -> Result<()> {
+        self.meta(node, data, why)?;
+        if data != Data::Meta && node.stack().needs_data() {
+            return self.data_up(node, data, why);
+        }
+        Ok(())
+    }
+
+    /// [`CopyUp::node`] but for the bytes of a metacopy.
+    fn meta(&self, node: &Node, data: Data, why: &str) -> Result<()> {
         if node.stack().has_upper_copy() {
             return Ok(());
         }
@@ -71,7 +91,7 @@ impl CopyUp<'_> {
         // node locks here, so copy-ups cannot deadlock each other.
         let (parent_ino, name) = node.place();
         let parent = self.tree.nodes.get(parent_ino)?;
-        self.node(&parent, Data::All, "to hold the copy below it")?;
+        self.meta(&parent, Data::All, "to hold the copy below it")?;
 
         let _guard = node.lock.lock();
         if node.stack().has_upper_copy() {
@@ -90,10 +110,109 @@ impl CopyUp<'_> {
         self.follow(node.ino, node)
     }
 
+    /// Copies the bytes of a metacopy into its upper copy (the same inode,
+    /// so hard links stay one), or only empties it for `Data::Skip`; the
+    /// metacopy xattr goes last, once the bytes are all there.
+    fn data_up(&self, node: &Node, data: Data, why: &str) -> Result<()> {
+        {
+            let _guard = node.lock.lock();
+            let stack = node.stack();
+            let (Some(top), Some(from)) = (stack.top(), stack.data()) else {
+                return Ok(());
+            };
+            if !stack.needs_data() {
+                return Ok(()); // another writer did it while we waited
+            }
+            let started = Instant::now();
+            let to = self.tree.open(node, top, libc::O_WRONLY)?;
+            let to = to.as_fd();
+            let before = sys::fstat(to)?;
+            // Writing drops a capability and may drop setuid/setgid: they
+            // are put back after, with the times writing changes.
+            let capability = match sys::fgetxattr(to, OsStr::new(CAPABILITY)) {
+                Ok(v) => v,
+                Err(e) if whiteout::is_xattr_unsupported(e.raw()) => None,
+                Err(e) => return Err(e),
+            };
+            sys::ftruncate(to, 0)?;
+            let mut method = "no bytes (truncated)";
+            let mut bytes = 0;
+            if data == Data::All {
+                let src = self.tree.open(node, from, libc::O_RDONLY)?;
+                let st = sys::fstat(src.as_fd())?;
+                method = copy_data(src.as_fd(), to, &st)?;
+                sys::ftruncate(to, st.st_size as u64)?;
+                bytes = st.st_size;
+            }
+            if sys::fstat(to)?.st_mode != before.st_mode {
+                sys::fchmod(to, before.st_mode & 0o7777)?;
+            }
+            if let Some(cap) = capability {
+                sys::fsetxattr(to, OsStr::new(CAPABILITY), &cap, 0)?;
+            }
+            sys::futimens(to, atime(&before), mtime(&before))?;
+            for x in whiteout::METACOPY_XATTRS {
+                match sys::fremovexattr(to, OsStr::new(x)) {
+                    Ok(()) => {}
+                    Err(e) if whiteout::is_xattr_unsupported(e.raw()) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            node.update_stack(|s| s.metacopy = false);
+            info!(
+                target: "unionfs",
+                "copy-up {} data from lower {from}: {why} (a metacopy gets its bytes: \
+                 {bytes} bytes, {method}, {} ms)",
+                self.tree.path_of(node),
+                started.elapsed().as_millis()
+            );
+        }
+        self.follow(node.ino, node)
+    }
+
+    /// A metacopy's lowers reached by their paths from the layer roots from
+    /// now on, the top one recorded as an absolute `overlay.redirect` on its
+    /// copy: before it gets a name its lowers do not hold (rename, link).
+    /// Returns the lowers it now has when it pinned them.
+    pub fn pin_data(&self, node: &Node) -> Result<Option<Vec<Lower>>> {
+        let _guard = node.lock.lock();
+        let stack = node.stack();
+        let (Some(top), Some(xattr)) = (stack.top(), self.upper.format.redirect_xattr()) else {
+            return Ok(None);
+        };
+        if !stack.needs_data()
+            || matches!(stack.lowers.first(), Some(l) if matches!(l.at, LowerAt::Root(_)))
+        {
+            return Ok(None);
+        }
+        let mut lowers = Vec::new();
+        for l in &stack.lowers {
+            lowers.push(Lower {
+                layer: l.layer,
+                at: LowerAt::Root(self.tree.lower_path(node, l.layer)?),
+            });
+        }
+        let Some(Lower {
+            at: LowerAt::Root(path),
+            ..
+        }) = lowers.first()
+        else {
+            return Ok(None);
+        };
+        let mut value = b"/".to_vec();
+        value.extend_from_slice(path.as_encoded_bytes());
+        let fd = self.tree.open(node, top, libc::O_PATH)?;
+        debug!("metacopy redirect {}", crate::layer::show_path(path));
+        sys::fsetxattr(fd.as_fd(), OsStr::new(xattr), &value, 0)?;
+        node.update_stack(|s| s.lowers = lowers.clone());
+        Ok(Some(lowers))
+    }
+
     /// Points the files opened before a copy-up at the copy, so they see what
-    /// writers write from here on (kernel overlayfs does the same).
+    /// writers write from here on (kernel overlayfs does the same). A
+    /// metacopy's readers stay on its data file.
     pub fn follow(&self, ino: u64, copied: &Node) -> Result<()> {
-        let Some(layer) = copied.stack().top() else {
+        let Some(layer) = copied.stack().data() else {
             return Ok(());
         };
         for h in self.handles.files_of(ino) {
@@ -160,6 +279,7 @@ impl CopyUp<'_> {
                     dir,
                     &entry.name,
                     &found,
+                    Data::All,
                     "in a directory whose tree is copied",
                 )?;
             }
@@ -170,7 +290,14 @@ impl CopyUp<'_> {
     /// Gives the entry `name` of `parent` (in the upper) its own upper copy:
     /// per name, not per node, since two names of one hard-linked object are
     /// one node. `found` is what `name` resolved to; `why` as for `node`.
-    pub fn entry(&self, parent: &Node, name: &OsStr, found: &Found, why: &str) -> Result<()> {
+    pub fn entry(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        found: &Found,
+        data: Data,
+        why: &str,
+    ) -> Result<()> {
         if found.stack.upper {
             return Ok(());
         }
@@ -187,7 +314,7 @@ impl CopyUp<'_> {
             None => found.stack.clone(),
         };
         let src = Node::detached(found.ino, found.kind, stack, parent.ino, name);
-        let new = self.name(parent, name, &src, Data::All, why)?;
+        let new = self.name(parent, name, &src, data, why)?;
         src.set_stack(new.clone());
         self.follow(found.ino, &src)?;
         // The node of a hard-linked object may sit at another name.
@@ -233,6 +360,7 @@ impl CopyUp<'_> {
 
         let started = Instant::now();
         let built = self.build(src, data)?;
+        new.metacopy = built.metacopy;
         if built.indexed {
             // The copy is the index entry now: this name is a link of it.
             new.index = Some(index::key(src.ino));
@@ -335,7 +463,35 @@ impl CopyUp<'_> {
         let st = sys::statat(sdir.fd(), &sname)?;
         debug!("copy_up {} from layer {layer} ({data:?})", show(&sname));
         let mut method = "metadata only";
-        let temp = build(upper, sdir.fd(), &sname, &st, data, &mut method)
+        // The bytes of a lower metacopy are its data file's.
+        let stack = src.stack();
+        let data_file = match stack.data().filter(|_| stack.metacopy) {
+            Some(l) => {
+                let fd = self.tree.open(src, l, libc::O_RDONLY)?;
+                let st = sys::fstat(fd.as_fd())?;
+                Some((fd, st))
+            }
+            None => None,
+        };
+        let size = data_file.as_ref().map_or(st.st_size, |(_, st)| st.st_size);
+        // A metadata change copies no bytes where a metacopy can say so.
+        let metacopy = match upper.metacopy {
+            Some(x)
+                if data == Data::Meta && st.st_mode & libc::S_IFMT == libc::S_IFREG && size > 0 =>
+            {
+                Some(x)
+            }
+            _ => None,
+        };
+        let data = match data {
+            Data::Meta if metacopy.is_none() => Data::All,
+            d => d,
+        };
+        let source = Source {
+            data: data_file.as_ref().map(|(fd, st)| (fd.as_fd(), st)),
+            metacopy,
+        };
+        let temp = build(upper, sdir.fd(), &sname, &st, data, &source, &mut method)
             .and_then(|temp| {
                 self.carry_override(layer, sdir.fd(), &sname, &temp)
                     .map(|()| temp)
@@ -365,12 +521,9 @@ impl CopyUp<'_> {
             temp,
             indexed: hardlinked,
             from: layer,
-            bytes: if data == Data::All {
-                st.st_size as u64
-            } else {
-                0
-            },
+            bytes: if data == Data::All { size as u64 } else { 0 },
             method,
+            metacopy: metacopy.is_some(),
         })
     }
 }
@@ -412,6 +565,16 @@ struct Built {
     method: &'static str,
     kind: u32,
     links: u64,
+    /// A metacopy: its bytes stay below.
+    metacopy: bool,
+}
+
+/// Where a copy's bytes come from when not from the object itself.
+struct Source<'a> {
+    /// The data file of a lower metacopy, and its `stat`.
+    data: Option<(BorrowedFd<'a>, &'a Stat)>,
+    /// Make a metacopy marked with this xattr instead of copying bytes.
+    metacopy: Option<&'static str>,
 }
 
 fn show(name: &OsStr) -> String {
@@ -427,6 +590,7 @@ fn build(
     name: &OsStr,
     st: &Stat,
     data: Data,
+    source: &Source,
     method: &mut &'static str,
 ) -> Result<Temp> {
     let kind = st.st_mode & libc::S_IFMT;
@@ -450,11 +614,17 @@ fn build(
     // writing keeps a setuid file from ever being writable with its bits on.
     let temp = upper.make_temp(shape, u32::MAX, u32::MAX)?;
     let filled = (|| -> Result<()> {
-        if kind == libc::S_IFREG && data == Data::All {
+        let (data_fd, data_st) = source.data.unwrap_or((from.as_fd(), st));
+        if let (libc::S_IFREG, Some(_)) = (kind, source.metacopy) {
+            // A hole of the data's size: the kernel shows the upper's size
+            // for a metacopy.
+            sys::ftruncate(temp.fd.as_fd(), data_st.st_size as u64)?;
+            *method = "metacopy: no bytes";
+        } else if kind == libc::S_IFREG && data == Data::All {
             *method = match upper.copy_delay {
-                None => copy_data(from.as_fd(), temp.fd.as_fd(), st)?,
+                None => copy_data(data_fd, temp.fd.as_fd(), data_st)?,
                 Some(delay) => {
-                    copy_slowly(from.as_fd(), temp.fd.as_fd(), st.st_size as u64, delay)?;
+                    copy_slowly(data_fd, temp.fd.as_fd(), data_st.st_size as u64, delay)?;
                     "read/write, slowed for a test"
                 }
             };
@@ -465,6 +635,10 @@ fn build(
         // After chown, which clears setuid/setgid.
         upper.chmod_temp(&temp, st.st_mode)?;
         set_xattrs(temp.fd.as_fd(), &xattrs, true)?;
+        if let (libc::S_IFREG, Some(x)) = (kind, source.metacopy) {
+            // Empty: the kernel's v0 metacopy, which carries no digest.
+            sys::fsetxattr(temp.fd.as_fd(), OsStr::new(x), b"", 0)?;
+        }
         sys::utimensat(upper.work.tmp(), &temp.name, atime(st), mtime(st))
     })();
     if let Err(e) = filled {

@@ -22,8 +22,9 @@ use crate::sys;
 /// code; errors were already reported (stderr before detaching, the log after).
 pub fn mount(config: &MountConfig) -> Result<(), String> {
     sys::raise_nofile_limit();
-    let layers = LayerStack::open(config.upper.as_deref(), &config.lowers)
-        .map_err(|e| format!("cannot open layers: {e}"))?;
+    let layers =
+        LayerStack::open_with_data(config.upper.as_deref(), &config.lowers, &config.data_lowers)
+            .map_err(|e| format!("cannot open layers: {e}"))?;
     let opts = Options {
         read_only: config.read_only || config.upper.is_none(),
         format: config.format,
@@ -37,7 +38,8 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .with_owners(owners)
         .with_forced_permissions(config.xattr_permissions)
-        .with_volatile(config.volatile);
+        .with_volatile(config.volatile)
+        .with_metacopy(config.metacopy);
     let fs = Arc::new(fs);
 
     let is_root = sys::geteuid() == 0;

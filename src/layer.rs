@@ -1,6 +1,10 @@
 //! The layers of a mount: the upper (index 0, optional) and the lowers
 //! (index 1.., top first), each held open as a directory fd for the life of
 //! the mount, so no layer is ever reached by an absolute path again.
+//!
+//! Lowers given after `::` are *data-only* (kernel overlayfs 6.5+): they
+//! sit at the bottom of the stack but no name is ever looked up in them;
+//! only the absolute `overlay.redirect` of a metacopy file reaches them.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -85,6 +89,9 @@ pub fn join_path(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {
 pub struct LayerStack {
     upper: Option<Layer>,
     lowers: Vec<Layer>,
+    /// How many of `lowers` (the first ones) are looked up by name; the
+    /// rest are data-only.
+    normal: usize,
     index: Option<Layer>,
 }
 
@@ -92,6 +99,16 @@ impl LayerStack {
     /// Opens every layer root. Paths were validated by the CLI; this only
     /// fails if one vanished since.
     pub fn open(upper: Option<&Path>, lowers: &[PathBuf]) -> Result<LayerStack> {
+        LayerStack::open_with_data(upper, lowers, &[])
+    }
+
+    /// [`LayerStack::open`] with data-only lowers below the others (given
+    /// after `::`), reached only through metacopy redirects.
+    pub fn open_with_data(
+        upper: Option<&Path>,
+        lowers: &[PathBuf],
+        data_only: &[PathBuf],
+    ) -> Result<LayerStack> {
         let mut devs: Vec<u64> = Vec::new();
         let mut open_one = |id: LayerId, path: &Path| -> Result<Layer> {
             let root = sys::open_dir_path(path)?;
@@ -112,17 +129,20 @@ impl LayerStack {
             })
         };
         let upper = upper.map(|p| open_one(UPPER, p)).transpose()?;
+        let normal = lowers.len();
         let lowers = lowers
             .iter()
+            .chain(data_only)
             .enumerate()
             .map(|(i, p)| open_one((i + 1) as LayerId, p))
             .collect::<Result<Vec<_>>>()?;
-        if lowers.is_empty() {
+        if normal == 0 {
             return Err(Error::errno(libc::EINVAL).context("no lower layer"));
         }
         Ok(LayerStack {
             upper,
             lowers,
+            normal,
             index: None,
         })
     }
@@ -150,14 +170,26 @@ impl LayerStack {
         self.index = Some(index);
     }
 
-    /// The lowers, top first.
+    /// The lowers looked up by name, top first (data-only ones left out:
+    /// no name is ever found in them, see [`LayerStack::data_only`]).
     pub fn lowers(&self) -> &[Layer] {
+        &self.lowers[..self.normal]
+    }
+
+    /// The data-only lowers (given after `::`), top first.
+    pub fn data_only(&self) -> &[Layer] {
+        &self.lowers[self.normal..]
+    }
+
+    /// Every lower, data-only ones included, top first.
+    pub fn lowers_with_data(&self) -> &[Layer] {
         &self.lowers
     }
 
-    /// Every layer, top first: the upper (if any), then the lowers.
+    /// Every layer looked up by name, top first: the upper (if any), then
+    /// the lowers (data-only ones left out).
     pub fn all(&self) -> impl Iterator<Item = &Layer> {
-        self.upper.iter().chain(self.lowers.iter())
+        self.upper.iter().chain(self.lowers().iter())
     }
 
     /// Ids of every layer, top first.

@@ -7,13 +7,18 @@
 //! kernel overlayfs's) sends the layers below it elsewhere: to a path from
 //! each lower root (`/a/b`, after which every lower below is searched, as
 //! the kernel does), or to another name in the same parent.
+//!
+//! A regular file carrying `overlay.metacopy` holds only metadata: the walk
+//! goes on below it (to its redirect, else the same name) to the first file
+//! that holds its own bytes, the data file. An absolute redirect of one is
+//! the only way into data-only lowers (given after `::`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use crate::dirs::LayerDir;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layer::{split_path, LayerId, INDEX, UPPER};
 use crate::node::{Lower, LowerAt, Node, Stack};
 use crate::sys::{self, Stat};
@@ -72,7 +77,12 @@ struct Cursor<'a> {
     parent_layers: Vec<LayerId>,
     /// An absolute redirect was met: every lower below is searched.
     from_root: bool,
+    /// Lowers looked up by name.
     n_lowers: LayerId,
+    /// Lowers including data-only ones, searched for a metacopy's data.
+    n_with_data: LayerId,
+    /// Looking for a metacopy's data: data-only lowers count too.
+    to_data: bool,
 }
 
 impl Cursor<'_> {
@@ -80,7 +90,14 @@ impl Cursor<'_> {
     fn next(&self, after: Option<LayerId>) -> Option<LayerId> {
         match after {
             None => self.parent_layers.first().copied(),
-            Some(cur) if self.from_root => (cur < self.n_lowers).then_some(cur + 1),
+            Some(cur) if self.from_root => {
+                let last = if self.to_data {
+                    self.n_with_data
+                } else {
+                    self.n_lowers
+                };
+                (cur < last).then_some(cur + 1)
+            }
             Some(cur) => self.parent_layers.iter().copied().find(|l| *l > cur),
         }
     }
@@ -198,6 +215,8 @@ pub fn resolve_listed(
         parent_layers: parent.stack().layers().collect(),
         from_root: false,
         n_lowers: tree.layers.lowers().len() as LayerId,
+        n_with_data: tree.layers.lowers_with_data().len() as LayerId,
+        to_data: false,
     };
     let mut stack = Stack::default();
     let mut top: Option<Stat> = None;
@@ -206,6 +225,8 @@ pub fn resolve_listed(
     let mut at = LowerAt::Parent;
     let mut layer = None;
     let mut opaque_on_path = false;
+    // The data file a metacopy's bytes come from, once found.
+    let mut data: Option<Stat> = None;
     while let Some(layer_id) = cursor.next(layer) {
         layer = Some(layer_id);
         // A lower whose listing of the parent lacks the name: nothing there
@@ -240,10 +261,14 @@ pub fn resolve_listed(
             InLayer::Object(st) => st,
         };
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let is_top = top.is_none();
         match top {
             None => top = Some(st),
+            // A metacopy's data must be a regular file (the kernel says EIO).
+            Some(_) if cursor.to_data && !is_reg => break,
             // Below a directory only directories merge; anything else ends it.
-            Some(_) if !is_dir => break,
+            Some(_) if !is_dir && !cursor.to_data => break,
             Some(_) => {}
         }
         if layer_id == UPPER {
@@ -258,7 +283,27 @@ pub fn resolve_listed(
             }
         }
         if !is_dir {
-            break;
+            // An empty file's bytes are nobody's: no metacopy to look for.
+            let meta = match is_reg && st.st_size > 0 {
+                true => whiteout::metacopy_of(pdir.fd(), &here)?,
+                false => None,
+            };
+            let Some(redirect) = meta else {
+                if cursor.to_data {
+                    data = Some(st);
+                }
+                cursor.to_data = false;
+                break;
+            };
+            stack.metacopy |= is_top;
+            cursor.to_data = true;
+            if let Some(r) = redirect {
+                at = redirected(&at, &r);
+                if matches!(at, LowerAt::Root(_)) {
+                    cursor.from_root = true;
+                }
+            }
+            continue;
         }
         // A lower directory never changes: one held open for this node
         // serves again (a lookup repeats for every name below it).
@@ -297,9 +342,21 @@ pub fn resolve_listed(
             break;
         }
     }
-    let Some(stat) = top else {
+    let Some(mut stat) = top else {
         return Ok(None);
     };
+    if cursor.to_data {
+        return Err(Error::errno(libc::EIO).context(format!(
+            "metacopy file {} has no data file below it",
+            crate::layer::show_name(name)
+        )));
+    }
+    if let Some(d) = data {
+        // Its size and blocks are the data's (the kernel's metacopy shows
+        // the same: the upper file is a hole of the data's size).
+        stat.st_size = d.st_size;
+        stat.st_blocks = d.st_blocks;
+    }
     let kind = stat.st_mode & libc::S_IFMT;
     let ino = match origin {
         Some((layer, st)) => tree.nodes.ino_for(tree.layers.get(layer)?, st.st_ino),
@@ -316,6 +373,13 @@ pub fn resolve_listed(
         && tree.index()?.has(ino)?
     {
         stack.index = Some(crate::index::key(ino));
+        // A name only a lower shows, of an object whose copy (shared by
+        // every name) is a metacopy: that lower file is its data.
+        if !stack.metacopy && !stack.lowers.is_empty() {
+            let key = crate::index::key(ino);
+            let root = tree.root_dir(INDEX)?;
+            stack.metacopy = whiteout::metacopy_of(root.fd(), &key)?.is_some();
+        }
     }
     Ok(Some(Found {
         ino,

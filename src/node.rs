@@ -65,6 +65,10 @@ pub struct Stack {
     /// The object has more than one name: its upper copy is reached through
     /// this entry of the hard-link index (see `index.rs`).
     pub index: Option<OsString>,
+    /// The top object is a metadata-only copy (`overlay.metacopy`): owner,
+    /// mode, times and xattrs are its own, but its bytes (and so its size
+    /// and blocks) are those of the bottom of `lowers`, the data file.
+    pub metacopy: bool,
 }
 
 impl Stack {
@@ -78,6 +82,22 @@ impl Stack {
         } else {
             self.lowers.first().map(|l| l.layer)
         }
+    }
+
+    /// The layer whose file holds the object's bytes: the data file below a
+    /// metacopy, else the top.
+    pub fn data(&self) -> Option<LayerId> {
+        if self.metacopy {
+            self.lowers.last().map(|l| l.layer)
+        } else {
+            self.top()
+        }
+    }
+
+    /// True when the object's bytes are still a lower's though it has an
+    /// upper copy (a metacopy): a write must copy the data up first.
+    pub fn needs_data(&self) -> bool {
+        self.metacopy && self.has_upper_copy()
     }
 
     /// Every layer holding the object in the tree, top first.
@@ -320,6 +340,7 @@ impl NodeTable {
                     })
                     .collect(),
                 index: None,
+                metacopy: false,
             },
             ROOT_INO,
             OsStr::new(""),

@@ -61,7 +61,8 @@ impl Tree {
             .upper()
             .map(|_| root_of(UPPER, upper_changes))
             .transpose()?];
-        for l in layers.lowers() {
+        // Data-only lowers too: a metacopy redirect walks down from their root.
+        for l in layers.lowers_with_data() {
             roots.push(Some(root_of(l.id, Changes::Never)?));
         }
         let index_root = layers

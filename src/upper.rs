@@ -62,6 +62,9 @@ pub struct Upper {
     /// MiB (`UNIONFS_TEST_COPY_DELAY_MS`), so tests can watch a mount
     /// while a copy-up is under way.
     pub copy_delay: Option<std::time::Duration>,
+    /// `-o metacopy=on` in the overlay format: the xattr that marks a
+    /// metadata-only copy (a metadata change copies no bytes).
+    pub metacopy: Option<&'static str>,
 }
 
 /// What a removal must leave behind.

@@ -10,6 +10,7 @@
 //! | dir with `*.overlay.opaque=y` or `user.fuseoverlayfs.opaque=y` | opaque |
 //! | dir containing `.wh..wh..opq` | opaque (OCI/AUFS) |
 //! | dir with `*.overlay.redirect` | its lower contents live at the path it names |
+//! | regular file with `*.overlay.metacopy` | metadata only: its bytes are the lower file's (at its `*.overlay.redirect`, else the same name) |
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
@@ -35,6 +36,11 @@ pub const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overla
 /// from the layer root (`/a/b`) or a name in the same parent (kernel
 /// overlayfs `redirect_dir`).
 pub const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+/// Xattrs that, on a regular file, make it a metadata-only copy whose data
+/// is a lower file's (kernel overlayfs `metacopy=on`). The kernel's v0 value
+/// is empty; later ones carry a version and an fs-verity digest, which we
+/// do not check.
+pub const METACOPY_XATTRS: [&str; 2] = ["trusted.overlay.metacopy", "user.overlay.metacopy"];
 /// Xattrs from the first proposal of xattr whiteouts, on the parent dir.
 pub const WHITEOUTS_DIR_XATTRS: [&str; 2] = ["trusted.overlay.whiteouts", "user.overlay.whiteouts"];
 
@@ -193,6 +199,33 @@ fn is_xattr_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
     Ok(false)
 }
 
+/// For the regular file `name` in a layer's directory `dir`: `None` when it
+/// holds its own bytes, else `Some(redirect)` when it is a metacopy, with
+/// the path or name its data file is at (`None`: the same name in the
+/// layers below). One listing of its xattrs answers the common case.
+pub fn metacopy_of(dir: BorrowedFd, name: &OsStr) -> Result<Option<Option<OsString>>> {
+    let names = match sys::listxattrat(dir, name) {
+        Ok(names) => names,
+        Err(e) if is_xattr_unsupported(e.raw()) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !names.iter().any(|n| METACOPY_XATTRS.iter().any(|x| n == x)) {
+        return Ok(None);
+    }
+    for x in REDIRECT_XATTRS {
+        if !names.iter().any(|n| n == x) {
+            continue;
+        }
+        match sys::getxattrat(dir, name, OsStr::new(x)) {
+            Ok(Some(v)) if !v.is_empty() => return Ok(Some(Some(OsString::from_vec(v)))),
+            Ok(_) => {}
+            Err(e) if is_xattr_unsupported(e.raw()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(None))
+}
+
 /// Errnos meaning "this xattr cannot be here", not a failure.
 pub fn is_xattr_unsupported(errno: i32) -> bool {
     matches!(
@@ -296,6 +329,16 @@ impl UpperFormat {
             UpperFormat::Overlay { trusted: true } => "trusted.overlay.opaque=y",
             UpperFormat::Overlay { trusted: false } => "user.overlay.opaque=y",
             UpperFormat::Oci => "a .wh..wh..opq file",
+        }
+    }
+
+    /// What marks a metadata-only copy (`-o metacopy=on`); `None` in the
+    /// OCI format, which has no such file (its copies are whole).
+    pub fn metacopy_xattr(self) -> Option<&'static str> {
+        match self {
+            UpperFormat::Overlay { trusted: true } => Some(METACOPY_XATTRS[0]),
+            UpperFormat::Overlay { trusted: false } => Some(METACOPY_XATTRS[1]),
+            UpperFormat::Oci => None,
         }
     }
 

@@ -476,10 +476,19 @@ fn lower_list_errors() {
         &["lowerdir", "needs a value"],
     );
 
-    let list = join(&[l.l1.bytes(), b"::", l.l2.bytes()]);
+    // `::` starts the data-only lowers: it may not end the list or start it,
+    // and a data-only lower comes after its own `::`.
+    for bad in [
+        join(&[l.l1.bytes(), b"::"]),
+        join(&[b"::".as_ref(), l.l2.bytes()]),
+        join(&[l.l1.bytes(), b":::", l.l2.bytes()]),
+    ] {
+        fails(&[os("mount"), os("-l"), bad, m.clone()], &["empty entry"]);
+    }
+    let list = join(&[l.l1.bytes(), b"::", l.l2.bytes(), b":", l.l1.bytes()]);
     fails(
         &[os("mount"), os("-l"), list, m.clone()],
-        &["empty entry", "::"],
+        &["data-only", "'::'"],
     );
 
     let missing = s.path("missing");
@@ -801,16 +810,61 @@ fn meaningless_options_warn() {
 fn semantic_options_are_refused() {
     let s = Scratch::new("refuse");
     let l = s.layers();
-    for (option, name) in [
-        ("metacopy=on", "metacopy"),
-        ("metacopy", "metacopy"),
-        ("plugins=/x.so", "plugins"),
-        ("ino32_t", "ino32_t"),
-    ] {
+    for (option, name) in [("plugins=/x.so", "plugins"), ("ino32_t", "ino32_t")] {
         let data = join(&[l.data().bytes(), b",", option.as_bytes()]);
         let e = fails(&[os("-o"), data, os(&l.mnt)], &[name, "not supported"]);
         assert_eq!(e.exit_code, 2);
     }
+}
+
+#[test]
+fn metacopy_and_data_only_lowers() {
+    let s = Scratch::new("metacopy");
+    let l = s.layers();
+    let d1 = s.dir("d1");
+    let d2 = s.dir("d2");
+    // Lowers after `::` are data-only, in both the -l and the -o forms.
+    let list = join(&[
+        l.l1.bytes(),
+        b":",
+        l.l2.bytes(),
+        b"::",
+        d1.bytes(),
+        b"::",
+        d2.bytes(),
+    ]);
+    let config = mount(&[os("mount"), os("-l"), list.clone(), os(&l.mnt)]);
+    assert_eq!(config.lowers, vec![l.l1.clone(), l.l2.clone()]);
+    assert_eq!(config.data_lowers, vec![d1.clone(), d2.clone()]);
+    assert!(!config.metacopy);
+    let data = join(&[b"lowerdir=".as_ref(), list.bytes(), b",metacopy=on"]);
+    let config = mount(&[os("-o"), data, os(&l.mnt)]);
+    assert_eq!(config.data_lowers, vec![d1, d2]);
+    assert!(config.metacopy);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // Plain lists have none.
+    let config = mount(&[os("mount"), os("-l"), l.lower_list(), os(&l.mnt)]);
+    assert!(config.data_lowers.is_empty());
+
+    for (bad, why) in [("metacopy", "needs a value"), ("metacopy=yes", "on or off")] {
+        let data = join(&[l.data().bytes(), b",", bad.as_bytes()]);
+        let e = fails(&[os("-o"), data, os(&l.mnt)], &["metacopy", why]);
+        assert_eq!(e.exit_code, 2);
+    }
+    // A data-only lower nested in the upper is refused like any lower.
+    let inside = s.dir("upper/inside");
+    let list = join(&[l.l1.bytes(), b"::", inside.bytes()]);
+    fails(
+        &[
+            os("mount"),
+            os("-l"),
+            list,
+            os("-u"),
+            os(&l.upper),
+            os(&l.mnt),
+        ],
+        &["is inside"],
+    );
 }
 
 #[test]

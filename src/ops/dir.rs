@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use super::file::real_open_flags;
 use super::{Attr, Caller, NewObject, UnionFs};
 use crate::acl;
+use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
 use crate::index;
 use crate::layer::UPPER;
@@ -267,7 +268,11 @@ impl UnionFs {
         }
         let pnode = self.dir_for_change(newparent)?;
         let why = "hard-linked (a new name is made in the upper)";
-        self.copier()?.node(&node, crate::copy_up::Data::All, why)?;
+        let copier = self.copier()?;
+        copier.node(&node, self.meta_only(), why)?;
+        // The new name is none its lowers hold: a metacopy's data is found
+        // by path from now on.
+        copier.pin_data(&node)?;
         // A plain hard link in the upper, of the upper copy (or of the index
         // entry, for an object that already has one), so the upper stays a
         // layer kernel overlayfs reads with the same link counts.
@@ -377,7 +382,8 @@ impl UnionFs {
         }
         if !found.stack.upper {
             let why = "to be removed or replaced";
-            return self.copier()?.entry(parent, name, found, why);
+            // Whole: the copy is the index entry other names will share.
+            return self.copier()?.entry(parent, name, found, Data::All, why);
         }
         let Ok(node) = self.tree.nodes.get(found.ino) else {
             return Ok(());

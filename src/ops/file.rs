@@ -69,9 +69,11 @@ impl UnionFs {
             };
             self.copier()?.node(&node, data, why)?;
         }
+        // A read of a metacopy is served by its data file (a write open
+        // copied the data up above, so the top holds it then).
         let layer = node
             .stack()
-            .top()
+            .data()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
         let fd = self.tree.open(&node, layer, real_open_flags(flags))?;
         if flags & libc::O_TRUNC != 0 && is_upper_copy(layer) {

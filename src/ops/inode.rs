@@ -65,7 +65,12 @@ impl UnionFs {
     /// open file that was unlinked still answers fstat(2).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
         let node = self.tree.nodes.get(ino)?;
-        if let Some(h) = fh.and_then(|fh| self.handles.file(fh).ok()) {
+        // A metacopy read through the data file: its metadata is the top's.
+        let metacopy = node.stack().metacopy && !node.is_dead();
+        if let Some(h) = fh
+            .filter(|_| !metacopy)
+            .and_then(|fh| self.handles.file(fh).ok())
+        {
             let real = h.real();
             let mut st = sys::fstat(handles::fd_of(&real))?;
             self.force_fd(real.0, handles::fd_of(&real), &mut st);
@@ -205,7 +210,8 @@ impl UnionFs {
             value
         };
         let node = self.tree.nodes.get(ino)?;
-        self.copier()?.node(&node, Data::All, "an xattr set")?;
+        self.copier()?
+            .node(&node, self.meta_only(), "an xattr set")?;
         let fd = self.top_fd(&node)?;
         let r = upper.set_xattr(fd.as_fd(), name, value, flags);
         // After the change: a look that began before it then keeps nothing.
@@ -249,7 +255,8 @@ impl UnionFs {
         if self.top_xattr(&node, name)?.is_none() {
             return fail(libc::ENODATA);
         }
-        self.copier()?.node(&node, Data::All, "an xattr removed")?;
+        self.copier()?
+            .node(&node, self.meta_only(), "an xattr removed")?;
         let fd = self.top_fd(&node)?;
         let r = upper.remove_xattr(fd.as_fd(), name);
         node.xattrs_changed();
@@ -283,10 +290,10 @@ impl UnionFs {
         if set.size.is_some() && node.is_dir() {
             return fail(libc::EISDIR);
         }
-        let data = if set.size == Some(0) {
-            Data::Skip
-        } else {
-            Data::All
+        let data = match set.size {
+            Some(0) => Data::Skip,
+            Some(_) => Data::All,
+            None => self.meta_only(),
         };
         // A size change sets the mtime; a truncate to zero copies no data,
         // so the copy is already empty and the layer would not see one.

@@ -148,6 +148,7 @@ impl UnionFs {
                 work,
                 format,
                 copy_delay,
+                metacopy: None,
             });
             layers.set_index(index);
         } else {
@@ -181,6 +182,28 @@ impl UnionFs {
     pub fn with_owners(mut self, owners: Owners) -> UnionFs {
         self.owners = owners;
         self
+    }
+
+    /// `-o metacopy=on`: a metadata change of a lower file copies up its
+    /// metadata only (kernel overlayfs's format), its bytes stay below until
+    /// a write. Without effect in the OCI format, which has no such file.
+    pub fn with_metacopy(mut self, on: bool) -> UnionFs {
+        if let Some(upper) = &mut self.upper {
+            upper.metacopy = upper.format.metacopy_xattr().filter(|_| on);
+            if on && upper.metacopy.is_none() {
+                log::warn!("metacopy=on has no effect in the OCI format: copies are whole");
+            }
+        }
+        self
+    }
+
+    /// What a change of metadata only copies up: the metadata alone with
+    /// `-o metacopy=on`, else everything.
+    fn meta_only(&self) -> Data {
+        match self.upper.as_ref().and_then(|u| u.metacopy) {
+            Some(_) => Data::Meta,
+            None => Data::All,
+        }
     }
 
     /// Makes fsync, fdatasync and fsyncdir no-ops (`-o volatile`).
@@ -238,10 +261,10 @@ impl UnionFs {
             return false;
         };
         let stack = node.stack();
-        if node.kind != libc::S_IFREG || stack.has_upper_copy() {
+        if node.kind != libc::S_IFREG || (stack.has_upper_copy() && !stack.needs_data()) {
             return false;
         }
-        stack.top().is_some_and(|layer| {
+        stack.data().is_some_and(|layer| {
             self.tree
                 .stat(&node, layer)
                 .is_ok_and(|st| st.st_size >= LONG_COPY)
@@ -284,6 +307,12 @@ impl UnionFs {
                 .ok_or_else(|| Error::errno(libc::ESTALE).context("node with no layer"))?;
             let mut st = self.tree.stat(node, layer)?;
             self.force_at(node, layer, &mut st);
+            if let Some(data) = stack.data().filter(|_| stack.metacopy) {
+                // A metacopy's size and blocks are its data file's.
+                let dst = self.tree.stat(node, data)?;
+                st.st_size = dst.st_size;
+                st.st_blocks = dst.st_blocks;
+            }
             st
         };
         Ok(self.finish_attr(node.ino, &stack, &mut st))
@@ -298,7 +327,12 @@ impl UnionFs {
         // name shares, and counts its names across layers.
         if let (Some(key), Ok(index)) = (&stack.index, self.tree.index()) {
             if let Ok(ist) = sys::statat(index.layer.root(), key) {
+                // A metacopy entry's bytes are the data's, given in `st`.
+                let data = (st.st_size, st.st_blocks);
                 *st = ist;
+                if stack.metacopy {
+                    (st.st_size, st.st_blocks) = data;
+                }
                 st.st_nlink = index.nlink(ino, ist.st_nlink).unwrap_or(ist.st_nlink);
                 if !self.forced.is_off() {
                     if let Ok(fd) = sys::openat(index.layer.root(), key, libc::O_PATH, 0) {

@@ -16,6 +16,7 @@ use parking_lot::MutexGuard;
 
 use super::UnionFs;
 
+use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
 use crate::layer::UPPER;
 use crate::lookup::{self, Found};
@@ -158,8 +159,20 @@ impl UnionFs {
     ) -> Result<Ready> {
         let copier = self.copier()?;
         if found.kind != libc::S_IFDIR {
-            copier.entry(parent, name, found, "renamed")?;
-            return Ok(Ready::default());
+            copier.entry(parent, name, found, self.meta_only(), "renamed")?;
+            // A metacopy lands where its lowers do not hold it: its data is
+            // found by path from now on.
+            let Some(now) = lookup::resolve(&self.tree, parent, name)? else {
+                return fail(libc::ENOENT);
+            };
+            if !now.stack.needs_data() {
+                return Ok(Ready::default());
+            }
+            let node = Node::detached(now.ino, now.kind, now.stack, parent.ino, name);
+            return Ok(Ready {
+                lowers: copier.pin_data(&node)?,
+                ..Ready::default()
+            });
         }
         let node = match self.tree.nodes.get(found.ino) {
             Ok(n) if n.is_at(parent.ino, name) => n,
@@ -224,7 +237,7 @@ impl UnionFs {
             });
         }
         if !found.stack.upper {
-            copier.entry(parent, name, found, "renamed")?;
+            copier.entry(parent, name, found, Data::All, "renamed")?;
         }
         let udir = self.upper_dir(parent, name)?;
         if let Some(Lower {

@@ -333,14 +333,19 @@ fn empty_lower_list() {
         f.extend(refused(&s.t, what, &args, &["lower"]));
     }
     // An empty element in the list is a missing directory, not "skip it".
-    let mut dbl = s.l1.clone().into_os_string();
-    dbl.push("::");
-    dbl.push(&s.l2);
+    // (`L1::L2` is no empty element: L2 is a data-only lower, as in kernel
+    // overlayfs; three colons are one.)
+    let mut triple = s.l1.clone().into_os_string();
+    triple.push(":::");
+    triple.push(&s.l2);
     let mut trailing = s.l1.clone().into_os_string();
     trailing.push(":");
+    let mut dbl_trailing = s.l1.clone().into_os_string();
+    dbl_trailing.push("::");
     for (what, list) in [
-        ("-l L1::L2", dbl),
+        ("-l L1:::L2", triple),
         ("-l L1:", trailing),
+        ("-l L1::", dbl_trailing),
         ("-l :", OsString::from(":")),
     ] {
         f.extend(refused(

@@ -10,7 +10,8 @@
 # target/differential-repros/SEED/. Other knobs pass through the environment:
 # UNIONFS_DIFF_OPS (operations per sequence, 50), UNIONFS_DIFF_THREADS,
 # UNIONFS_DIFF_SHRINK, UNIONFS_DIFF_MAX_SHRINKS, UNIONFS_DIFF_SKIP_OPS,
-# UNIONFS_DIFF_NO_LOWER_LINKS, UNIONFS_DIFF_SKIP_KNOWN_BUGS (see the test).
+# UNIONFS_DIFF_NO_LOWER_LINKS, UNIONFS_DIFF_SKIP_KNOWN_BUGS, UNIONFS_DIFF_METACOPY
+# (1: both sides with metacopy=on) (see the test).
 # Rerun one failing sequence: UNIONFS_DIFF_SEQ_SEED=0x... (printed per failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -47,7 +47,9 @@
 //! isolates out of a run: `UNIONFS_DIFF_SKIP_OPS` (comma-separated operation
 //! kinds never generated, e.g. `link,rename-exchange`) and
 //! `UNIONFS_DIFF_NO_LOWER_LINKS=1` (no hard links in the lowers); both
-//! change what a seed generates. `scripts/differential.sh [N] [SEED]` runs
+//! change what a seed generates. `UNIONFS_DIFF_METACOPY=1` runs both sides
+//! with metadata-only copy-up (kernel `metacopy=on`, unionfs
+//! `-o metacopy=on`). `scripts/differential.sh [N] [SEED]` runs
 //! long campaigns.
 
 mod common;
@@ -268,6 +270,9 @@ impl Config {
         }
         if !self.lower_links {
             s.push_str(" UNIONFS_DIFF_NO_LOWER_LINKS=1");
+        }
+        if runner::metacopy() {
+            s.push_str(" UNIONFS_DIFF_METACOPY=1");
         }
         if let Ok(v) = std::env::var("UNIONFS_DIFF_SKIP_KNOWN_BUGS") {
             s.push_str(&format!(" UNIONFS_DIFF_SKIP_KNOWN_BUGS={v}"));

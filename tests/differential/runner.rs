@@ -24,6 +24,35 @@ use crate::{expected_for, Site};
 /// `index=on` so hard links survive copy-up as in unionfs.
 pub const KERNEL_OPTS: &[&str] = &["redirect_dir=on", "index=on"];
 
+/// `UNIONFS_DIFF_METACOPY=1`: both sides copy up metadata only where they
+/// can (kernel `metacopy=on`, unionfs `-o metacopy=on`).
+pub fn metacopy() -> bool {
+    std::env::var("UNIONFS_DIFF_METACOPY").is_ok_and(|v| v == "1")
+}
+
+/// [`KERNEL_OPTS`], with `metacopy=on` in metacopy mode.
+pub fn kernel_opts() -> Vec<&'static str> {
+    let mut v = KERNEL_OPTS.to_vec();
+    if metacopy() {
+        v.push("metacopy=on");
+    }
+    v
+}
+
+/// `metacopy=on` for the kernel in metacopy mode, else nothing.
+fn metacopy_opt() -> Vec<&'static str> {
+    kernel_opts().split_off(KERNEL_OPTS.len())
+}
+
+/// unionfs's options besides the layers.
+fn unionfs_opts(write_format: &str) -> Vec<&str> {
+    let mut v = vec!["--format", write_format];
+    if metacopy() {
+        v.extend(["-o", "metacopy=on"]);
+    }
+    v
+}
+
 /// `unionfs mount`, once: `unionfs umount` returns only after the previous
 /// daemon of the same upper has exited, so its lock is always free here.
 fn mount_unionfs(lowers: &[&Path], upper: &Path, work: &Path, mnt: &Path, extra: &[&str]) -> Mount {
@@ -232,8 +261,8 @@ fn run_inner(root: &Path, spec: &StackSpec, src: Source, result: &mut RunResult)
         .map(|l| tree::snap_with(l, true))
         .collect();
 
-    let km = mount_kernel_overlay(&as_paths(&kl), Some(kup), Some(kwork), kmnt, KERNEL_OPTS);
-    let uargs = ["--format", spec.write_format];
+    let km = mount_kernel_overlay(&as_paths(&kl), Some(kup), Some(kwork), kmnt, &kernel_opts());
+    let uargs = unionfs_opts(spec.write_format);
     let um = mount_unionfs(&as_paths(&ul), uup, uwork, umnt, &uargs);
 
     let mut ks = tree::snap(kmnt);
@@ -393,7 +422,7 @@ fn run_inner(root: &Path, spec: &StackSpec, src: Source, result: &mut RunResult)
             Some(uup),
             Some(&d2[0]),
             &d2[1],
-            &["redirect_dir=on", "index=off"],
+            &[&["redirect_dir=on", "index=off"][..], &metacopy_opt()].concat(),
         );
         let ks2 = tree::snap(&d2[1]);
         km2.umount();
@@ -831,12 +860,12 @@ pub fn repro_script(base: &Path, tag: &str, spec: &StackSpec, ops: &[Op], title:
     line(&format!(
         "mount -t overlay overlay -o lowerdir={},upperdir=$T/k/upper,workdir=$T/k/work,{} $T/k/mnt || exit 1",
         klist.join(":"),
-        KERNEL_OPTS.join(",")
+        kernel_opts().join(",")
     ));
     line(&format!(
-        "\"$UNIONFS\" mount -l {} -u $T/u/upper -w $T/u/work --format {} $T/u/mnt || exit 1",
+        "\"$UNIONFS\" mount -l {} -u $T/u/upper -w $T/u/work {} $T/u/mnt || exit 1",
         ulist.join(":"),
-        spec.write_format
+        unionfs_opts(spec.write_format).join(" ")
     ));
     // The harness reads the whole tree before and after each operation
     // (some bugs need the objects looked up first): so does the script.

@@ -124,9 +124,18 @@ impl CopyUp<'_> {
                 return Ok(()); // another writer did it while we waited
             }
             let started = Instant::now();
-            let to = self.tree.open(node, top, libc::O_WRONLY)?;
+            let before = self.tree.stat(node, top)?;
+            let to = match self.tree.open(node, top, libc::O_WRONLY) {
+                // A daemon without CAP_DAC_OVERRIDE (rootless) may not
+                // write a file whose mode says read-only: writable for the
+                // copy, its mode put back below.
+                Err(e) if e.is(libc::EACCES) => self.tree.at_locked(node, top, |dir, name| {
+                    sys::fchmodat(dir.fd(), name, (before.st_mode | 0o200) & 0o7777)?;
+                    sys::openat(dir.fd(), name, libc::O_WRONLY, 0)
+                })?,
+                r => r?,
+            };
             let to = to.as_fd();
-            let before = sys::fstat(to)?;
             // Writing drops a capability and may drop setuid/setgid: they
             // are put back after, with the times writing changes.
             let capability = match sys::fgetxattr(to, OsStr::new(CAPABILITY)) {

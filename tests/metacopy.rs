@@ -582,3 +582,64 @@ fn unprivileged_user_makes_user_xattr_metacopies() {
     assert_eq!(read(&ua), format!("{a}\nmore\n").into_bytes());
     sum.assert_unchanged();
 }
+
+/// The offline tools read a metacopy's bytes from its data file: a squash
+/// and a committed layer hold the lower's bytes under the new metadata.
+#[test]
+fn squash_and_commit_carry_a_metacopy_s_bytes() {
+    if !require_mount_env() || !require_commands(&["tar"]) {
+        return;
+    }
+    let s = setup("meta-tools");
+    let m = s.mount(&["-o", "metacopy=on"]);
+    fs::set_permissions(m.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(m.join("b"), m.join("b2")).unwrap();
+    fs::set_permissions(m.join("linked"), fs::Permissions::from_mode(0o604)).unwrap();
+    m.umount();
+    assert_metacopy(&s.upper, "a", tagged("a").len() as u64);
+    let (l, u) = (s.lower.as_os_str(), s.upper.as_os_str());
+
+    let out_dir = s.t.join("squashed");
+    let out = unionfs([
+        "squash".as_ref(),
+        "-l".as_ref(),
+        l,
+        "-u".as_ref(),
+        u,
+        "-o".as_ref(),
+        out_dir.as_os_str(),
+    ]);
+    assert!(out.success(), "{out}");
+    let tar_file = s.t.join("layer.tar");
+    let out = unionfs([
+        "commit".as_ref(),
+        "-l".as_ref(),
+        l,
+        "-u".as_ref(),
+        u,
+        "-o".as_ref(),
+        tar_file.as_os_str(),
+    ]);
+    assert!(out.success(), "{out}");
+    let unpacked = s.t.mkdir("unpacked");
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&tar_file)
+            .arg("-C")
+            .arg(&unpacked),
+        "tar -x",
+    );
+    for dir in [&out_dir, &unpacked] {
+        assert_eq!(read(&dir.join("a")), tagged("a"), "{}", dir.display());
+        assert_eq!(lstat(&dir.join("a")).mode() & 0o7777, 0o600);
+        assert_eq!(read(&dir.join("b2")), tagged("b"), "{}", dir.display());
+        assert_eq!(
+            read(&dir.join("linked")),
+            tagged("linked"),
+            "{}",
+            dir.display()
+        );
+    }
+    assert_eq!(read(&out_dir.join("linked2")), tagged("linked"));
+}

@@ -542,6 +542,7 @@ impl Checker<'_> {
         let below = Node {
             path: dir.path.clone(),
             parts: dir.parts[i + 1..].to_vec(),
+            data: None,
         };
         if !below.parts.is_empty() && self.union.lookup(&below, hidden, false)?.node.is_some() {
             return Ok(());

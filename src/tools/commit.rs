@@ -150,11 +150,14 @@ impl<W: Write> Archive<W> {
                 }
                 self.xattrs(node)?;
                 let mut h = head(self, EntryType::Regular);
-                h.set_size(st.st_size as u64);
-                let f = File::from(top.open(libc::O_RDONLY)?);
+                // A metacopy's bytes are its data file's.
+                let bytes = node.data_part();
+                let size = bytes.stat.st_size as u64;
+                h.set_size(size);
+                let f = File::from(bytes.open(libc::O_RDONLY)?);
                 // A file that changes size while archived would corrupt the
                 // archive; take exactly the size in the header.
-                let mut data = io::Read::take(f, st.st_size as u64);
+                let mut data = io::Read::take(f, size);
                 self.tar
                     .append_data(&mut h, Path::new(path), &mut data)
                     .map_err(|e| fail(&e))?;

@@ -59,7 +59,8 @@ fn write_node(
                 0o600,
             )
             .map_err(fail)?;
-            copy_data(top, &mut File::from(fd))?;
+            // A metacopy's bytes are its data file's.
+            copy_data(node.data_part(), &mut File::from(fd))?;
         }
         libc::S_IFLNK => {
             let parent_fd = top

@@ -78,6 +78,9 @@ pub struct Node {
     /// Relative to the union root; empty for the root.
     pub path: OsString,
     pub parts: Vec<Part>,
+    /// For a metacopy (`overlay.metacopy`): the file below holding its
+    /// bytes; its metadata is the serving copy's.
+    pub data: Option<Part>,
 }
 
 impl Node {
@@ -93,6 +96,12 @@ impl Node {
 
     pub fn layer(&self) -> LayerId {
         self.top().layer
+    }
+
+    /// The copy holding the bytes: the data file of a metacopy, else the
+    /// serving copy.
+    pub fn data_part(&self) -> &Part {
+        self.data.as_ref().unwrap_or_else(|| self.top())
     }
 
     /// The upper holds this object (copied up, created, or a directory of
@@ -268,6 +277,7 @@ impl Union {
         Ok(Node {
             path: OsString::new(),
             parts,
+            data: None,
         })
     }
 
@@ -349,6 +359,22 @@ impl Union {
         // An opaque directory met on the way down a redirect's path: the
         // search ends at the first layer without the name.
         let mut opaque_on_path = false;
+        // Below a metacopy: looking for the file that holds its bytes.
+        let mut want_data = false;
+        let mut data: Option<Part> = None;
+        // Where the layers below look after a redirect `r` met in layer `id`.
+        let follow = |absolute: &mut Option<(LayerId, OsString)>,
+                      lower_name: &mut OsString,
+                      id: LayerId,
+                      r: &OsStr| {
+            match (r.as_bytes().strip_prefix(b"/"), &*absolute) {
+                (Some(abs), _) => *absolute = Some((id, OsStr::from_bytes(abs).to_os_string())),
+                // A relative redirect on a path from the root replaces its
+                // last component.
+                (None, Some((_, abs))) => *absolute = Some((id, join_path(split_path(abs).0, r))),
+                (None, None) => *lower_name = r.to_os_string(),
+            }
+        };
         // Sets the stop (the first one wins); true when the walk ends here.
         let stop_at = |out: &mut Lookup, stop: Stop| {
             if out.stop.is_none() {
@@ -373,6 +399,7 @@ impl Union {
                             continue;
                         }
                         Place::Absent => continue,
+                        Place::Stop(_) if want_data => break,
                         Place::Stop(stop) => {
                             if stop_at(&mut out, stop) {
                                 break;
@@ -399,6 +426,7 @@ impl Union {
                     continue;
                 }
                 Probe::Absent => continue,
+                Probe::Whiteout(..) if want_data => break,
                 Probe::Whiteout(how, oci) => {
                     if stop_at(
                         &mut out,
@@ -415,6 +443,33 @@ impl Union {
                 Probe::Object(st) => st,
             };
             let kind = st.st_mode & libc::S_IFMT;
+            if want_data {
+                // A metacopy's bytes: the first regular file below that is
+                // no metacopy itself (anything else: none, as the mount says).
+                if kind != libc::S_IFREG {
+                    break;
+                }
+                match whiteout::metacopy_of(pfd.as_fd(), &pname)? {
+                    Some(Some(r)) => follow(&mut absolute, &mut lower_name, id, &r),
+                    Some(None) => {}
+                    None => {
+                        want_data = false;
+                        data = Some(Part {
+                            layer: id,
+                            path: path_in_layer,
+                            stat: st,
+                            parent: Some(pfd.clone()),
+                            dir: None,
+                            marks: DirMarks::default(),
+                            redirect: None,
+                        });
+                        if !explain {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
             if out.stop.is_some() {
                 out.cut.push((id, path_in_layer, kind));
                 continue;
@@ -458,17 +513,7 @@ impl Union {
                     None
                 };
                 if let Some(r) = &part.redirect {
-                    match (r.as_bytes().strip_prefix(b"/"), &absolute) {
-                        (Some(abs), _) => {
-                            absolute = Some((id, OsStr::from_bytes(abs).to_os_string()))
-                        }
-                        // A relative redirect on a path from the root
-                        // replaces its last component.
-                        (None, Some((_, abs))) => {
-                            absolute = Some((id, join_path(split_path(abs).0, r)))
-                        }
-                        (None, None) => lower_name = r.clone(),
-                    }
+                    follow(&mut absolute, &mut lower_name, id, r);
                 }
                 parts.push(part);
                 if let Some(how) = how {
@@ -478,10 +523,21 @@ impl Union {
                     }
                 }
             } else {
+                let meta = match kind == libc::S_IFREG && st.st_size > 0 {
+                    true => whiteout::metacopy_of(pfd.as_fd(), &pname)?,
+                    false => None,
+                };
                 parts.push(part);
                 out.stop = Some(Stop::Shadow { layer: id });
-                if !explain {
-                    break;
+                match meta {
+                    Some(r) => {
+                        want_data = true;
+                        if let Some(r) = r {
+                            follow(&mut absolute, &mut lower_name, id, &r);
+                        }
+                    }
+                    None if !explain => break,
+                    None => {}
                 }
             }
         }
@@ -497,12 +553,29 @@ impl Union {
                     .insert(0, (lower.layer, lower.path.clone(), lower.kind()));
                 out.stop.get_or_insert(Stop::Shadow { layer: INDEX });
             }
+            // A lower name of an object whose shared copy is a metacopy:
+            // that lower file holds the bytes.
+            let meta = match (entry.kind() == libc::S_IFREG, &entry.parent) {
+                (true, Some(p)) => whiteout::metacopy_of(p.as_fd(), entry.name())?.is_some(),
+                _ => false,
+            };
+            if meta && data.is_none() && parts[0].layer != UPPER {
+                data = Some(parts[0].clone());
+                want_data = false;
+            }
             parts = vec![entry];
+        }
+        if want_data {
+            return Err(crate::error::Error::errno(libc::EIO).context(format!(
+                "metacopy {} has no data file below it",
+                show_path(&join_path(&parent.path, name))
+            )));
         }
         if !parts.is_empty() {
             out.node = Some(Node {
                 path: join_path(&parent.path, name),
                 parts,
+                data,
             });
         }
         Ok(out)

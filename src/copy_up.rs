@@ -137,7 +137,9 @@ impl CopyUp<'_> {
             };
             let to = to.as_fd();
             // Writing drops a capability and may drop setuid/setgid: they
-            // are put back after, with the times writing changes.
+            // are put back after. The mtime stays the copy's, as kernel
+            // overlayfs leaves it (so an open for write that writes nothing
+            // still changes it there, and here alike).
             let capability = match sys::fgetxattr(to, OsStr::new(CAPABILITY)) {
                 Ok(v) => v,
                 Err(e) if whiteout::is_xattr_unsupported(e.raw()) => None,
@@ -159,7 +161,6 @@ impl CopyUp<'_> {
             if let Some(cap) = capability {
                 sys::fsetxattr(to, OsStr::new(CAPABILITY), &cap, 0)?;
             }
-            sys::futimens(to, atime(&before), mtime(&before))?;
             for x in whiteout::METACOPY_XATTRS {
                 match sys::fremovexattr(to, OsStr::new(x)) {
                     Ok(()) => {}

@@ -44,13 +44,16 @@ fn metacopy_opt() -> Vec<&'static str> {
     kernel_opts().split_off(KERNEL_OPTS.len())
 }
 
-/// unionfs's options besides the layers.
+/// unionfs's options besides the layers. In metacopy mode the upper is
+/// always in the overlay format: the OCI format has no metacopy, and its
+/// whole copies would differ from the kernel's metacopies where the kernel
+/// differs from itself (its metacopy's mtime becomes the time its bytes
+/// are copied up).
 fn unionfs_opts(write_format: &str) -> Vec<&str> {
-    let mut v = vec!["--format", write_format];
     if metacopy() {
-        v.extend(["-o", "metacopy=on"]);
+        return vec!["--format", "overlay", "-o", "metacopy=on"];
     }
-    v
+    vec!["--format", write_format]
 }
 
 /// `unionfs mount`, once: `unionfs umount` returns only after the previous
@@ -415,7 +418,7 @@ fn run_inner(root: &Path, spec: &StackSpec, src: Source, result: &mut RunResult)
     // (docs/design.md §2) and shows the same view. Its hard-link index lives in
     // unionfs's work dir, which the kernel does not read: skipped when the
     // lowers have hard links.
-    if spec.write_format == "overlay" && !spec.has_links() {
+    if (spec.write_format == "overlay" || metacopy()) && !spec.has_links() {
         let d2 = mkdirs(root, &["kwork2", "kmnt2"]);
         let km2 = mount_kernel_overlay(
             &as_paths(&kl),

@@ -151,7 +151,13 @@ impl CopyUp<'_> {
             if data == Data::All {
                 let src = self.tree.open(node, from, libc::O_RDONLY)?;
                 let st = sys::fstat(src.as_fd())?;
-                method = copy_data(src.as_fd(), to, &st)?;
+                method = match self.upper.copy_delay {
+                    None => copy_data(src.as_fd(), to, &st)?,
+                    Some(delay) => {
+                        copy_slowly(src.as_fd(), to, st.st_size as u64, delay)?;
+                        "read/write, slowed for a test"
+                    }
+                };
                 sys::ftruncate(to, st.st_size as u64)?;
                 bytes = st.st_size;
             }

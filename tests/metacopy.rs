@@ -643,3 +643,75 @@ fn squash_and_commit_carry_a_metacopy_s_bytes() {
     }
     assert_eq!(read(&out_dir.join("linked2")), tagged("linked"));
 }
+
+/// The daemon killed while a metacopy's bytes are being copied in: the
+/// upper file is still a metacopy (its xattr goes last), so the next mount
+/// shows the lower's bytes under the kept metadata, never a partial file,
+/// and a write then completes the copy.
+#[test]
+fn a_crash_while_the_bytes_come_up_leaves_the_metacopy() {
+    if !require_mount_env() {
+        return;
+    }
+    let s = setup("meta-crash");
+    let big = s.lower.join("big8");
+    let want: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&big, &want).unwrap();
+    let sum = checksum_layers(&[&s.lower]);
+    let log = s.t.join("daemon.log");
+    // 1 MiB at a time, 300 ms apart: the copy takes over 2 s.
+    std::env::set_var("UNIONFS_TEST_COPY_DELAY_MS", "300");
+    let started = Daemon::start(
+        &[&s.lower],
+        &s.upper,
+        &s.work,
+        &s.mnt,
+        &["-o", "metacopy=on"],
+        &log,
+        "UNIONFS_TEST_LOG",
+    );
+    std::env::remove_var("UNIONFS_TEST_COPY_DELAY_MS");
+    let mut d = started.unwrap();
+    let shown = s.mnt.join("big8");
+    fs::set_permissions(&shown, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_metacopy(&s.upper, "big8", want.len() as u64);
+    let writer = std::thread::spawn(move || fs::OpenOptions::new().append(true).open(shown));
+    std::thread::sleep(Duration::from_millis(800));
+    d.kill();
+    assert!(
+        writer.join().unwrap().is_err(),
+        "the open outlived the daemon"
+    );
+    d.detach();
+    // Midway: some bytes are in, the xattr still says they are not.
+    let partial = read(&s.upper.join("big8"));
+    assert!(
+        partial[..1 << 20] == want[..1 << 20],
+        "the copy had begun when the daemon died"
+    );
+    assert_eq!(
+        sys::lgetxattr(&s.upper.join("big8"), META).ok().as_deref(),
+        Some(&b""[..]),
+        "the metacopy xattr goes only once every byte is in"
+    );
+
+    let m = s.mount(&["-o", "metacopy=on"]);
+    assert!(
+        read(&m.join("big8")) == want,
+        "the lower's bytes, not a partial copy"
+    );
+    assert_eq!(lstat(&m.join("big8")).mode() & 0o7777, 0o600);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("big8"))
+        .unwrap()
+        .write_all(b"end")
+        .unwrap();
+    let mut whole = want.clone();
+    whole.extend_from_slice(b"end");
+    assert!(read(&m.join("big8")) == whole);
+    m.umount();
+    assert_not_metacopy(&s.upper, "big8");
+    assert!(read(&s.upper.join("big8")) == whole);
+    sum.assert_unchanged();
+}

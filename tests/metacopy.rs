@@ -584,9 +584,10 @@ fn unprivileged_user_makes_user_xattr_metacopies() {
 }
 
 /// The offline tools read a metacopy's bytes from its data file: a squash
-/// and a committed layer hold the lower's bytes under the new metadata.
+/// and a committed layer hold the lower's bytes under the new metadata, and
+/// `check` finds nothing wrong with a metacopy upper.
 #[test]
-fn squash_and_commit_carry_a_metacopy_s_bytes() {
+fn check_squash_and_commit_take_a_metacopy_for_what_it_is() {
     if !require_mount_env() || !require_commands(&["tar"]) {
         return;
     }
@@ -598,6 +599,25 @@ fn squash_and_commit_carry_a_metacopy_s_bytes() {
     m.umount();
     assert_metacopy(&s.upper, "a", tagged("a").len() as u64);
     let (l, u) = (s.lower.as_os_str(), s.upper.as_os_str());
+
+    // `check` takes a metacopy's redirect for what it is, not a stray
+    // marker on a file (`--repair` removed it, losing the bytes).
+    let out = unionfs([
+        "check".as_ref(),
+        "--repair".as_ref(),
+        "-l".as_ref(),
+        l,
+        "-u".as_ref(),
+        u,
+        "-w".as_ref(),
+        s.work.as_os_str(),
+    ]);
+    assert!(out.success(), "{out}");
+    assert!(!out.stdout.contains("repaired"), "{out}");
+    assert_eq!(
+        sys::lgetxattr(&s.upper.join("b2"), REDIRECT).unwrap(),
+        b"/b"
+    );
 
     let out_dir = s.t.join("squashed");
     let out = unionfs([

@@ -425,13 +425,16 @@ impl Checker<'_> {
             at.to_owned()
         };
         let is_dir = kind == libc::S_IFDIR;
+        // A metacopy's redirect says where its bytes are: it counts.
+        let metacopy =
+            kind == libc::S_IFREG && names.iter().any(|n| one_of(n, &whiteout::METACOPY_XATTRS));
         for x in names {
             let shown = show_name(x);
             // Ignored where it stands: removing it from the upper changes
             // nothing the union shows.
             let ignored = (!is_dir
                 && (one_of(x, &whiteout::OPAQUE_XATTRS)
-                    || one_of(x, &whiteout::REDIRECT_XATTRS)
+                    || (one_of(x, &whiteout::REDIRECT_XATTRS) && !metacopy)
                     || one_of(x, &whiteout::WHITEOUTS_DIR_XATTRS)))
                 || (one_of(x, &whiteout::WHITEOUT_XATTRS) && kind != libc::S_IFREG);
             if ignored {

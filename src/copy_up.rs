@@ -65,7 +65,8 @@ impl CopyUp<'_> {
     /// more: its data and metadata live there, whatever name it was reached
     /// by (giving it an upper name here could bring back a name since
     /// unlinked). `why` says in a few words what asked for the copy, for
-    /// the log ("opened for writing").
+    /// the log ("opened for writing"). Unless `data` is `Meta`, a metacopy
+    /// gets its bytes too.
     pub fn node(&self, node: &Node, data: Data, why: &str) -> Result<()> {
         self.meta(node, data, why)?;
         if data != Data::Meta && node.stack().needs_data() {
@@ -74,7 +75,9 @@ impl CopyUp<'_> {
         Ok(())
     }
 
-    /// [`CopyUp::node`] but for the bytes of a metacopy.
+    /// [`CopyUp::node`] short of a metacopy's bytes: the object has its
+    /// upper copy after it, a metacopy where `data` is `Meta` and the mount
+    /// makes them (or where one already was).
     fn meta(&self, node: &Node, data: Data, why: &str) -> Result<()> {
         if node.stack().has_upper_copy() {
             return Ok(());
@@ -145,10 +148,14 @@ impl CopyUp<'_> {
                 Err(e) if whiteout::is_xattr_unsupported(e.raw()) => None,
                 Err(e) => return Err(e),
             };
-            sys::ftruncate(to, 0)?;
+            // Never emptied before the bytes are in: an empty file is no
+            // metacopy to a lookup, so a crash would show it empty. Bytes
+            // a crashed copy left are the same bytes at the same offsets.
             let mut method = "no bytes (truncated)";
             let mut bytes = 0;
-            if data == Data::All {
+            if data != Data::All {
+                sys::ftruncate(to, 0)?;
+            } else {
                 let src = self.tree.open(node, from, libc::O_RDONLY)?;
                 let st = sys::fstat(src.as_fd())?;
                 method = match self.upper.copy_delay {

@@ -710,6 +710,11 @@ fn a_crash_while_the_bytes_come_up_leaves_the_metacopy() {
         "the copy had begun when the daemon died"
     );
     assert_eq!(
+        partial.len(),
+        want.len(),
+        "the size stays the data's throughout (kernel overlayfs shows it)"
+    );
+    assert_eq!(
         sys::lgetxattr(&s.upper.join("big8"), META).ok().as_deref(),
         Some(&b""[..]),
         "the metacopy xattr goes only once every byte is in"

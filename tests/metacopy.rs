@@ -509,7 +509,44 @@ fn data_only_lowers_are_reached_only_through_metacopy_redirects() {
     assert_eq!(read(&upper.join("g")), b"data of g in d2\n+");
     assert_not_metacopy(&upper, "g");
     assert_eq!(lstat(&m.join("g")).mode() & 0o7777, 0o640);
+    // Renamed, it finds its bytes through the chain: its own redirect to
+    // the metacopy of l1, whose redirect leads into d1.
+    fs::create_dir(m.join("sub")).unwrap();
+    fs::rename(m.join("f"), m.join("sub/f2")).unwrap();
+    assert_eq!(read(&m.join("sub/f2")), b"data of f in d1\n");
+    assert_eq!(
+        sys::lgetxattr(&upper.join("sub/f2"), REDIRECT).unwrap(),
+        b"/f"
+    );
+    let ours = snapshot(m.path());
     m.umount();
+    if require_kernel_overlay() {
+        // Kernel overlayfs reads the upper over the same layers alike.
+        let kmnt = t.mkdir("kmnt2");
+        let kwork = t.mkdir("kwork2");
+        let mut data = std::ffi::OsString::from("lowerdir=");
+        data.push(list(&l1, &d1, &d2));
+        data.push(",upperdir=");
+        data.push(&upper);
+        data.push(",workdir=");
+        data.push(&kwork);
+        data.push(",metacopy=on,redirect_dir=on");
+        let out = run(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(&data)
+                .arg(&kmnt),
+            Duration::from_secs(30),
+        );
+        assert!(out.success(), "kernel overlay mount: {out}");
+        let kernel_view = snapshot(&kmnt);
+        lazy_umount(&kmnt);
+        ours.assert_same(
+            &kernel_view,
+            Fields::VIEW,
+            "our upper over data-only lowers, kernel",
+        );
+    }
     sum.assert_unchanged();
 }
 

@@ -656,6 +656,20 @@ fn check_squash_and_commit_take_a_metacopy_for_what_it_is() {
         b"/b"
     );
 
+    // `which` says where the bytes are.
+    let out = unionfs([
+        "which".as_ref(),
+        "-l".as_ref(),
+        l,
+        "-u".as_ref(),
+        u,
+        "b2".as_ref(),
+    ]);
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("served by  upper"), "{out}");
+    assert!(out.stdout.contains("bytes of   lower 1"), "{out}");
+    assert!(out.stdout.contains("/b (a metacopy"), "{out}");
+
     let out_dir = s.t.join("squashed");
     let out = unionfs([
         "squash".as_ref(),

@@ -176,6 +176,13 @@ pub fn run(
                         super::tree::show_name(r)
                     )?;
                 }
+                if let Some(d) = &node.data {
+                    writeln!(
+                        out,
+                        "  bytes of   {} (a metacopy: only its metadata is above)",
+                        place(d.layer, &d.path)
+                    )?;
+                }
                 for p in &node.parts[1..] {
                     writeln!(out, "  merges     {}", place(p.layer, &p.path))?;
                 }

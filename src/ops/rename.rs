@@ -159,7 +159,12 @@ impl UnionFs {
     ) -> Result<Ready> {
         let copier = self.copier()?;
         if found.kind != libc::S_IFDIR {
-            copier.entry(parent, name, found, self.meta_only(), "renamed")?;
+            let data = self.meta_only();
+            copier.entry(parent, name, found, data, "renamed")?;
+            // No metacopy was there nor made: nothing more to look at.
+            if !found.stack.metacopy && data != Data::Meta {
+                return Ok(Ready::default());
+            }
             // A metacopy lands where its lowers do not hold it: its data is
             // found by path from now on.
             let Some(now) = lookup::resolve(&self.tree, parent, name)? else {

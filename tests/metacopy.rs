@@ -551,7 +551,8 @@ fn data_only_lowers_are_reached_only_through_metacopy_redirects() {
 }
 
 /// As an unprivileged user through fusermount3 (no `trusted.` xattrs): the
-/// metacopy is marked `user.overlay.metacopy`, and reads back.
+/// metacopy is marked `user.overlay.metacopy`, and reads back; a lower's
+/// `user.overlay.` metacopy leads into a data-only lower.
 #[test]
 fn unprivileged_user_makes_user_xattr_metacopies() {
     if !require_mount_env() || !require_commands(&["unshare", "setpriv", "fusermount3"]) {
@@ -567,7 +568,26 @@ fn unprivileged_user_makes_user_xattr_metacopies() {
             "chown",
         );
     }
-    let sum = checksum_layers(&[&s.lower]);
+    // A normal lower whose metacopy leads, by user.overlay.* xattrs (the
+    // kernel's userxattr names), into a data-only lower.
+    let meta_l = s.t.mkdir("meta-l");
+    let data_l = s.t.mkdir("data-l");
+    s.t.write("data-l/blobs/x", b"bytes in the data-only lower\n");
+    s.t.write("data-l/only-here", b"never shown\n");
+    let f = s.t.write("meta-l/f", b"");
+    sys::truncate(&f, 29).unwrap();
+    sys::lsetxattr(&f, b"user.overlay.metacopy", b"").unwrap();
+    sys::lsetxattr(&f, b"user.overlay.redirect", b"/blobs/x").unwrap();
+    let mnt2 = s.t.mkdir("mnt2");
+    for dir in [&meta_l, &data_l, &mnt2] {
+        run_ok(
+            Command::new("chown")
+                .args(["-R", &format!("{USER}:{USER}")])
+                .arg(dir),
+            "chown",
+        );
+    }
+    let sum = checksum_layers(&[&s.lower, &meta_l, &data_l]);
     let fuse = s.t.join("fuse");
     sys::mknod(&fuse, libc::S_IFCHR | 0o666, sys::makedev(10, 229)).expect("mknod fuse");
     fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)).unwrap();
@@ -578,11 +598,16 @@ fn unprivileged_user_makes_user_xattr_metacopies() {
          echo \"A $(stat -c %a {m}/a) $(cat {m}/a)\"; echo \"B2 $(cat {m}/b2)\"; \
          \"$B\" umount {m}; \"$B\" mount -l {l} -u {u} -w {w} {m}; \
          echo \"AGAIN $(cat {m}/a) $(cat {m}/b2)\"; echo more >> {m}/a; \
-         echo \"WROTE $(cat {m}/a | tr '\\n' ' ')\"; \"$B\" umount {m}",
+         echo \"WROTE $(cat {m}/a | tr '\\n' ' ')\"; \"$B\" umount {m}; \
+         \"$B\" mount -l {ml}::{dl} {m2}; \
+         echo \"DATA-ONLY $(cat {m2}/f) LIST $(ls {m2} | tr '\\n' ' ')\"; \"$B\" umount {m2}",
         bin = unionfs_bin(),
         l = s.lower.display(),
         u = s.upper.display(),
         w = s.work.display(),
+        ml = meta_l.display(),
+        dl = data_l.display(),
+        m2 = mnt2.display(),
     );
     let outer = format!(
         "mount --bind {fuse} /dev/fuse || exit 97; \
@@ -605,6 +630,11 @@ fn unprivileged_user_makes_user_xattr_metacopies() {
     assert!(out.stdout.contains(&format!("B2 {b}")), "{out}");
     assert!(out.stdout.contains(&format!("AGAIN {a} {b}")), "{out}");
     assert!(out.stdout.contains(&format!("WROTE {a} more")), "{out}");
+    assert!(
+        out.stdout
+            .contains("DATA-ONLY bytes in the data-only lower LIST f \n"),
+        "{out}"
+    );
     // Where it landed: user.overlay.* marks, never trusted.*.
     let b2 = s.upper.join("b2");
     assert_eq!(sys::lgetxattr(&b2, b"user.overlay.metacopy").unwrap(), b"");

@@ -36,6 +36,8 @@ pub struct Found {
     pub stat: Stat,
     /// Directories opened on the way (top first), to seed the fd cache.
     pub dirs: Vec<(LayerId, Arc<LayerDir>)>,
+    /// The lookup listed the top object's xattrs and it shows none.
+    pub no_xattrs: bool,
 }
 
 /// What one layer holds at a name.
@@ -227,6 +229,8 @@ pub fn resolve_listed(
     let mut opaque_on_path = false;
     // The data file a metacopy's bytes come from, once found.
     let mut data: Option<Stat> = None;
+    // The top object's xattrs, listed to look for a metacopy, show none.
+    let mut top_shows_no_xattrs = false;
     while let Some(layer_id) = cursor.next(layer) {
         layer = Some(layer_id);
         // A lower whose listing of the parent lacks the name: nothing there
@@ -285,7 +289,11 @@ pub fn resolve_listed(
         if !is_dir {
             // An empty file's bytes are nobody's: no metacopy to look for.
             let meta = match is_reg && st.st_size > 0 {
-                true => whiteout::metacopy_of(pdir.fd(), &here)?,
+                true => {
+                    let seen = whiteout::file_xattrs(pdir.fd(), &here)?;
+                    top_shows_no_xattrs |= is_top && seen.none_shown;
+                    seen.metacopy
+                }
                 false => None,
             };
             let Some(redirect) = meta else {
@@ -381,12 +389,15 @@ pub fn resolve_listed(
             stack.metacopy = whiteout::metacopy_of(root.fd(), &key)?.is_some();
         }
     }
+    // (An indexed object's xattrs are its index entry's, not listed here.)
+    let no_xattrs = top_shows_no_xattrs && stack.index.is_none();
     Ok(Some(Found {
         ino,
         kind,
         stack,
         stat,
         dirs,
+        no_xattrs,
     }))
 }
 

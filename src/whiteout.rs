@@ -204,11 +204,46 @@ fn is_xattr_whiteout(dir: BorrowedFd, name: &OsStr) -> Result<bool> {
 /// the path or name its data file is at (`None`: the same name in the
 /// layers below). One listing of its xattrs answers the common case.
 pub fn metacopy_of(dir: BorrowedFd, name: &OsStr) -> Result<Option<Option<OsString>>> {
+    Ok(file_xattrs(dir, name)?.metacopy)
+}
+
+/// What the one listing of a regular file's xattrs that a lookup makes
+/// settles.
+#[derive(Debug)]
+pub struct FileXattrs {
+    /// As [`metacopy_of`] says.
+    pub metacopy: Option<Option<OsString>>,
+    /// It carries no xattr a user sees (only private ones, or none): later
+    /// getxattr and listxattr calls need not ask the layer.
+    pub none_shown: bool,
+}
+
+/// [`metacopy_of`], saying also whether the file shows any xattr.
+pub fn file_xattrs(dir: BorrowedFd, name: &OsStr) -> Result<FileXattrs> {
     let names = match sys::listxattrat(dir, name) {
         Ok(names) => names,
-        Err(e) if is_xattr_unsupported(e.raw()) => return Ok(None),
+        Err(e) if is_xattr_unsupported(e.raw()) => {
+            return Ok(FileXattrs {
+                metacopy: None,
+                none_shown: false,
+            })
+        }
         Err(e) => return Err(e),
     };
+    let none_shown = names.iter().all(|n| is_private_xattr(n));
+    let metacopy = metacopy_in(dir, name, &names)?;
+    Ok(FileXattrs {
+        metacopy,
+        none_shown,
+    })
+}
+
+/// The metacopy the xattr `names` of `name` in `dir` say it is, if any.
+fn metacopy_in(
+    dir: BorrowedFd,
+    name: &OsStr,
+    names: &[OsString],
+) -> Result<Option<Option<OsString>>> {
     if !names.iter().any(|n| METACOPY_XATTRS.iter().any(|x| n == x)) {
         return Ok(None);
     }

@@ -48,6 +48,12 @@ impl UnionFs {
             .nodes
             .remember(found.ino, found.kind, found.stack, parent, name);
         attr.generation = node.generation;
+        if found.no_xattrs {
+            // Seen by this lookup's listing: taken only while no xattr of
+            // the object has changed since the node was made (state 0), so
+            // a change racing with the listing always wins.
+            node.found_no_xattrs(0);
+        }
         if node.is_dir() {
             for (layer, dir) in found.dirs {
                 self.tree.dirs.put(node.ino, layer, dir);

@@ -345,6 +345,14 @@ case "$err" in *busy*) ;; *) exit $rc ;; esac
     done
   done
 } >>"$BUSY_LOG" 2>&1
+# Seen rarely right after a test's last process exits, with no holder left
+# by the time the scan above runs: retried once, and counted in the summary
+# (not hidden) so that the rest of the run is not lost to it.
+sleep 1
+if /usr/bin/umount "$@" 2>/dev/null; then
+  echo "   unmounted on a retry 1 s later" >>"$BUSY_LOG"
+  exit 0
+fi
 exit $rc
 EOF
         chmod 755 "$d/bin/umount"
@@ -452,6 +460,11 @@ for t in $XFS_TARGETS; do
   o="$results/$t"
   printf '%-10s %7s %7s %8s %8s\n' "$t" "$(wc -l <"$o/pass")" "$(wc -l <"$o/bad")" \
     "$(wc -l <"$o/notrun")" "$(cat "$o/seconds")"
+done
+for t in $XFS_TARGETS; do
+  b="$results/$t/umount-busy.log"
+  [ -s "$b" ] || continue
+  echo "$t: umount found the mount busy $(grep -c '^==' "$b") time(s), $(grep -c 'on a retry' "$b") unmounted on a retry (holders logged in $b)"
 done
 unexpected=() total_pass=0 total_fail=0
 for t in $XFS_TARGETS; do

@@ -567,6 +567,9 @@ EOF
   echo "Seconds, median of $RUNS; (x) = ratio to kernel overlayfs; u/peer = unionfs / best of FO1, FO2. CPU = daemon utime+stime over the pass (median), RSS = daemon peak VmHWM (max); client CPU = utime+stime of the workload's own processes on unionfs (median); upper MiB = \`du -s\` of the upper after the pass (median)."
   echo "cold: new mount, caches dropped; fresh: new mount, page cache warm; warm: second pass on the same mount. Writes are not synced unless the row says so;"
   echo "Kernel overlayfs fsyncs every file it copies up (durable copy-up); unionfs does not, and the copy-up row suggests neither fuse-overlayfs does."
+  if [[ " ${sel[*]} " == *" chown-R "* ]]; then
+    echo "chown-R: the generated files are under 4 KiB, so a metadata-only copy-up (kernel metacopy=on: an upper inode with no data extent, whose overlay xattrs take an external 4 KiB xattr block on ext4) uses as many upper bytes as a full data copy-up: there its gain is in time (no data read and written), not in du."
+  fi
   if [ "$MODE" = both ]; then
     echo "MODE=both: the two tables come from one run, interleaved (each row and repetition: root, then rootless), over the same layers."
   fi

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by scripts/bench.sh and scripts/bench_dir_rename.sh.
 # Source it (after `cd` to the repository root); it defines functions and a
 # few globals and runs nothing by itself except `bench_init`, when called.
@@ -14,9 +15,14 @@
 BENCH_TOOLS=${BENCH_TOOLS:-/var/tmp/unionfs-bench-tools}
 FO1_BIN=${FO1_BIN:-/usr/bin/fuse-overlayfs}
 FO2_BIN=${FO2_BIN:-$BENCH_TOOLS/bin/fuse-overlayfs}
-UNIONFS_BIN=${UNIONFS_BIN:-$PWD/target/release/unionfs}
+UNIONFS_BIN=${UNIONFS_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/unionfs}
 # Extra options for kernel overlayfs (e.g. ",redirect_dir=on").
 BENCH_KERNEL_OPTS=${BENCH_KERNEL_OPTS:-}
+# More of them for the next mounts only (set per row by bench.sh).
+BENCH_KERNEL_ROW_OPTS=
+# Empty: everything runs as root. A uid: the FUSE daemons run as that user.
+BENCH_RUN_UID=
+# shellcheck disable=SC2034 # used by the scripts that source this
 CLK_TCK=$(getconf CLK_TCK)
 
 bench_mounts=()   # mount points, in mount order
@@ -26,6 +32,16 @@ BENCH_BASE=
 
 bench_die() { echo "${0##*/}: $*" >&2; exit 1; }
 bench_log() { echo "[$(date +%T)] $*" >&2; }
+
+# bench_as_user CMD...: CMD as $BENCH_RUN_UID (its own group, no
+# supplementary groups, HOME=$BENCH_BASE/home), or as root if that is empty.
+bench_as_user() {
+  if [ -n "$BENCH_RUN_UID" ]; then
+    HOME=$BENCH_BASE/home setpriv --reuid="$BENCH_RUN_UID" --regid="$BENCH_RUN_UID" --clear-groups -- "$@"
+  else
+    "$@"
+  fi
+}
 
 bench_require_root() {
   [ "$(id -u)" = 0 ] || bench_die "needs root (mount -t overlay, FUSE, loop devices)"
@@ -99,6 +115,7 @@ bench_kind_available() {
     fo1) [ -x "$FO1_BIN" ] ;;
     fo2) [ -x "$FO2_BIN" ] ;;
     unionfs) [ -x "$UNIONFS_BIN" ] ;;
+    unionfs-meta) [ -x "$UNIONFS_BIN" ] && [ "${BENCH_UNIONFS_META:-0}" = 1 ] ;;
     *) return 1 ;;
   esac
 }
@@ -109,7 +126,25 @@ bench_kind_label() {
     fo1) echo "fuse-overlayfs $("$FO1_BIN" --version 2>&1 | awk '/fuse-overlayfs: version/ { print $3 }')" ;;
     fo2) echo "fuse-overlayfs $("$FO2_BIN" --version 2>&1 | awk '/fuse-overlayfs: version/ { print $3 }')" ;;
     unionfs) echo "unionfs $(git describe --always --dirty 2>/dev/null || echo '?')" ;;
+    unionfs-meta) echo "unionfs -o metacopy=on" ;;
   esac
+}
+
+# bench_probe_unionfs_meta DIR: does the unionfs binary mount with
+# `-o metacopy=on`? Tries it on empty layers in DIR (which it removes after);
+# sets BENCH_UNIONFS_META to 1 or 0 and BENCH_UNIONFS_META_WHY to its answer.
+bench_probe_unionfs_meta() {
+  local d=$1 rc=0
+  BENCH_UNIONFS_META=0 BENCH_UNIONFS_META_WHY=
+  mkdir -p "$d/l" "$d/u" "$d/w" "$d/m"
+  BENCH_UNIONFS_META_WHY=$("$UNIONFS_BIN" mount -l "$d/l" -u "$d/u" -w "$d/w" -o metacopy=on "$d/m" 2>&1) || rc=$?
+  if [ "$rc" = 0 ] && mountpoint -q "$d/m"; then
+    BENCH_UNIONFS_META=1
+    "$UNIONFS_BIN" umount "$d/m" 2>/dev/null || umount "$d/m" 2>/dev/null || umount -l "$d/m"
+  fi
+  BENCH_UNIONFS_META_WHY=$(printf '%s' "$BENCH_UNIONFS_META_WHY" | tr '\n' ' ' | cut -c1-200)
+  sleep 0.2
+  rm -rf "$d"
 }
 
 # bench_loop_fs SIZE DIR: a fresh journaled ext4 (mkfs of a sparse file in
@@ -143,6 +178,7 @@ bench_loop_fs_remove() {
 bench_daemon_pid() {
   local mnt=$1 c p f
   # grep -z: NUL-separated argv, -x: MNT is a whole argument.
+  # shellcheck disable=SC2013 # /proc/PID/cmdline paths: no blanks
   for c in $(grep -lzxF -- "$mnt" /proc/[0-9]*/cmdline 2>/dev/null); do
     p=${c#/proc/}
     p=${p%/cmdline}
@@ -184,14 +220,17 @@ bench_hwm_kib() {
 # bench_mount KIND LOWERS UPPER WORK MNT: mounts, records MNT, and sets
 # DAEMON_PID (empty for the kernel). LOWERS is colon-separated, top first.
 bench_mount() {
-  local kind=$1 lowers=$2 upper=$3 work=$4 mnt=$5 i
-  local err=${BENCH_BASE:-/tmp}/mount.err rc=0
+  local kind=$1 lowers=$2 upper=$3 work=$4 mnt=$5 i uid
+  local err=${BENCH_BASE:-/tmp}/mount.err rc=0 ao=
   DAEMON_PID=
+  # Rootless: other users (root: the harness, `mountpoint`) need allow_other.
+  [ -n "$BENCH_RUN_UID" ] && ao=,allow_other
   case $kind in
-    kernel) mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work$BENCH_KERNEL_OPTS" "$mnt" ;;
-    fo1) "$FO1_BIN" -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$mnt" ;;
-    fo2) "$FO2_BIN" -o "lowerdir=$lowers,upperdir=$upper,workdir=$work" "$mnt" ;;
-    unionfs) "$UNIONFS_BIN" mount -l "$lowers" -u "$upper" -w "$work" "$mnt" ;;
+    kernel) mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work$BENCH_KERNEL_OPTS$BENCH_KERNEL_ROW_OPTS" "$mnt" ;;
+    fo1) bench_as_user "$FO1_BIN" -o "lowerdir=$lowers,upperdir=$upper,workdir=$work$ao" "$mnt" ;;
+    fo2) bench_as_user "$FO2_BIN" -o "lowerdir=$lowers,upperdir=$upper,workdir=$work$ao" "$mnt" ;;
+    unionfs) bench_as_user "$UNIONFS_BIN" mount -l "$lowers" -u "$upper" -w "$work" ${ao:+-o "${ao#,}"} "$mnt" ;;
+    unionfs-meta) bench_as_user "$UNIONFS_BIN" mount -l "$lowers" -u "$upper" -w "$work" -o "metacopy=on$ao" "$mnt" ;;
     *) bench_die "unknown target $kind" ;;
   esac 2>"$err" || rc=$?
   # fuse-overlayfs 1.x says "unknown argument ignored: lazytime" on every
@@ -207,6 +246,10 @@ bench_mount() {
   if [ "$kind" != kernel ]; then
     DAEMON_PID=$(bench_daemon_pid "$mnt") || bench_die "$kind: no daemon found serving $mnt"
     bench_daemons+=("$DAEMON_PID")
+    # The daemon measured must be the one of the mode: unprivileged when rootless.
+    uid=$(awk '/^Uid:/ { print $3 }' "/proc/$DAEMON_PID/status")
+    [ "$uid" = "${BENCH_RUN_UID:-0}" ] ||
+      bench_die "$kind: daemon $DAEMON_PID runs as uid $uid, not ${BENCH_RUN_UID:-0}"
   fi
 }
 
@@ -215,7 +258,7 @@ bench_mount() {
 bench_umount() {
   local kind=$1 mnt=$2 pid=${3:-} i
   case $kind in
-    unionfs) "$UNIONFS_BIN" umount "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true ;;
+    unionfs | unionfs-meta) "$UNIONFS_BIN" umount "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true ;;
     fo1 | fo2) fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt" 2>/dev/null || true ;;
     *) umount "$mnt" 2>/dev/null || true ;;
   esac

@@ -393,7 +393,7 @@ row_kinds() {
   local k
   rk=()
   for k in "${kinds[@]}"; do
-    [ "$k" != unionfs-meta ] || [ "${R_META[$1]:-0}" = 1 ] && rk+=("$k")
+    if [ "$k" != unionfs-meta ] || [ "${R_META[$1]:-0}" = 1 ]; then rk+=("$k"); fi
   done
 }
 

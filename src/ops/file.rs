@@ -33,15 +33,16 @@ pub(super) fn real_open_flags(flags: i32) -> i32 {
 /// the I/O with EINVAL (buffer, offset or length not aligned: FUSE takes
 /// any, and the daemon's buffer sits where the request put it), the fd is
 /// made buffered and `io` runs again: the same bytes reach the same file,
-/// only through the upper filesystem's page cache from then on.
+/// only through the upper filesystem's page cache from then on. It runs
+/// again also when the flag is already gone: another request on the same
+/// fd may have cleared it after this one failed.
 fn direct_or_buffered<T>(fd: BorrowedFd, mut io: impl FnMut() -> Result<T>) -> Result<T> {
     match io() {
         Err(e) if e.is(libc::EINVAL) => {
             let flags = sys::get_status_flags(fd)?;
-            if flags & libc::O_DIRECT == 0 {
-                return Err(e);
+            if flags & libc::O_DIRECT != 0 {
+                sys::set_status_flags(fd, flags & !libc::O_DIRECT)?;
             }
-            sys::set_status_flags(fd, flags & !libc::O_DIRECT)?;
             io()
         }
         other => other,

@@ -3,7 +3,8 @@
 //! it will land in, so the inheritance the kernel does for a plain create
 //! (`posix_acl_create`) is done here: the parent's default ACL, masked by
 //! the create mode, becomes the object's access ACL, and a new directory
-//! inherits the default ACL itself.
+//! inherits the default ACL itself. Also: the mode an access ACL that is
+//! only a mode stands for (kept in the override with forced permissions).
 
 /// The xattr of a directory's default ACL.
 pub const DEFAULT_XATTR: &str = "system.posix_acl_default";
@@ -27,6 +28,28 @@ pub struct Inherited {
     /// Its access ACL, when the mode alone cannot say it (named users or
     /// groups, a mask).
     pub access: Option<Vec<u8>>,
+}
+
+/// The permission bits of an access ACL (xattr format) that holds only
+/// the owner, owning group and other entries, which is a mode and nothing
+/// more (`chacl u::r--,g::rwx,o::rw-`); `None` for any other ACL.
+pub fn minimal_mode(acl: &[u8]) -> Option<u32> {
+    if acl.len() != HEADER + 3 * ENTRY
+        || u32::from_le_bytes(acl[..HEADER].try_into().ok()?) != VERSION
+    {
+        return None;
+    }
+    let (mut user, mut group, mut other) = (None, None, None);
+    for entry in acl[HEADER..].chunks_exact(ENTRY) {
+        let perm = u32::from(u16::from_le_bytes([entry[2], entry[3]]) & 7);
+        match u16::from_le_bytes([entry[0], entry[1]]) {
+            USER_OBJ => user = Some(perm),
+            GROUP_OBJ => group = Some(perm),
+            OTHER => other = Some(perm),
+            _ => return None,
+        }
+    }
+    Some((user? << 6) | (group? << 3) | other?)
 }
 
 /// The inheritance of `default` (a parent's default ACL, xattr format) by
@@ -76,6 +99,24 @@ pub fn inherit(default: &[u8], mode: u32) -> Option<Inherited> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_acl_of_three_base_entries_is_a_mode() {
+        let acl = |entries: &[(u16, u16)]| {
+            let mut v = VERSION.to_le_bytes().to_vec();
+            for (tag, perm) in entries {
+                v.extend_from_slice(&tag.to_le_bytes());
+                v.extend_from_slice(&perm.to_le_bytes());
+                v.extend_from_slice(&u32::MAX.to_le_bytes());
+            }
+            v
+        };
+        let base = acl(&[(USER_OBJ, 4), (GROUP_OBJ, 7), (OTHER, 6)]);
+        assert_eq!(minimal_mode(&base), Some(0o476));
+        let masked = acl(&[(USER_OBJ, 7), (GROUP_OBJ, 7), (MASK, 5), (OTHER, 0)]);
+        assert_eq!(minimal_mode(&masked), None);
+        assert_eq!(minimal_mode(&base[..20]), None);
+    }
 
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
         let mut v = VERSION.to_le_bytes().to_vec();

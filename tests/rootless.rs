@@ -412,3 +412,62 @@ fn unprivileged_user_reads_and_writes_with_o_direct() {
     assert_eq!(read(&s.upper.join("d/f")), want, "copied up, then written");
     sum.assert_unchanged();
 }
+
+/// With forced permissions (`xattr_permissions=2`, as rootless
+/// containers/storage mounts), an access ACL that is only a mode is a
+/// chmod of the mode the override keeps (xfstests generic/053, 375
+/// rootless): set on the real file it changed the real mode, which the
+/// daemon needs, while `stat` showed the old one. Setgid stays for the
+/// owner, who is in the group.
+#[test]
+fn unprivileged_user_sets_an_acl_that_is_only_a_mode() {
+    if !require_mount_env() || !require_tools() || !require_commands(&["setfacl", "getfacl"]) {
+        return;
+    }
+    let s = setup("rootless-acl-mode");
+    let sum = checksum_layers(&[&s.lower]);
+    let m = s.mnt.display();
+    let user_script = format!(
+        "set -e; B={bin}; \"$B\" mount -l {l} -u {u} -w {w} -o xattr_permissions=2 {m}; \
+         chmod 2755 {m}/d/f; setfacl -m u::rwx,g::rwx,o::r-- {m}/d/f; \
+         echo \"MODE1 $(stat -c %A {m}/d/f)\"; \
+         setfacl --set u::r--,g::rwx,o::rw- {m}/d/f; \
+         echo \"MODE2 $(stat -c %A {m}/d/f)\"; \
+         echo \"ACL $(getfacl -cp {m}/d/f | tr '\\n' ' ')\"; \
+         echo more >> {m}/d/f 2>/dev/null && echo WROTE || echo NOWRITE; \
+         \"$B\" umount {m}",
+        bin = unionfs_bin(),
+        l = s.lower.display(),
+        u = s.upper.display(),
+        w = s.work.display(),
+    );
+    let outer = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         setpriv --reuid={USER} --regid={USER} --clear-groups -- sh -c '{inner}'; rc=$?; \
+         umount -l {m} 2>/dev/null; exit $rc",
+        fuse = s.fuse.display(),
+        inner = user_script.replace('\'', "'\\''"),
+    );
+    let out = run(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(outer),
+        Duration::from_secs(60),
+    );
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("MODE1 -rwxrwsr--"), "{out}");
+    assert!(out.stdout.contains("MODE2 -r--rwsrw-"), "{out}");
+    assert!(
+        out.stdout.contains("ACL user::r-- group::rwx other::rw-"),
+        "{out}"
+    );
+    // The shown owner may not write; the daemon's real mode was kept.
+    assert!(out.stdout.contains("NOWRITE"), "{out}");
+    let real = fs::symlink_metadata(s.upper.join("d/f")).unwrap();
+    assert!(
+        real.permissions().mode() & 0o600 == 0o600,
+        "{:o}",
+        real.permissions().mode()
+    );
+    sum.assert_unchanged();
+}

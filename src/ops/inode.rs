@@ -215,6 +215,11 @@ impl UnionFs {
         } else {
             value
         };
+        if name == acl::ACCESS_XATTR && self.upper_forced_name().is_some() {
+            if let Some(bits) = acl::minimal_mode(value) {
+                return self.acl_as_forced_mode(ino, bits, in_group);
+            }
+        }
         let node = self.tree.nodes.get(ino)?;
         self.copier()?
             .node(&node, self.meta_only(), "an xattr set")?;
@@ -226,6 +231,42 @@ impl UnionFs {
         if name == acl::ACCESS_XATTR {
             self.acl_drops_setgid(&node, fd.as_fd(), in_group)?;
         }
+        Ok(())
+    }
+
+    /// With forced permissions, an access ACL that is only a mode is a
+    /// chmod of the mode the override keeps: set on the real file it would
+    /// change the real mode (which the daemon needs for its own access), not
+    /// the one shown. Setgid goes as `acl_drops_setgid` says, and an older
+    /// access ACL on the real file goes too (the kernel then shows the mode).
+    fn acl_as_forced_mode(
+        &self,
+        ino: u64,
+        bits: u32,
+        in_group: &dyn Fn(u32) -> bool,
+    ) -> Result<()> {
+        let node = self.tree.nodes.get(ino)?;
+        let shown = self.attr_of(&node)?.st;
+        let mut mode = (shown.st_mode & 0o7000) | bits;
+        if mode & libc::S_ISGID != 0 && !in_group(shown.st_gid) {
+            mode &= !libc::S_ISGID;
+        }
+        self.setattr(
+            ino,
+            SetAttr {
+                mode: Some(mode),
+                ..SetAttr::default()
+            },
+        )?;
+        let fd = self.top_fd(&node)?;
+        match self
+            .upper()?
+            .remove_xattr(fd.as_fd(), OsStr::new(acl::ACCESS_XATTR))
+        {
+            Err(e) if !e.is(libc::ENODATA) => return Err(e),
+            _ => {}
+        }
+        node.xattrs_changed();
         Ok(())
     }
 

@@ -250,10 +250,6 @@ fn is_mount_point(mnt: &Path) -> bool {
 /// How long `unionfs umount` waits for the daemon to let go.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
-/// `unionfs umount MNT`: unmounts, refusing (EBUSY) while files are open,
-/// and returns once the processes serving the mount have let go of it
-/// (the daemon exits and drops its locks a moment after the unmount), so
-/// that the same upper can be mounted again at once.
 /// `mount -o remount,ro MNT` (or `rw`): the kernel then refuses every
 /// change with EROFS before it reaches the daemon, which keeps serving.
 /// The mount's other flags (nosuid, nodev, noatime, ...) are kept, as
@@ -314,6 +310,10 @@ pub fn remount(r: &Remount) -> Result<(), String> {
     Ok(())
 }
 
+/// `unionfs umount MNT`: unmounts, refusing (EBUSY) while files are open,
+/// and returns once the processes serving the mount have let go of it
+/// (the daemon exits and drops its locks a moment after the unmount), so
+/// that the same upper can be mounted again at once.
 pub fn unmount(mnt: &Path) -> Result<(), String> {
     let conn = fuse_conn::connection_of(mnt);
     let serving = conn.map(fuse_conn::holders).unwrap_or_default();

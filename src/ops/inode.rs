@@ -247,10 +247,7 @@ impl UnionFs {
     ) -> Result<()> {
         let node = self.tree.nodes.get(ino)?;
         let shown = self.attr_of(&node)?.st;
-        let mut mode = (shown.st_mode & 0o7000) | bits;
-        if mode & libc::S_ISGID != 0 && !in_group(shown.st_gid) {
-            mode &= !libc::S_ISGID;
-        }
+        let mode = setgid_for_caller((shown.st_mode & 0o7000) | bits, shown.st_gid, in_group);
         self.setattr(
             ino,
             SetAttr {
@@ -284,10 +281,13 @@ impl UnionFs {
             return Ok(()); // the shown mode is the override's, not the file's
         }
         let st = sys::fstat(fd)?;
-        if st.st_mode & libc::S_ISGID == 0 || in_group(self.attr_of(node)?.st.st_gid) {
+        if st.st_mode & libc::S_ISGID == 0 {
             return Ok(());
         }
-        let mode = st.st_mode & 0o7777 & !libc::S_ISGID;
+        let mode = setgid_for_caller(st.st_mode & 0o7777, self.attr_of(node)?.st.st_gid, in_group);
+        if mode == st.st_mode & 0o7777 {
+            return Ok(());
+        }
         self.tree
             .at_locked(node, UPPER, |dir, name| sys::fchmodat(dir.fd(), name, mode))
     }
@@ -409,5 +409,16 @@ impl UnionFs {
         }
         self.upper()?.set_attr_fd(fd.as_fd(), set)?;
         self.attr_of(node)
+    }
+}
+
+/// `mode` as an access ACL leaves it for a caller: without its setgid bit
+/// unless the caller is in the file's group `gid` or holds CAP_FSETID
+/// (`in_group`), as the kernel's `posix_acl_update_mode` decides.
+fn setgid_for_caller(mode: u32, gid: u32, in_group: &dyn Fn(u32) -> bool) -> u32 {
+    if mode & libc::S_ISGID != 0 && !in_group(gid) {
+        mode & !libc::S_ISGID
+    } else {
+        mode
     }
 }

@@ -106,6 +106,11 @@ fn a_root_mount_honours_devices_and_setuid_unless_told_not_to() {
         );
         assert!(made.success(), "{made}");
         let written = fs::OpenOptions::new().write(true).open(&node);
+        // The device is the upper's, made as asked.
+        let made = fs::symlink_metadata(upper.join("null")).expect("in the upper");
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &made.file_type()
+        ));
         if honoured {
             written.expect("a null device made in the mount opens");
         } else {

@@ -56,5 +56,15 @@ fn names_made_before_a_rewind_are_listed_after_it() {
         assert_eq!(names(&mut ds), want, "{dir}: after a removal and rewinddir");
     }
     drop(m);
+    // What was made is the upper's, the removal left nothing there.
+    for dir in ["new", "merged", "lowonly"] {
+        for (name, there) in [("a1", true), ("a2", false), ("a3", true)] {
+            assert_eq!(
+                upper.join(dir).join(name).exists(),
+                there,
+                "{dir}/{name} in the upper"
+            );
+        }
+    }
     sum.assert_unchanged();
 }

@@ -609,19 +609,7 @@ fn unprivileged_user_makes_user_xattr_metacopies() {
         dl = data_l.display(),
         m2 = mnt2.display(),
     );
-    let outer = format!(
-        "mount --bind {fuse} /dev/fuse || exit 97; \
-         setpriv --reuid={USER} --regid={USER} --clear-groups -- sh -c '{inner}'; rc=$?; \
-         umount -l {m} 2>/dev/null; exit $rc",
-        fuse = fuse.display(),
-        inner = user_script.replace('\'', "'\\''"),
-    );
-    let out = run(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(outer),
-        Duration::from_secs(60),
-    );
+    let out = as_user_through_fusermount(&fuse, &s.mnt, USER, &user_script);
     assert!(out.success(), "{out}");
     let a = String::from_utf8(tagged("a")).unwrap();
     let b = String::from_utf8(tagged("b")).unwrap();

@@ -171,25 +171,9 @@ fn assert_no_trusted_xattrs(p: &Path) {
     }
 }
 
-/// Runs `user_script` with `sh -c` as uid USER, in a private mount
-/// namespace of its own where root lends the test's 0666 /dev/fuse (so the
-/// user mounts through the setuid fusermount3); whatever stays mounted at
-/// the test's mount point is detached after.
-fn as_user_through_fusermount(s: &Setup, user_script: &str) -> CmdOutput {
-    let outer = format!(
-        "mount --bind {fuse} /dev/fuse || exit 97; \
-         setpriv --reuid={USER} --regid={USER} --clear-groups -- sh -c '{inner}'; rc=$?; \
-         umount -l {m} 2>/dev/null; exit $rc",
-        fuse = s.fuse.display(),
-        inner = user_script.replace('\'', "'\\''"),
-        m = s.mnt.display(),
-    );
-    run(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(outer),
-        Duration::from_secs(60),
-    )
+/// [`as_user_through_fusermount`] as uid USER, with this test's fuse node.
+fn as_user(s: &Setup, user_script: &str) -> CmdOutput {
+    as_user_through_fusermount(&s.fuse, &s.mnt, USER, user_script)
 }
 
 /// As uid USER, mounting through the setuid fusermount3, inside a private
@@ -201,7 +185,7 @@ fn fusermount_run(extra: &str) {
     let s = setup(&format!("rootless-fusermount{}", extra.replace(' ', "")));
     let sum = checksum_layers(&[&s.lower]);
     let user_script = script(&s, extra);
-    let out = as_user_through_fusermount(&s, &user_script);
+    let out = as_user(&s, &user_script);
     check(&s, &out, (!extra.is_empty()).then_some(true));
     // The daemon ran as the user: its copy belongs to the user.
     assert_eq!(
@@ -351,7 +335,7 @@ fn unprivileged_user_removes_a_name_of_a_hard_linked_symlink() {
         u = s.upper.display(),
         w = s.work.display(),
     );
-    let out = as_user_through_fusermount(&s, &user_script);
+    let out = as_user(&s, &user_script);
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("RM-OK"), "{out}");
     assert!(out.stdout.contains("LEFT d dir gone s2 "), "{out}");
@@ -387,7 +371,7 @@ fn unprivileged_user_reads_and_writes_with_o_direct() {
         u = s.upper.display(),
         w = s.work.display(),
     );
-    let out = as_user_through_fusermount(&s, &user_script);
+    let out = as_user(&s, &user_script);
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("READ 32768"), "{out}");
     assert_eq!(read(&s.upper.join("new")), vec![0u8; 32768]);
@@ -425,7 +409,7 @@ fn unprivileged_user_sets_an_acl_that_is_only_a_mode() {
         u = s.upper.display(),
         w = s.work.display(),
     );
-    let out = as_user_through_fusermount(&s, &user_script);
+    let out = as_user(&s, &user_script);
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("MODE1 -rwxrwsr--"), "{out}");
     assert!(out.stdout.contains("MODE2 -r--rwsrw-"), "{out}");

@@ -599,6 +599,32 @@ pub fn unionfs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_unionfs")
 }
 
+/// Runs `user_script` with `sh -c` as `uid`, in a private mount namespace
+/// of its own where root lends `fuse` (a 0666 node of /dev/fuse) over
+/// /dev/fuse, so the user mounts through the setuid fusermount3; whatever
+/// stays mounted at `mnt` is detached after. 60 s timeout.
+pub fn as_user_through_fusermount(
+    fuse: &Path,
+    mnt: &Path,
+    uid: u32,
+    user_script: &str,
+) -> CmdOutput {
+    let outer = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         setpriv --reuid={uid} --regid={uid} --clear-groups -- sh -c '{inner}'; rc=$?; \
+         umount -l {m} 2>/dev/null; exit $rc",
+        fuse = fuse.display(),
+        inner = user_script.replace('\'', "'\\''"),
+        m = mnt.display(),
+    );
+    run(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(outer),
+        Duration::from_secs(60),
+    )
+}
+
 /// Runs the binary under test with `args` (RUST_LOG removed so stderr holds
 /// only what a user would see), 30 s timeout.
 pub fn unionfs<I, S>(args: I) -> CmdOutput

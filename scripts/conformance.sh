@@ -68,17 +68,8 @@ esac
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/unionfs-conformance.XXXXXX")"
 loop_mnt=""
 suite_pid=""
-# descendants PID: the processes below PID (from /proc: procps may be absent).
-descendants() {
-  local f line st kids=()
-  for f in /proc/[0-9]*/stat; do
-    read -r line 2>/dev/null <"$f" || continue
-    st=(${line##*) })   # fields after "(comm) ": state ppid ...
-    [ "${st[1]:-}" = "$1" ] || continue
-    f="${f#/proc/}"; kids+=("${f%/stat}")
-  done
-  for f in "${kids[@]}"; do echo "$f"; descendants "$f"; done
-}
+# shellcheck source=scripts/proc_lib.sh
+. scripts/proc_lib.sh
 cleanup() {
   local rc=$?
   # Interrupted during a suite: run-suites.sh acts on a signal only once its

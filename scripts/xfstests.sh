@@ -144,17 +144,8 @@ if [ "${1:-}" != inner ]; then
   # mount(8) looks for helpers in /sbin only; ours are named by the run id
   export XFS_HELPER_DIR=/sbin XFS_RUN_ID="${tmp##*.}" XFS_PARALLEL="$parallel"
   inner_pid=""
-  # descendants PID: the processes below PID (from /proc)
-  descendants() {
-    local f line st kids=()
-    for f in /proc/[0-9]*/stat; do
-      read -r line 2>/dev/null <"$f" || continue
-      st=(${line##*) })
-      [ "${st[1]:-}" = "$1" ] || continue
-      f="${f#/proc/}"; kids+=("${f%/stat}")
-    done
-    for f in "${kids[@]}"; do echo "$f"; descendants "$f"; done
-  }
+  # shellcheck source=scripts/proc_lib.sh
+  . scripts/proc_lib.sh
   cleanup() {
     local rc=$?
     if [ -n "$inner_pid" ] && kill -0 "$inner_pid" 2>/dev/null; then

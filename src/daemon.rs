@@ -22,6 +22,7 @@ use crate::sys;
 /// code; errors were already reported (stderr before detaching, the log after).
 pub fn mount(config: &MountConfig) -> Result<(), String> {
     sys::raise_nofile_limit();
+    crate::splice::configure_from_env();
     let layers =
         LayerStack::open_with_data(config.upper.as_deref(), &config.lowers, &config.data_lowers)
             .map_err(|e| format!("cannot open layers: {e}"))?;
@@ -53,6 +54,15 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         MountOption::CUSTOM("subtype=unionfs".into()),
         MountOption::DefaultPermissions,
     ];
+    if crate::splice::enabled() {
+        // READ replies are spliced through pipes the daemon may not grow
+        // past 1 MiB without CAP_SYS_RESOURCE (fs.pipe-max-size); a 1 MiB
+        // request with its header would not fit, and go through a buffer.
+        options.push(MountOption::CUSTOM(format!(
+            "max_read={}",
+            crate::splice::MAX_READ
+        )));
+    }
     if opts.read_only {
         options.push(MountOption::RO);
     }

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +22,7 @@ use log::{debug, info, warn};
 use crate::error::Error;
 use crate::ops::{Attr, Caller, MayCopy, NewObject, SetAttr, UnionFs};
 use crate::passthrough::Passthrough;
+use crate::splice;
 use crate::sys;
 use crate::sys::SetTime;
 
@@ -86,6 +88,27 @@ impl FuseFs {
         if let Some(n) = self.notifier.get() {
             if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
                 debug!("inval_inode {ino}: {e}");
+            }
+        }
+    }
+
+    /// Answers a READ by splicing from the file (src/splice.rs); the reply
+    /// comes back when that cannot be done, to be answered from a buffer.
+    fn splice_read(&self, fh: u64, offset: u64, size: u32, reply: ReplyData) -> Option<ReplyData> {
+        if !splice::enabled() {
+            return Some(reply);
+        }
+        let Ok(file) = self.fs.read_source(fh) else {
+            return Some(reply);
+        };
+        let sent = reply.send_raw(|dev, unique| {
+            splice::reply_read(dev, unique, file.as_fd(), offset, size as usize)
+        });
+        match sent {
+            Ok(()) => None,
+            Err((reply, e)) => {
+                debug!("read of handle {fh} not spliced: {e}");
+                Some(reply)
             }
         }
     }
@@ -551,6 +574,10 @@ impl Filesystem for FuseFs {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        let reply = match self.splice_read(fh.0, offset, size, reply) {
+            None => return,
+            Some(r) => r,
+        };
         BUF.with_borrow_mut(|buf| match self.fs.read(fh.0, offset, size, buf) {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(failed("read", e)),

@@ -41,6 +41,7 @@ pub mod ops;
 pub mod override_stat;
 pub mod passthrough;
 pub mod readdir;
+pub mod splice;
 pub mod sys;
 pub mod tools;
 pub mod tree;

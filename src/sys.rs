@@ -555,6 +555,72 @@ pub fn pwrite(fd: BorrowedFd, buf: &[u8], offset: u64) -> Result<usize> {
     Ok(done)
 }
 
+/// `pipe2(O_CLOEXEC)`: (read end, write end).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both are open descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `fcntl(pipe, F_SETPIPE_SZ, size)`: the pipe's capacity becomes at least
+/// `size` bytes; returns the capacity it got.
+pub fn set_pipe_size(pipe: BorrowedFd, size: usize) -> Result<usize> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) })
+        .map(|n| n as usize)
+}
+
+/// `splice(file, &offset, pipe, NULL, len, SPLICE_F_MOVE)`: moves up to
+/// `len` bytes of a file at `offset` into a pipe without copying them
+/// through user space; 0 at end of file.
+pub fn splice_from_file(
+    file: BorrowedFd,
+    offset: u64,
+    pipe: BorrowedFd,
+    len: usize,
+) -> Result<usize> {
+    let mut off = offset as libc::loff_t;
+    // SAFETY: off is a valid loff_t the call may update; no out offset.
+    retry(|| {
+        check_size(unsafe {
+            libc::splice(
+                file.as_raw_fd(),
+                &mut off,
+                pipe.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE,
+            )
+        })
+    })
+}
+
+/// `splice(from, NULL, to, NULL, len, SPLICE_F_MOVE)`: moves up to `len`
+/// bytes between two descriptors at least one of which is a pipe.
+pub fn splice(from: BorrowedFd, to: BorrowedFd, len: usize) -> Result<usize> {
+    // SAFETY: plain syscall on valid fds, no offsets.
+    retry(|| {
+        check_size(unsafe {
+            libc::splice(
+                from.as_raw_fd(),
+                std::ptr::null_mut(),
+                to.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE,
+            )
+        })
+    })
+}
+
+/// `write(fd, buf)`, once: returns what the call wrote.
+pub fn write(fd: BorrowedFd, buf: &[u8]) -> Result<usize> {
+    // SAFETY: buf is readable for buf.len() bytes.
+    retry(|| check_size(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) }))
+}
+
 // ---------------------------------------------------------------------------
 // Mounting and process control
 

@@ -2,7 +2,8 @@
 //! open file reads and writes one layer's file through its fd; copy-up
 //! points it at the copy.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use super::{is_upper_copy, UnionFs};
 use crate::copy_up::Data;
@@ -105,6 +106,13 @@ impl UnionFs {
         let fd = handles::fd_of(&real);
         let n = direct_or_buffered(fd, || sys::pread(fd, &mut buf[..size as usize], offset))?;
         Ok(&buf[..n])
+    }
+
+    /// The file a read of handle `fh` reads now (the upper copy once the
+    /// file is copied up, even for a handle opened before), for a reply
+    /// spliced straight from it.
+    pub fn read_source(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        Ok(self.handles.file(fh)?.real().1)
     }
 
     pub fn release(&self, fh: u64) {

@@ -1,0 +1,176 @@
+//! READ replies spliced from the backing file into /dev/fuse, as libfuse
+//! does: the bytes move through a pipe as page references and are never
+//! copied through the daemon's memory. (A reply from a buffer costs a
+//! pread copy into it and a writev copy out of it, and the daemon's CPU
+//! time for a 1 GiB read is mostly those copies.)
+//!
+//! The kernel takes a reply from a pipe only whole: the 16-byte header,
+//! whose length field counts the data, then the data. How many bytes the
+//! file gives is known only once they are in a pipe (end of file, a file
+//! shortened meanwhile), so each thread keeps two pipes: the data is
+//! spliced into the first, the header written into the second, the data
+//! moved behind it, and the second spliced whole into the device.
+//!
+//! Anything unexpected (a pipe the user's limits will not grow, a file the
+//! kernel will not splice, an O_DIRECT file that wants aligned buffers)
+//! returns an error before the device is written to, and the caller
+//! answers the request from a buffer instead. After any error the thread's
+//! pipes are dropped, so no stray bytes can reach a later reply.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::sys;
+
+/// `struct fuse_out_header`: len (u32), error (i32), unique (u64).
+const HEADER_LEN: usize = 16;
+const PAGE: usize = 4096;
+
+/// The largest READ to ask of the kernel (its `max_read` mount option):
+/// 254 pages, so that the data, even at an offset inside a page (255 pipe
+/// slots), and the header fit the 256 slots of a 1 MiB pipe, the most an
+/// unprivileged daemon may have (fs.pipe-max-size).
+pub const MAX_READ: usize = 254 * PAGE;
+
+/// Off when `UNIONFS_SPLICE=0` is in the daemon's environment: every READ
+/// is then answered from a buffer (to measure the difference, or to rule
+/// splice out when a kernel misbehaves).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Reads `UNIONFS_SPLICE` once, at mount.
+pub fn configure_from_env() {
+    let off = std::env::var_os("UNIONFS_SPLICE").is_some_and(|v| v == "0");
+    ENABLED.store(!off, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// One thread's two pipes (read end, write end), and what each can hold.
+struct Pipes {
+    data: (OwnedFd, OwnedFd),
+    message: (OwnedFd, OwnedFd),
+    capacity: usize,
+}
+
+impl Pipes {
+    fn new(capacity: usize) -> io::Result<Pipes> {
+        let mut p = Pipes {
+            data: sys::pipe()?,
+            message: sys::pipe()?,
+            capacity: 0,
+        };
+        p.grow(capacity)?;
+        Ok(p)
+    }
+
+    /// Makes both pipes hold at least `capacity` bytes (they are empty
+    /// between replies, so they can always be resized).
+    fn grow(&mut self, capacity: usize) -> io::Result<()> {
+        if self.capacity >= capacity {
+            return Ok(());
+        }
+        let a = sys::set_pipe_size(self.data.1.as_fd(), capacity)?;
+        let b = sys::set_pipe_size(self.message.1.as_fd(), capacity)?;
+        self.capacity = a.min(b);
+        Ok(())
+    }
+}
+
+thread_local! {
+    static PIPES: RefCell<Option<Pipes>> = const { RefCell::new(None) };
+}
+
+/// The pipe capacity a reply of up to `size` bytes read at `offset` needs:
+/// a page-cache splice puts at most one page in each pipe slot, and the
+/// header takes a slot of its own.
+fn capacity_for(offset: u64, size: usize) -> usize {
+    let first = offset as usize % PAGE;
+    let data_slots = (first + size).div_ceil(PAGE);
+    ((data_slots + 1) * PAGE).next_power_of_two()
+}
+
+/// Answers READ request `unique` on the FUSE device `dev` with up to `size`
+/// bytes of `file` at `offset`, by splice. An error means the device was
+/// not written to: the request is still to be answered.
+pub fn reply_read(
+    dev: BorrowedFd,
+    unique: u64,
+    file: BorrowedFd,
+    offset: u64,
+    size: usize,
+) -> io::Result<()> {
+    PIPES.with_borrow_mut(|slot| {
+        let sent = prepare(slot, unique, file, offset, size).and_then(|(pipes, total)| {
+            match sys::splice(pipes.message.0.as_fd(), dev, total) {
+                Ok(m) if m == total => Ok(true),
+                Ok(_) => Err(io::Error::other("short splice of a reply into /dev/fuse")),
+                // The request was interrupted and the kernel no longer
+                // waits for it: answered, as far as anyone can tell.
+                Err(e) if e.is(libc::ENOENT) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        });
+        // The pipes are known empty only after a whole reply went out.
+        if !matches!(sent, Ok(true)) {
+            *slot = None;
+        }
+        sent.map(|_| ())
+    })
+}
+
+/// Puts the whole reply (header, then the data) into the thread's message
+/// pipe; returns the pipes and the reply's length.
+fn prepare<'p>(
+    slot: &'p mut Option<Pipes>,
+    unique: u64,
+    file: BorrowedFd,
+    offset: u64,
+    size: usize,
+) -> io::Result<(&'p Pipes, usize)> {
+    let need = capacity_for(offset, size);
+    let pipes = match slot {
+        Some(p) => {
+            p.grow(need)?;
+            p
+        }
+        None => slot.insert(Pipes::new(need)?),
+    };
+    let n = fill(pipes.data.1.as_fd(), file, offset, size)?;
+    let total = HEADER_LEN + n;
+    let mut header = [0u8; HEADER_LEN];
+    header[0..4].copy_from_slice(&(total as u32).to_ne_bytes());
+    header[8..16].copy_from_slice(&unique.to_ne_bytes());
+    if sys::write(pipes.message.1.as_fd(), &header)? != HEADER_LEN {
+        return Err(io::Error::other(
+            "short write of a reply header into a pipe",
+        ));
+    }
+    let mut moved = 0;
+    while moved < n {
+        match sys::splice(pipes.data.0.as_fd(), pipes.message.1.as_fd(), n - moved)? {
+            0 => return Err(io::Error::other("data pipe emptied early")),
+            m => moved += m,
+        }
+    }
+    Ok((pipes, total))
+}
+
+/// Splices up to `size` bytes of `file` at `offset` into the pipe `into`;
+/// returns how many (fewer at end of file).
+fn fill(into: BorrowedFd, file: BorrowedFd, offset: u64, size: usize) -> io::Result<usize> {
+    let mut n = 0;
+    while n < size {
+        match sys::splice_from_file(file, offset + n as u64, into, size - n) {
+            Ok(0) => break,
+            Ok(m) => n += m,
+            // A read that fails after some bytes is a short read, as pread.
+            Err(_) if n > 0 => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}

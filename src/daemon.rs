@@ -159,7 +159,12 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
 
     let r = session.run();
     match &r {
-        Ok(()) => info!(target: "unionfs", "unmounted {}", config.mountpoint.display()),
+        Ok(()) => info!(
+            target: "unionfs",
+            "unmounted {}; read replies: {}",
+            config.mountpoint.display(),
+            crate::splice::summary()
+        ),
         Err(e) => error!("the FUSE session ended with an error: {e}"),
     }
     // Test hook: linger with the union (and its locks) still held, as a

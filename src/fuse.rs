@@ -4,7 +4,6 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,11 +97,17 @@ impl FuseFs {
         if !splice::enabled() {
             return Some(reply);
         }
-        let Ok(file) = self.fs.read_source(fh) else {
-            return Some(reply);
-        };
         let sent = reply.send_raw(|dev, unique| {
-            splice::reply_read(dev, unique, file.as_fd(), offset, size as usize)
+            let spliced = self.fs.read_with(fh, |file| {
+                Ok(splice::reply_read(
+                    dev,
+                    unique,
+                    file,
+                    offset,
+                    size as usize,
+                )?)
+            });
+            Ok(spliced?)
         });
         match sent {
             Ok(()) => None,
@@ -578,6 +583,7 @@ impl Filesystem for FuseFs {
             None => return,
             Some(r) => r,
         };
+        splice::count_buffered();
         BUF.with_borrow_mut(|buf| match self.fs.read(fh.0, offset, size, buf) {
             Ok(data) => reply.data(data),
             Err(e) => reply.error(failed("read", e)),

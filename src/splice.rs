@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::sys;
 
@@ -47,6 +47,25 @@ pub fn configure_from_env() {
 
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// READ replies sent by splice and from a buffer, for the unmount log line
+/// (tests read it to see which path served them).
+static SPLICED: AtomicU64 = AtomicU64::new(0);
+static BUFFERED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a READ answered from a buffer.
+pub fn count_buffered() {
+    BUFFERED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// "N spliced, M from a buffer": the READ replies sent so far.
+pub fn summary() -> String {
+    format!(
+        "{} spliced, {} from a buffer",
+        SPLICED.load(Ordering::Relaxed),
+        BUFFERED.load(Ordering::Relaxed)
+    )
 }
 
 /// One thread's two pipes (read end, write end), and what each can hold.
@@ -115,7 +134,9 @@ pub fn reply_read(
             }
         });
         // The pipes are known empty only after a whole reply went out.
-        if !matches!(sent, Ok(true)) {
+        if matches!(sent, Ok(true)) {
+            SPLICED.fetch_add(1, Ordering::Relaxed);
+        } else {
             *slot = None;
         }
         sent.map(|_| ())

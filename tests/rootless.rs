@@ -60,15 +60,6 @@ fn setup(name: &str) -> Setup {
     }
 }
 
-fn chown_tree(p: &Path, uid: u32) {
-    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
-    if fs::symlink_metadata(p).unwrap().is_dir() {
-        for e in fs::read_dir(p).unwrap() {
-            chown_tree(&e.unwrap().path(), uid);
-        }
-    }
-}
-
 /// The operations, as the user: mount, read, copy-up by append, delete a
 /// lower file, rename a lower dir, list, unmount, check it is gone.
 fn script(s: &Setup, extra: &str) -> String {

@@ -2,8 +2,7 @@
 //! open file reads and writes one layer's file through its fd; copy-up
 //! points it at the copy.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{is_upper_copy, UnionFs};
 use crate::copy_up::Data;
@@ -108,11 +107,14 @@ impl UnionFs {
         Ok(&buf[..n])
     }
 
-    /// The file a read of handle `fh` reads now (the upper copy once the
-    /// file is copied up, even for a handle opened before), for a reply
-    /// spliced straight from it.
-    pub fn read_source(&self, fh: u64) -> Result<Arc<OwnedFd>> {
-        Ok(self.handles.file(fh)?.real().1)
+    /// Runs `io` on the file a read of handle `fh` reads now (the upper
+    /// copy once the file is copied up, even for a handle opened before),
+    /// for a reply spliced straight from it; O_DIRECT is dropped as for
+    /// [`UnionFs::read`] when the layer refuses it.
+    pub fn read_with<T>(&self, fh: u64, mut io: impl FnMut(BorrowedFd) -> Result<T>) -> Result<T> {
+        let real = self.handles.file(fh)?.real();
+        let fd = handles::fd_of(&real);
+        direct_or_buffered(fd, || io(fd))
     }
 
     pub fn release(&self, fh: u64) {

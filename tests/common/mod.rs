@@ -594,6 +594,16 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> CmdOutput {
     result
 }
 
+/// `chown -Rh uid:uid p`.
+pub fn chown_tree(p: &Path, uid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();
+    if fs::symlink_metadata(p).unwrap().is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            chown_tree(&e.unwrap().path(), uid);
+        }
+    }
+}
+
 /// Path of the binary under test.
 pub fn unionfs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_unionfs")
@@ -632,8 +642,19 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    unionfs_env(args, &[])
+}
+
+/// [`unionfs`] with `env` added to its environment (a mount's daemon
+/// keeps it).
+pub fn unionfs_env<I, S>(args: I, env: &[(&str, &str)]) -> CmdOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new(unionfs_bin());
     cmd.args(args).env_remove("RUST_LOG");
+    cmd.envs(env.iter().copied());
     run(&mut cmd, Duration::from_secs(30))
 }
 
@@ -981,6 +1002,15 @@ pub fn mount_unionfs_form(
 /// Runs the binary with `args` (expected to mount at `mnt`); Ok(guard) when
 /// it exited 0 and the mount is live, Err(explanation) otherwise.
 pub fn try_mount_unionfs_args(args: &[OsString], mnt: &Path) -> Result<Mount, String> {
+    try_mount_unionfs_args_env(args, mnt, &[])
+}
+
+/// [`try_mount_unionfs_args`] with `env` in the daemon's environment.
+pub fn try_mount_unionfs_args_env(
+    args: &[OsString],
+    mnt: &Path,
+    env: &[(&str, &str)],
+) -> Result<Mount, String> {
     // Ids of what is already mounted at `mnt` (ids are recycled, so only
     // compare them for this mount point).
     let before: BTreeSet<u32> = mountinfo()
@@ -988,7 +1018,7 @@ pub fn try_mount_unionfs_args(args: &[OsString], mnt: &Path) -> Result<Mount, St
         .filter(|m| m.mount_point == mnt)
         .map(|m| m.mount_id)
         .collect();
-    let out = unionfs(args);
+    let out = unionfs_env(args, env);
     let new = mount_at(mnt).filter(|m| !before.contains(&m.mount_id));
     match (out.success(), new) {
         (true, Some(info)) => {

@@ -630,6 +630,29 @@ struct Worker {
     /// Calls completed since the round's upper was fresh (for failure
     /// reports: the sequence that led there, to replay by hand).
     history: Vec<String>,
+    /// The mount point, to report what it shows when a call fails.
+    mnt: PathBuf,
+}
+
+/// What the mount shows for each path a failed step names (the quoted
+/// strings of its Debug form) and for their parent dirs: the kernel's view
+/// (type, inode, link count) or the error, to tell a daemon's refusal
+/// from a stale cache in a failure report.
+fn shown_now(mnt: &Path, step: &str) -> String {
+    let mut paths: Vec<&str> = step.split('"').skip(1).step_by(2).collect();
+    let parents: Vec<&str> = paths
+        .iter()
+        .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d))
+        .collect();
+    paths.extend(parents);
+    paths
+        .iter()
+        .map(|p| match fs::symlink_metadata(mnt.join(p)) {
+            Ok(m) => format!("{p}: {:o} ino {} nlink {}", m.mode(), m.ino(), m.nlink()),
+            Err(e) => format!("{p}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn depth(path: &str) -> usize {
@@ -672,10 +695,12 @@ impl Worker {
             }
             Err(e) => {
                 if !killed.load(Ordering::SeqCst) {
+                    let step = self.inflight.as_ref().expect("in flight");
                     self.failures.push(format!(
-                        "{:?} failed with the daemon alive: {e}\n    calls since the upper was fresh \
+                        "{step:?} failed with the daemon alive: {e}\n    the mount shows now: {}\n    \
+                         calls since the upper was fresh \
                          (kills between them marked; {HISTORY_SEP:?} between calls):\n      {}",
-                        self.inflight.as_ref().expect("in flight"),
+                        shown_now(&self.mnt, &format!("{step:?}")),
                         packed(&self.history)
                     ));
                 }
@@ -1460,6 +1485,7 @@ fn kill9_during_storms_then_remount() {
             failures: Vec::new(),
             stats: Stats::default(),
             history: Vec::new(),
+            mnt: mnt.clone(),
         })
         .collect();
 

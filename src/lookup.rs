@@ -229,8 +229,10 @@ pub fn resolve_listed(
     let mut opaque_on_path = false;
     // The data file a metacopy's bytes come from, once found.
     let mut data: Option<Stat> = None;
-    // The top object's xattrs, listed to look for a metacopy, show none.
+    // The top object's xattrs, listed to look for a metacopy, show none;
+    // or there are none at all (so no recorded origin either).
     let mut top_shows_no_xattrs = false;
+    let mut top_has_no_xattrs = false;
     while let Some(layer_id) = cursor.next(layer) {
         layer = Some(layer_id);
         // A lower whose listing of the parent lacks the name: nothing there
@@ -292,6 +294,7 @@ pub fn resolve_listed(
                 true => {
                     let seen = whiteout::file_xattrs(pdir.fd(), &here)?;
                     top_shows_no_xattrs |= is_top && seen.none_shown;
+                    top_has_no_xattrs |= is_top && seen.none;
                     seen.metacopy
                 }
                 false => None,
@@ -366,9 +369,18 @@ pub fn resolve_listed(
         stat.st_blocks = d.st_blocks;
     }
     let kind = stat.st_mode & libc::S_IFMT;
-    let ino = match origin {
-        Some((layer, st)) => tree.nodes.ino_for(tree.layers.get(layer)?, st.st_ino),
-        None => {
+    let own_number =
+        || -> Result<u64> { Ok(tree.nodes.ino_for(tree.layers.get(UPPER)?, stat.st_ino)) };
+    let ino = match (origin, dirs.first()) {
+        (Some((layer, st)), _) => tree.nodes.ino_for(tree.layers.get(layer)?, st.st_ino),
+        // Upper only, with no xattr to record an origin in: its own number.
+        (None, _) if top_has_no_xattrs => own_number()?,
+        // An upper-only directory is open already: its origin is read there.
+        (None, Some((UPPER, d))) => match tree.nodes.read_origin(d.fd()) {
+            Some(ino) => ino,
+            None => own_number()?,
+        },
+        (None, _) => {
             let pdir = tree.dir(parent, UPPER)?;
             tree.nodes
                 .upper_ino(&tree.layers, pdir.fd(), name, stat.st_ino)?

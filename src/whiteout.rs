@@ -216,6 +216,8 @@ pub struct FileXattrs {
     /// It carries no xattr a user sees (only private ones, or none): later
     /// getxattr and listxattr calls need not ask the layer.
     pub none_shown: bool,
+    /// It carries no xattr at all, not even a private one (an origin).
+    pub none: bool,
 }
 
 /// [`metacopy_of`], saying also whether the file shows any xattr.
@@ -226,6 +228,7 @@ pub fn file_xattrs(dir: BorrowedFd, name: &OsStr) -> Result<FileXattrs> {
             return Ok(FileXattrs {
                 metacopy: None,
                 none_shown: false,
+                none: false,
             })
         }
         Err(e) => return Err(e),
@@ -235,6 +238,7 @@ pub fn file_xattrs(dir: BorrowedFd, name: &OsStr) -> Result<FileXattrs> {
     Ok(FileXattrs {
         metacopy,
         none_shown,
+        none: names.is_empty(),
     })
 }
 

@@ -2,8 +2,9 @@
 //! through real mounts, as root and as an unprivileged user: every read
 //! gives the layer's bytes (whole files, odd offsets and sizes, end of
 //! file, past it, empty files, a handle whose file is copied up while it is
-//! open), the daemon's unmount log line says the replies were spliced, and
-//! with `UNIONFS_SPLICE=0` the same reads are answered from a buffer.
+//! open), the daemon's unmount log line says the big replies were spliced
+//! (READs under 32 KiB go from a buffer, which costs less), and with
+//! `UNIONFS_SPLICE=0` every read is answered from a buffer.
 //!
 //! Reads go through O_DIRECT handles where each must reach the daemon (a
 //! buffered read may be served from the page cache instead).
@@ -222,7 +223,10 @@ fn spliced_reads_give_the_layers_bytes() {
     assert_no_failures("spliced reads", &failures);
     let (spliced, buffered) = replies(&l.log);
     assert!(spliced > 20, "{spliced} spliced, {buffered} from a buffer");
-    assert_eq!(buffered, 0, "no read needed the buffer path");
+    assert!(
+        buffered > 0,
+        "the small reads go from a buffer: {spliced} spliced, {buffered} from a buffer"
+    );
     sum.assert_unchanged();
     drop(l.t);
 }
@@ -297,7 +301,10 @@ fn rootless_reads_are_spliced() {
     }
     let (spliced, buffered) = replies(&l.log);
     assert!(spliced > 10, "{spliced} spliced, {buffered} from a buffer");
-    assert_eq!(buffered, 0, "no read needed the buffer path");
+    assert!(
+        buffered > 0,
+        "the small reads go from a buffer: {spliced} spliced, {buffered} from a buffer"
+    );
     sum.assert_unchanged();
     drop(l.t);
 }

@@ -80,9 +80,3 @@ impl From<io::Error> for Error {
 pub fn fail<T>(errno: i32) -> Result<T> {
     Err(Error::errno(errno))
 }
-
-impl From<Error> for io::Error {
-    fn from(e: Error) -> io::Error {
-        io::Error::from_raw_os_error(e.errno)
-    }
-}

@@ -99,16 +99,9 @@ impl FuseFs {
             return Some(reply);
         }
         let sent = reply.send_raw(|dev, unique| {
-            let spliced = self.fs.read_with(fh, |file| {
-                Ok(splice::reply_read(
-                    dev,
-                    unique,
-                    file,
-                    offset,
-                    size as usize,
-                )?)
-            });
-            Ok(spliced?)
+            self.fs.read_with(fh, |file| {
+                splice::reply_read(dev, unique, file, offset, size as usize)
+            })
         });
         match sent {
             Ok(()) => None,

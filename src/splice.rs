@@ -1,8 +1,8 @@
 //! READ replies spliced from the backing file into /dev/fuse, as libfuse
 //! does: the bytes move through a pipe as page references and are never
 //! copied through the daemon's memory. (A reply from a buffer costs a
-//! pread copy into it and a writev copy out of it, and the daemon's CPU
-//! time for a 1 GiB read is mostly those copies.)
+//! pread copy into it and a writev copy out of it; spliced, only the
+//! device's copy into the request's pages is left.)
 //!
 //! The kernel takes a reply from a pipe only whole: the 16-byte header,
 //! whose length field counts the data, then the data. How many bytes the
@@ -18,11 +18,16 @@
 //! pipes are dropped, so no stray bytes can reach a later reply.
 
 use std::cell::RefCell;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::error::{Error, Result};
 use crate::sys;
+
+/// An unexpected state of the pipes or the device: EIO, saying which.
+fn broken(what: &str) -> Error {
+    Error::errno(libc::EIO).context(what.to_owned())
+}
 
 /// `struct fuse_out_header`: len (u32), error (i32), unique (u64).
 const HEADER_LEN: usize = 16;
@@ -84,7 +89,7 @@ struct Pipes {
 }
 
 impl Pipes {
-    fn new(capacity: usize) -> io::Result<Pipes> {
+    fn new(capacity: usize) -> Result<Pipes> {
         let mut p = Pipes {
             data: sys::pipe()?,
             message: sys::pipe()?,
@@ -96,7 +101,7 @@ impl Pipes {
 
     /// Makes both pipes hold at least `capacity` bytes (they are empty
     /// between replies, so they can always be resized).
-    fn grow(&mut self, capacity: usize) -> io::Result<()> {
+    fn grow(&mut self, capacity: usize) -> Result<()> {
         if self.capacity >= capacity {
             return Ok(());
         }
@@ -129,16 +134,16 @@ pub fn reply_read(
     file: BorrowedFd,
     offset: u64,
     size: usize,
-) -> io::Result<()> {
+) -> Result<()> {
     PIPES.with_borrow_mut(|slot| {
         let sent = prepare(slot, unique, file, offset, size).and_then(|(pipes, total)| {
-            match sys::splice(pipes.message.0.as_fd(), dev, total) {
+            match sys::splice(pipes.message.0.as_fd(), None, dev, total) {
                 Ok(m) if m == total => Ok(true),
-                Ok(_) => Err(io::Error::other("short splice of a reply into /dev/fuse")),
+                Ok(_) => Err(broken("short splice of a reply into /dev/fuse")),
                 // The request was interrupted and the kernel no longer
                 // waits for it: answered, as far as anyone can tell.
                 Err(e) if e.is(libc::ENOENT) => Ok(false),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(e),
             }
         });
         // The pipes are known empty only after a whole reply went out.
@@ -159,7 +164,7 @@ fn prepare<'p>(
     file: BorrowedFd,
     offset: u64,
     size: usize,
-) -> io::Result<(&'p Pipes, usize)> {
+) -> Result<(&'p Pipes, usize)> {
     let need = capacity_for(offset, size);
     let pipes = match slot {
         Some(p) => {
@@ -174,14 +179,13 @@ fn prepare<'p>(
     header[0..4].copy_from_slice(&(total as u32).to_ne_bytes());
     header[8..16].copy_from_slice(&unique.to_ne_bytes());
     if sys::write(pipes.message.1.as_fd(), &header)? != HEADER_LEN {
-        return Err(io::Error::other(
-            "short write of a reply header into a pipe",
-        ));
+        return Err(broken("short write of a reply header into a pipe"));
     }
     let mut moved = 0;
     while moved < n {
-        match sys::splice(pipes.data.0.as_fd(), pipes.message.1.as_fd(), n - moved)? {
-            0 => return Err(io::Error::other("data pipe emptied early")),
+        let from = pipes.data.0.as_fd();
+        match sys::splice(from, None, pipes.message.1.as_fd(), n - moved)? {
+            0 => return Err(broken("data pipe emptied early")),
             m => moved += m,
         }
     }
@@ -190,15 +194,15 @@ fn prepare<'p>(
 
 /// Splices up to `size` bytes of `file` at `offset` into the pipe `into`;
 /// returns how many (fewer at end of file).
-fn fill(into: BorrowedFd, file: BorrowedFd, offset: u64, size: usize) -> io::Result<usize> {
+fn fill(into: BorrowedFd, file: BorrowedFd, offset: u64, size: usize) -> Result<usize> {
     let mut n = 0;
     while n < size {
-        match sys::splice_from_file(file, offset + n as u64, into, size - n) {
+        match sys::splice(file, Some(offset + n as u64), into, size - n) {
             Ok(0) => break,
             Ok(m) => n += m,
             // A read that fails after some bytes is a short read, as pread.
             Err(_) if n > 0 => break,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(n)

@@ -572,40 +572,27 @@ pub fn set_pipe_size(pipe: BorrowedFd, size: usize) -> Result<usize> {
         .map(|n| n as usize)
 }
 
-/// `splice(file, &offset, pipe, NULL, len, SPLICE_F_MOVE)`: moves up to
-/// `len` bytes of a file at `offset` into a pipe without copying them
-/// through user space; 0 at end of file.
-pub fn splice_from_file(
-    file: BorrowedFd,
-    offset: u64,
-    pipe: BorrowedFd,
+/// `splice(from, from_offset, to, NULL, len, SPLICE_F_MOVE)`: moves up to
+/// `len` bytes from `from` (a file read at `from_offset`, or a pipe: `None`)
+/// into `to` (a pipe, or a file such as /dev/fuse when `from` is a pipe)
+/// without copying them through user space; 0 at end of file.
+pub fn splice(
+    from: BorrowedFd,
+    from_offset: Option<u64>,
+    to: BorrowedFd,
     len: usize,
 ) -> Result<usize> {
-    let mut off = offset as libc::loff_t;
-    // SAFETY: off is a valid loff_t the call may update; no out offset.
-    retry(|| {
-        check_size(unsafe {
-            libc::splice(
-                file.as_raw_fd(),
-                &mut off,
-                pipe.as_raw_fd(),
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE,
-            )
-        })
-    })
-}
-
-/// `splice(from, NULL, to, NULL, len, SPLICE_F_MOVE)`: moves up to `len`
-/// bytes between two descriptors at least one of which is a pipe.
-pub fn splice(from: BorrowedFd, to: BorrowedFd, len: usize) -> Result<usize> {
-    // SAFETY: plain syscall on valid fds, no offsets.
+    let mut off = from_offset.unwrap_or(0) as libc::loff_t;
+    let off_ptr: *mut libc::loff_t = match from_offset {
+        Some(_) => &mut off,
+        None => std::ptr::null_mut(),
+    };
+    // SAFETY: off_ptr is null or points at `off`, live across the call.
     retry(|| {
         check_size(unsafe {
             libc::splice(
                 from.as_raw_fd(),
-                std::ptr::null_mut(),
+                off_ptr,
                 to.as_raw_fd(),
                 std::ptr::null_mut(),
                 len,

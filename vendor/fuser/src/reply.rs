@@ -219,14 +219,14 @@ impl ReplyData {
     /// (e.g. by splice(2) from a pipe holding the reply header and the
     /// data, so the data is never copied through user space). When `send`
     /// fails, the reply comes back with the error, still to be answered.
-    pub fn send_raw(
+    pub fn send_raw<E: From<std::io::Error>>(
         mut self,
-        send: impl FnOnce(BorrowedFd<'_>, u64) -> std::io::Result<()>,
-    ) -> Result<(), (ReplyData, std::io::Error)> {
+        send: impl FnOnce(BorrowedFd<'_>, u64) -> Result<(), E>,
+    ) -> Result<(), (ReplyData, E)> {
         let unique = self.reply.unique.0;
         let sent = match &self.reply.sender {
             Some(ReplySender::Channel(sender)) => send(sender.device(), unique),
-            _ => Err(std::io::Error::other("no FUSE device to write to")),
+            _ => Err(std::io::Error::other("no FUSE device to write to").into()),
         };
         match sent {
             Ok(()) => {

@@ -634,12 +634,28 @@ struct Worker {
     mnt: PathBuf,
 }
 
-/// What the mount shows for each path a failed step names (the quoted
-/// strings of its Debug form) and for their parent dirs: the kernel's view
-/// (type, inode, link count) or the error, to tell a daemon's refusal
-/// from a stale cache in a failure report.
-fn shown_now(mnt: &Path, step: &str) -> String {
-    let mut paths: Vec<&str> = step.split('"').skip(1).step_by(2).collect();
+impl Step {
+    /// The merged paths the step acts on.
+    fn paths(&self) -> Vec<&str> {
+        match self {
+            Step::Rename { from, to } | Step::Link { from, to } => vec![from, to],
+            Step::Create { path, .. }
+            | Step::Write { path, .. }
+            | Step::Overwrite { path, .. }
+            | Step::Chmod { path, .. }
+            | Step::Unlink { path }
+            | Step::Mkdir { path, .. }
+            | Step::Rmdir { path }
+            | Step::Same { path, .. } => vec![path],
+        }
+    }
+}
+
+/// What the mount shows for each path `step` acts on and for their parent
+/// dirs: the kernel's view (type, inode, link count) or the error, to tell
+/// a daemon's refusal from a stale cache in a failure report.
+fn shown_now(mnt: &Path, step: &Step) -> String {
+    let mut paths = step.paths();
     let parents: Vec<&str> = paths
         .iter()
         .filter_map(|p| p.rsplit_once('/').map(|(d, _)| d))
@@ -700,7 +716,7 @@ impl Worker {
                         "{step:?} failed with the daemon alive: {e}\n    the mount shows now: {}\n    \
                          calls since the upper was fresh \
                          (kills between them marked; {HISTORY_SEP:?} between calls):\n      {}",
-                        shown_now(&self.mnt, &format!("{step:?}")),
+                        shown_now(&self.mnt, step),
                         packed(&self.history)
                     ));
                 }

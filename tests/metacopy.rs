@@ -588,9 +588,7 @@ fn unprivileged_user_makes_user_xattr_metacopies() {
         );
     }
     let sum = checksum_layers(&[&s.lower, &meta_l, &data_l]);
-    let fuse = s.t.join("fuse");
-    sys::mknod(&fuse, libc::S_IFCHR | 0o666, sys::makedev(10, 229)).expect("mknod fuse");
-    fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)).unwrap();
+    let fuse = fuse_node(s.t.path());
     let m = s.mnt.display();
     let user_script = format!(
         "set -e; B={bin}; \"$B\" mount -l {l} -u {u} -w {w} -o metacopy=on {m}; \

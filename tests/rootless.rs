@@ -47,9 +47,7 @@ fn setup(name: &str) -> Setup {
     for dir in [&lower, &upper, &work, &mnt] {
         chown_tree(dir, USER);
     }
-    let fuse = t.join("fuse");
-    sys::mknod(&fuse, libc::S_IFCHR | 0o666, sys::makedev(10, 229)).expect("mknod fuse");
-    fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)).unwrap();
+    let fuse = fuse_node(t.path());
     Setup {
         t,
         lower,

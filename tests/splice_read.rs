@@ -13,9 +13,8 @@ mod common;
 
 use common::*;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const MIB: usize = 1 << 20;
 const BIG: usize = 3 * MIB + 1234;
@@ -192,16 +191,36 @@ fn check_copy_up_under_open_handle(l: &Layers, m: &Mount) -> Vec<String> {
 /// from a buffer".
 fn replies(log: &Path) -> (u64, u64) {
     let text = fs::read_to_string(log).unwrap_or_default();
-    let line = text
+    let counts = text
         .lines()
-        .rfind(|l| l.contains("read replies:"))
-        .unwrap_or_else(|| panic!("no 'read replies' line in the daemon log:\n{text}"));
-    let nums: Vec<u64> = line
+        .rev()
+        .find_map(|l| l.split_once("read replies:"))
+        .unwrap_or_else(|| panic!("no 'read replies' line in the daemon log:\n{text}"))
+        .1;
+    let nums: Vec<u64> = counts
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    // The pid comes first in the line: the last two numbers are the counts.
-    (nums[nums.len() - 2], nums[nums.len() - 1])
+    (nums[0], nums[1])
+}
+
+/// Mounts (with `env` in the daemon's environment), reads everything and
+/// copies a file up under an open handle, unmounts, and checks the bytes
+/// and that the lower is unchanged. Returns the mount's superblock options
+/// and the daemon's (spliced, buffered) reply counts.
+fn read_everything(name: &str, env: &[(&str, &str)]) -> (String, u64, u64) {
+    let l = layers(name);
+    let sum = checksum_layers(&[&l.lower]);
+    let m = mount(&l, env);
+    let super_opts = m.info().super_opts.clone();
+    let mut failures = check_reads(&m);
+    failures.extend(check_copy_up_under_open_handle(&l, &m));
+    m.umount();
+    assert_no_failures(name, &failures);
+    sum.assert_unchanged();
+    let (spliced, buffered) = replies(&l.log);
+    drop(l.t);
+    (super_opts, spliced, buffered)
 }
 
 #[test]
@@ -209,26 +228,16 @@ fn spliced_reads_give_the_layers_bytes() {
     if !require_mount_env() {
         return;
     }
-    let l = layers("splice-read");
-    let sum = checksum_layers(&[&l.lower]);
-    let m = mount(&l, &[]);
+    let (super_opts, spliced, buffered) = read_everything("splice-read", &[]);
     assert!(
-        m.info().super_opts.contains("max_read=1040384"),
-        "READs are capped to fit a 1 MiB pipe: {}",
-        m.info().super_opts
+        super_opts.contains("max_read=1040384"),
+        "READs are capped to fit a 1 MiB pipe: {super_opts}"
     );
-    let mut failures = check_reads(&m);
-    failures.extend(check_copy_up_under_open_handle(&l, &m));
-    m.umount();
-    assert_no_failures("spliced reads", &failures);
-    let (spliced, buffered) = replies(&l.log);
     assert!(spliced > 20, "{spliced} spliced, {buffered} from a buffer");
     assert!(
         buffered > 0,
         "the small reads go from a buffer: {spliced} spliced, {buffered} from a buffer"
     );
-    sum.assert_unchanged();
-    drop(l.t);
 }
 
 #[test]
@@ -236,37 +245,23 @@ fn with_splice_off_reads_come_from_a_buffer() {
     if !require_mount_env() {
         return;
     }
-    let l = layers("splice-off");
-    let sum = checksum_layers(&[&l.lower]);
-    let m = mount(&l, &[("UNIONFS_SPLICE", "0")]);
+    let (super_opts, spliced, buffered) = read_everything("splice-off", &[("UNIONFS_SPLICE", "0")]);
     assert!(
-        !m.info().super_opts.contains("max_read="),
-        "no cap without splice: {}",
-        m.info().super_opts
+        !super_opts.contains("max_read="),
+        "no cap without splice: {super_opts}"
     );
-    let mut failures = check_reads(&m);
-    failures.extend(check_copy_up_under_open_handle(&l, &m));
-    m.umount();
-    assert_no_failures("buffered reads", &failures);
-    let (spliced, buffered) = replies(&l.log);
     assert_eq!(spliced, 0);
     assert!(buffered > 20, "{spliced} spliced, {buffered} from a buffer");
-    sum.assert_unchanged();
-    drop(l.t);
 }
 
 /// As uid 1000 through fusermount3: the daemon may not grow a pipe past
 /// 1 MiB, and fusermount3 must accept the max_read option.
 #[test]
 fn rootless_reads_are_spliced() {
-    if !require_mount_env() {
+    if !require_mount_env()
+        || !require_commands(&["unshare", "setpriv", "fusermount3", "dd", "cmp"])
+    {
         return;
-    }
-    for tool in ["unshare", "setpriv", "fusermount3", "dd", "cmp"] {
-        if Command::new(tool).arg("--help").output().is_err() {
-            skip_or_fail(&format!("{tool} is not installed"));
-            return;
-        }
     }
     const USER: u32 = 1000;
     let l = layers("splice-rootless");
@@ -274,9 +269,7 @@ fn rootless_reads_are_spliced() {
     for dir in [l.t.path(), &l.lower, &l.upper, &l.mnt] {
         chown_tree(dir, USER);
     }
-    let fuse = l.t.join("fuse");
-    sys::mknod(&fuse, libc::S_IFCHR | 0o666, sys::makedev(10, 229)).expect("mknod fuse");
-    fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)).unwrap();
+    let fuse = fuse_node(l.t.path());
     let sum = checksum_layers(&[&l.lower]);
     let script = format!(
         "set -e; M={m}; \
@@ -306,5 +299,7 @@ fn rootless_reads_are_spliced() {
         "the small reads go from a buffer: {spliced} spliced, {buffered} from a buffer"
     );
     sum.assert_unchanged();
+    // Reads copy nothing up: the upper holds only the file it started with.
+    assert_eq!(list_str(&l.upper), ["own"], "the upper after reads");
     drop(l.t);
 }

@@ -594,6 +594,15 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> CmdOutput {
     result
 }
 
+/// A 0666 node of /dev/fuse at `dir/fuse`, for [`as_user_through_fusermount`]
+/// to lend over /dev/fuse (which may be root-only).
+pub fn fuse_node(dir: &Path) -> PathBuf {
+    let fuse = dir.join("fuse");
+    sys::mknod(&fuse, libc::S_IFCHR | 0o666, sys::makedev(10, 229)).expect("mknod fuse");
+    fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)).unwrap();
+    fuse
+}
+
 /// `chown -Rh uid:uid p`.
 pub fn chown_tree(p: &Path, uid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(uid)).unwrap();

@@ -520,8 +520,7 @@ impl CopyUp<'_> {
                     .map(|()| temp)
             })
             .map_err(|e| e.context(format!("copy-up of {}", show(&sname))))?;
-        let recorded =
-            upper.write_origin(temp.fd.as_fd(), &self.tree.nodes.origin_xattr(), src.ino);
+        let recorded = upper.write_origin(temp.fd.as_fd(), self.tree.nodes.origin_xattr(), src.ino);
         let links = st.st_nlink;
         let hardlinked = st.st_mode & libc::S_IFMT != libc::S_IFDIR && links > 1;
         let indexed = recorded.and_then(|()| {

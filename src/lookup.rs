@@ -229,10 +229,10 @@ pub fn resolve_listed(
     let mut opaque_on_path = false;
     // The data file a metacopy's bytes come from, once found.
     let mut data: Option<Stat> = None;
-    // The top object's xattrs, listed to look for a metacopy, show none;
-    // or there are none at all (so no recorded origin either).
+    // The top object's xattrs, listed to look for a metacopy, show none.
     let mut top_shows_no_xattrs = false;
-    let mut top_has_no_xattrs = false;
+    // That listing has no origin xattr: the top records no origin.
+    let mut top_lacks_origin = false;
     while let Some(layer_id) = cursor.next(layer) {
         layer = Some(layer_id);
         // A lower whose listing of the parent lacks the name: nothing there
@@ -294,7 +294,10 @@ pub fn resolve_listed(
                 true => {
                     let seen = whiteout::file_xattrs(pdir.fd(), &here)?;
                     top_shows_no_xattrs |= is_top && seen.none_shown;
-                    top_has_no_xattrs |= is_top && seen.none;
+                    top_lacks_origin |= is_top
+                        && seen.names.as_ref().is_some_and(|names| {
+                            !names.iter().any(|n| n == tree.nodes.origin_xattr())
+                        });
                     seen.metacopy
                 }
                 false => None,
@@ -373,8 +376,8 @@ pub fn resolve_listed(
         || -> Result<u64> { Ok(tree.nodes.ino_for(tree.layers.get(UPPER)?, stat.st_ino)) };
     let ino = match (origin, dirs.first()) {
         (Some((layer, st)), _) => tree.nodes.ino_for(tree.layers.get(layer)?, st.st_ino),
-        // Upper only, with no xattr to record an origin in: its own number.
-        (None, _) if top_has_no_xattrs => own_number()?,
+        // Upper only, and its listed xattrs hold no origin: its own number.
+        (None, _) if top_lacks_origin => own_number()?,
         // An upper-only directory is open already: its origin is read there.
         (None, Some((UPPER, d))) => match tree.nodes.read_origin(d.fd()) {
             Some(ino) => ino,

@@ -321,6 +321,8 @@ pub struct NodeTable {
     /// `trusted.unionfs.` or `user.unionfs.`: where an upper copy records
     /// the number of the object it was copied from.
     pub meta_prefix: &'static str,
+    /// `<meta_prefix>origin`, built once: lookups compare listed names to it.
+    origin_xattr: OsString,
 }
 
 impl NodeTable {
@@ -355,6 +357,7 @@ impl NodeTable {
             synthetic: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             meta_prefix,
+            origin_xattr: format!("{meta_prefix}{ORIGIN}").into(),
         }
     }
 
@@ -379,13 +382,13 @@ impl NodeTable {
     }
 
     /// The xattr in which an upper copy records its origin's number.
-    pub fn origin_xattr(&self) -> String {
-        format!("{}{ORIGIN}", self.meta_prefix)
+    pub fn origin_xattr(&self) -> &OsStr {
+        &self.origin_xattr
     }
 
     /// The number recorded in an upper copy (`<prefix>origin`) at copy-up.
     pub fn read_origin(&self, fd: BorrowedFd) -> Option<u64> {
-        let v = crate::sys::getxattr_via_proc(fd, OsStr::new(&self.origin_xattr())).ok()??;
+        let v = crate::sys::getxattr_via_proc(fd, self.origin_xattr()).ok()??;
         String::from_utf8(v).ok()?.parse().ok()
     }
 

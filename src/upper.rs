@@ -249,9 +249,9 @@ impl Upper {
     /// Records in an upper copy the number of the object it copies
     /// (`xattr` is the private origin xattr), so the number survives the
     /// copy-up and remounts.
-    pub fn write_origin(&self, fd: BorrowedFd, xattr: &str, ino: u64) -> Result<()> {
+    pub fn write_origin(&self, fd: BorrowedFd, xattr: &OsStr, ino: u64) -> Result<()> {
         debug!("origin {ino}");
-        match sys::fsetxattr(fd, OsStr::new(xattr), ino.to_string().as_bytes(), 0) {
+        match sys::fsetxattr(fd, xattr, ino.to_string().as_bytes(), 0) {
             // user.* xattrs cannot sit on symlinks and devices; their
             // numbers are only promised stable while mounted.
             Err(e) if e.is(libc::EPERM) => Ok(()),

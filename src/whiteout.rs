@@ -216,8 +216,9 @@ pub struct FileXattrs {
     /// It carries no xattr a user sees (only private ones, or none): later
     /// getxattr and listxattr calls need not ask the layer.
     pub none_shown: bool,
-    /// It carries no xattr at all, not even a private one (an origin).
-    pub none: bool,
+    /// The names it carries (`None`: the layer has no xattrs), for a
+    /// caller that looks for one of its own (an upper copy's origin).
+    pub names: Option<Vec<OsString>>,
 }
 
 /// [`metacopy_of`], saying also whether the file shows any xattr.
@@ -228,7 +229,7 @@ pub fn file_xattrs(dir: BorrowedFd, name: &OsStr) -> Result<FileXattrs> {
             return Ok(FileXattrs {
                 metacopy: None,
                 none_shown: false,
-                none: false,
+                names: None,
             })
         }
         Err(e) => return Err(e),
@@ -238,7 +239,7 @@ pub fn file_xattrs(dir: BorrowedFd, name: &OsStr) -> Result<FileXattrs> {
     Ok(FileXattrs {
         metacopy,
         none_shown,
-        none: names.is_empty(),
+        names: Some(names),
     })
 }
 

@@ -277,7 +277,7 @@ impl UnionFs {
         if self.tree.nodes.read_origin(udir.as_fd()).is_none() {
             copier
                 .upper
-                .write_origin(udir.as_fd(), &self.tree.nodes.origin_xattr(), found.ino)?;
+                .write_origin(udir.as_fd(), self.tree.nodes.origin_xattr(), found.ino)?;
         }
         let why = "its tree copied up whole (the OCI format has no redirect): \
                    opaque so the lower's entries do not merge again where it lands";

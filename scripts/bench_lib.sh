@@ -25,6 +25,10 @@ BENCH_RUN_UID=
 # shellcheck disable=SC2034 # used by the scripts that source this
 CLK_TCK=$(getconf CLK_TCK)
 
+# fuse's enable_uring before `bench_set_uring` changed it (restored at exit).
+BENCH_URING_PARAM=/sys/module/fuse/parameters/enable_uring
+BENCH_URING_WAS=
+
 bench_mounts=()   # mount points, in mount order
 bench_loops=()    # loop devices we attached
 bench_daemons=()  # FUSE daemon pids we started
@@ -60,9 +64,23 @@ bench_our_mounts() {
     sort -rn | cut -d' ' -f2-
 }
 
+# bench_set_uring on|off: FUSE over io_uring offered to the daemons mounted
+# from now on (fuse's enable_uring, global; the old value comes back at
+# exit). unionfs takes it when offered; FO1 (libfuse 3.14) cannot.
+bench_set_uring() {
+  [ -w "$BENCH_URING_PARAM" ] || bench_die "URING=$1: $BENCH_URING_PARAM is missing (kernel without FUSE over io_uring)"
+  BENCH_URING_WAS=$(cat "$BENCH_URING_PARAM")
+  case $1 in
+    on) echo Y >"$BENCH_URING_PARAM" ;;
+    off) echo N >"$BENCH_URING_PARAM" ;;
+    *) bench_die "URING=$1: on or off" ;;
+  esac
+}
+
 bench_cleanup() {
   local m i d p
   set +e
+  [ -n "$BENCH_URING_WAS" ] && echo "$BENCH_URING_WAS" >"$BENCH_URING_PARAM"
   for ((i = ${#bench_mounts[@]} - 1; i >= 0; i--)); do
     m=${bench_mounts[i]}
     mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; }

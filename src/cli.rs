@@ -85,6 +85,9 @@ pub struct MountConfig {
     /// upper in `security.fuseoverlayfs.override_stat` (1) or
     /// `user.containers.override_stat` (2) instead of the inode.
     pub xattr_permissions: u8,
+    /// `-o io_uring=on|off`: take requests through FUSE over io_uring when
+    /// the kernel offers it (on unless told off).
+    pub io_uring: bool,
     /// One line per accepted but ignored option, e.g. "option 'noatime' has
     /// no effect here; ignored", for the caller to print after its own
     /// "unionfs: warning: " prefix.
@@ -206,6 +209,9 @@ Options for -o (comma-separated; '\\,' is a literal comma):
                              security.fuseoverlayfs.override_stat (1) or
                              user.containers.override_stat (2); layers whose
                              root carries one of those are read that way
+  io_uring=on|off            take requests through FUSE over io_uring where the
+                             kernel offers it (fuse's enable_uring, set by
+                             root); on by default, else /dev/fuse
   metacopy=on|off            chown, chmod, utimes, xattrs, rename and link of a
                              lower file copy up its metadata only (kernel
                              overlayfs's metacopy); its bytes at the first write
@@ -859,6 +865,7 @@ struct MountOptions {
     volatile: bool,
     xattr_permissions: u8,
     metacopy: bool,
+    io_uring: Option<bool>,
 }
 
 /// Flags handed to the kernel as they are.
@@ -1033,6 +1040,15 @@ impl MountOptions {
                     "on" => true,
                     _ => return Err(bad_value(name, &v, "expected on or off".into())),
                 };
+                Ok(())
+            }
+            "io_uring" => {
+                let v = text_value(name, value)?;
+                self.io_uring = Some(match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad_value(name, &v, "expected on or off".into())),
+                });
                 Ok(())
             }
             "xattr_permissions" => {
@@ -1305,6 +1321,7 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         owners,
         volatile: opts.volatile,
         xattr_permissions: opts.xattr_permissions,
+        io_uring: opts.io_uring.unwrap_or(true),
         warnings: opts.warnings,
         verbose: raw.verbose,
     })

@@ -102,7 +102,7 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;
 
-    let fuse_fs = FuseFs::new(fs.clone());
+    let fuse_fs = FuseFs::new(fs.clone(), config.io_uring);
     let notifier = fuse_fs.notifier_slot();
     let session = Session::new(fuse_fs, &config.mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;
@@ -161,9 +161,10 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     match &r {
         Ok(()) => info!(
             target: "unionfs",
-            "unmounted {}; read replies: {}",
+            "unmounted {}; read replies: {}; requests through io_uring: {}",
             config.mountpoint.display(),
-            crate::splice::summary()
+            crate::splice::summary(),
+            fuser::ring_requests()
         ),
         Err(e) => error!("the FUSE session ended with an error: {e}"),
     }

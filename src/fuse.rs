@@ -46,16 +46,19 @@ pub struct FuseFs {
     long: Arc<AtomicUsize>,
     /// Tells the kernel a cached answer is wrong; set once the session is.
     notifier: Arc<OnceLock<Notifier>>,
+    /// Ask for FUSE over io_uring when the kernel offers it (`-o io_uring`).
+    io_uring: bool,
 }
 
 impl FuseFs {
-    pub fn new(fs: Arc<UnionFs>) -> FuseFs {
+    pub fn new(fs: Arc<UnionFs>, io_uring: bool) -> FuseFs {
         FuseFs {
             fs,
             passthrough: false,
             io: Arc::default(),
             long: Arc::default(),
             notifier: Arc::default(),
+            io_uring,
         }
     }
 
@@ -358,6 +361,22 @@ impl Filesystem for FuseFs {
         if config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
             debug!("kernel lacks FUSE_POSIX_ACL");
         }
+        // Requests then come through per-CPU io_uring queues (the vendored
+        // fuser's uring.rs), not a read(2) and a writev(2) each. The kernel
+        // offers it only where root has set fuse's `enable_uring`.
+        let uring = self.io_uring
+            && config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+        info!(
+            target: "unionfs",
+            "transport: {}",
+            match (uring, self.io_uring) {
+                (true, _) => "FUSE over io_uring",
+                (false, true) => "/dev/fuse (the kernel does not offer io_uring: fuse's enable_uring is off)",
+                (false, false) => "/dev/fuse (io_uring=off)",
+            }
+        );
         let ok = sys::geteuid() == 0
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
@@ -573,6 +592,14 @@ impl Filesystem for FuseFs {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        // Through an io_uring queue, the bytes go straight into the ring's
+        // buffer; through /dev/fuse, big reads are spliced.
+        let reply = match reply.fill_raw(size as usize, |dst| self.fs.read_into(fh.0, offset, dst))
+        {
+            Ok(()) => return splice::count_in_ring(),
+            Err((reply, e)) if e.is(libc::EOPNOTSUPP) => reply,
+            Err((reply, e)) => return reply.error(failed("read", e)),
+        };
         let reply = match self.splice_read(fh.0, offset, size, reply) {
             None => return,
             Some(r) => r,

@@ -66,6 +66,13 @@ pub fn enabled() -> bool {
 /// (tests read it to see which path served them).
 static SPLICED: AtomicU64 = AtomicU64::new(0);
 static BUFFERED: AtomicU64 = AtomicU64::new(0);
+static IN_RING: AtomicU64 = AtomicU64::new(0);
+
+/// One READ answered by reading straight into an io_uring entry's buffer
+/// (FUSE over io_uring, where splice does not apply).
+pub fn count_in_ring() {
+    IN_RING.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Counts a READ answered from a buffer.
 pub fn count_buffered() {
@@ -75,9 +82,10 @@ pub fn count_buffered() {
 /// "N spliced, M from a buffer": the READ replies sent so far.
 pub fn summary() -> String {
     format!(
-        "{} spliced, {} from a buffer",
+        "{} spliced, {} from a buffer, {} read into an io_uring buffer",
         SPLICED.load(Ordering::Relaxed),
-        BUFFERED.load(Ordering::Relaxed)
+        BUFFERED.load(Ordering::Relaxed),
+        IN_RING.load(Ordering::Relaxed)
     )
 }
 

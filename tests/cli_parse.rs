@@ -818,6 +818,34 @@ fn semantic_options_are_refused() {
 }
 
 #[test]
+fn io_uring_is_on_unless_told_off() {
+    let s = Scratch::new("io-uring");
+    let l = s.layers();
+    let config = mount(&[os("mount"), os("-l"), l.lower_list(), os(&l.mnt)]);
+    assert!(config.io_uring);
+    for (opt, want) in [("io_uring=off", false), ("io_uring=on", true)] {
+        let config = mount(&[
+            os("mount"),
+            os("-l"),
+            l.lower_list(),
+            os("-o"),
+            os(opt),
+            os(&l.mnt),
+        ]);
+        assert_eq!(config.io_uring, want, "{opt}");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+    for (bad, why) in [
+        ("io_uring", "needs a value"),
+        ("io_uring=auto", "on or off"),
+    ] {
+        let data = join(&[l.data().bytes(), b",", bad.as_bytes()]);
+        let e = fails(&[os("-o"), data, os(&l.mnt)], &["io_uring", why]);
+        assert_eq!(e.exit_code, 2);
+    }
+}
+
+#[test]
 fn metacopy_and_data_only_lowers() {
     let s = Scratch::new("metacopy");
     let l = s.layers();

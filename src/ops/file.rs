@@ -97,14 +97,17 @@ impl UnionFs {
         size: u32,
         buf: &'b mut Vec<u8>,
     ) -> Result<&'b [u8]> {
-        let h = self.handles.file(fh)?;
-        let real = h.real();
         if buf.len() < size as usize {
             buf.resize(size as usize, 0);
         }
-        let fd = handles::fd_of(&real);
-        let n = direct_or_buffered(fd, || sys::pread(fd, &mut buf[..size as usize], offset))?;
+        let n = self.read_into(fh, offset, &mut buf[..size as usize])?;
         Ok(&buf[..n])
+    }
+
+    /// Reads into `dst` (a reply's own buffer: FUSE over io_uring), from
+    /// the file [`UnionFs::read`] would read.
+    pub fn read_into(&self, fh: u64, offset: u64, dst: &mut [u8]) -> Result<usize> {
+        self.read_with(fh, |fd| sys::pread(fd, dst, offset))
     }
 
     /// Runs `io` on the file a read of handle `fh` reads now (the upper

@@ -35,9 +35,11 @@ use crate::ll::{self};
 use crate::passthrough::BackingId;
 
 /// Generic reply callback to send data
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum ReplySender {
     Channel(ChannelSender),
+    /// unionfs patch: the request came through an io_uring queue.
+    Ring(crate::uring::RingReply),
     #[cfg(test)]
     Assert(AssertSender),
     #[cfg(test)]
@@ -49,6 +51,7 @@ impl ReplySender {
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> std::io::Result<()> {
         match self {
             ReplySender::Channel(sender) => sender.send(data),
+            ReplySender::Ring(ring) => ring.send(data),
             #[cfg(test)]
             ReplySender::Assert(sender) => sender.send(data),
             #[cfg(test)]
@@ -63,6 +66,7 @@ impl ReplySender {
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {
         match self {
             ReplySender::Channel(sender) => sender.open_backing(fd),
+            ReplySender::Ring(ring) => ring.open_backing(fd),
             #[cfg(test)]
             ReplySender::Assert(_) => unreachable!(),
             #[cfg(test)]
@@ -74,6 +78,7 @@ impl ReplySender {
     pub(crate) unsafe fn wrap_backing(&self, id: u32) -> BackingId {
         match self {
             ReplySender::Channel(sender) => unsafe { sender.wrap_backing(id) },
+            ReplySender::Ring(ring) => unsafe { ring.wrap_backing(id) },
             #[cfg(test)]
             ReplySender::Assert(_) => unreachable!(),
             #[cfg(test)]
@@ -83,7 +88,7 @@ impl ReplySender {
 }
 
 #[cfg(test)]
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct AssertSender {
     expected: Vec<u8>,
 }
@@ -227,6 +232,31 @@ impl ReplyData {
         let sent = match &self.reply.sender {
             Some(ReplySender::Channel(sender)) => send(sender.device(), unique),
             _ => Err(std::io::Error::other("no FUSE device to write to").into()),
+        };
+        match sent {
+            Ok(()) => {
+                self.reply.sender = None;
+                Ok(())
+            }
+            Err(e) => Err((self, e)),
+        }
+    }
+}
+
+impl ReplyData {
+    /// unionfs patch: reply with up to `max` bytes that `read` writes
+    /// straight into the reply's buffer, when the request came through an
+    /// io_uring queue whose entry is free for it (no copy through a buffer
+    /// of the filesystem's). Otherwise, or when `read` fails, the reply
+    /// comes back with the error, still to be answered.
+    pub fn fill_raw<E: From<std::io::Error>>(
+        mut self,
+        max: usize,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<(), (ReplyData, E)> {
+        let sent = match &self.reply.sender {
+            Some(ReplySender::Ring(ring)) => ring.fill(max, read),
+            _ => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP).into()),
         };
         match sent {
             Ok(()) => {

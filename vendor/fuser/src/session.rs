@@ -139,6 +139,9 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// unionfs patch: the payload size FUSE over io_uring needs, when INIT
+    /// negotiated it (FUSE_OVER_IO_URING requested and offered).
+    pub(crate) uring_payload: Option<usize>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +189,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -214,6 +218,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -252,6 +257,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring_payload,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -286,6 +292,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let ring_ch = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -306,6 +313,22 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        // unionfs patch: the io_uring queues, beside the /dev/fuse threads
+        // (which still carry FORGET, INTERRUPT and everything until the
+        // queues are registered). A failure leaves /dev/fuse serving all.
+        let rings = match (uring_payload, threads.first()) {
+            (Some(payload), Some(_)) => {
+                match crate::uring::start(&ring_ch, &filesystem, allowed, session_owner, payload) {
+                    Ok(rings) => rings,
+                    Err(e) => {
+                        warn!("FUSE over io_uring not started ({e}): serving through /dev/fuse");
+                        Vec::new()
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -318,6 +341,12 @@ impl<FS: Filesystem> Session<FS> {
                 if reply.is_ok() {
                     reply = Err(e);
                 }
+            }
+        }
+
+        for ring in rings {
+            if let Err(e) = ring.stop() {
+                warn!("{e}");
             }
         }
 
@@ -469,6 +498,17 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                // The kernel's payload is max(8 KiB, max_write, max_pages
+                // pages); 32 pages when max_pages is not negotiated.
+                let page = page_size::get();
+                let pages = (config.max_write.max(config.max_readahead) as usize).div_ceil(page);
+                self.uring_payload = Some(
+                    (config.max_write as usize)
+                        .max(8192)
+                        .max(pages.max(32) * page),
+                );
+            }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);

@@ -572,6 +572,16 @@ fn rootless_acl_with_named_users_follows_the_shown_mode() {
         names.iter().any(|n| n == "system.posix_acl_default"),
         "the default ACL stays on the directory: {names:?}"
     );
+    // Mounted again: a lookup that lists the file's xattrs sees the ACL
+    // among the private ones.
+    let again =
+        as_root_over_user_daemon(&s, "echo \"AGAIN $(getfacl -cnE $M/d/f | tr '\\n' ' ')\"");
+    assert!(
+        again
+            .stdout
+            .contains("AGAIN user::rw- user:1234:r-- group::--- mask::--x other::r-- "),
+        "{again}"
+    );
     // the daemon still reads and writes its copy
     let real = fs::symlink_metadata(s.upper.join("d/f")).unwrap();
     assert_eq!(real.uid(), USER);

@@ -367,6 +367,9 @@ impl UnionFs {
         let Some(name) = self.upper_acl_name() else {
             return Ok(());
         };
+        if !matches!(node.kind, libc::S_IFREG | libc::S_IFDIR) {
+            return Ok(()); // a fifo or device has none, and refuses the call
+        }
         let r = self.upper()?.remove_xattr(fd, OsStr::new(name));
         node.xattrs_changed();
         match r {

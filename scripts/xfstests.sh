@@ -135,7 +135,8 @@ if [ "${1:-}" != inner ]; then
   if [ "$build_only" = 1 ]; then echo "$cache/xfstests"; exit 0; fi
   say "cargo build --release"
   nice cargo build --release --quiet
-  export XFS_DIR="$cache/xfstests" UNIONFS_BIN="$repo/target/release/unionfs"
+  # cargo builds where CARGO_TARGET_DIR says (a worktree's build kept out of it)
+  export XFS_DIR="$cache/xfstests" UNIONFS_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/unionfs"
   export XFS_TARGETS="$targets" XFS_TESTS="$tests" XFS_GROUP="$group" XFS_CI="$ci"
   export XFS_REPO="$repo"
   tmp="$(mktemp -d /var/tmp/unionfs-xfstests-run.XXXXXX)"

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
+use crate::acl;
 use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
 use crate::handles::Handles;
@@ -27,6 +28,7 @@ use crate::index;
 use crate::layer::UPPER;
 use crate::lookup::{self, Found};
 use crate::node::{Lower, LowerAt, Node, Stack, ROOT_INO};
+use crate::override_stat;
 use crate::readdir;
 use crate::sys::{self, SetTime, Stat};
 use crate::tree::Tree;
@@ -553,7 +555,8 @@ impl CopyUp<'_> {
 impl CopyUp<'_> {
     /// Forced permissions: the copy keeps the override of the object `name`
     /// in `dir` (of `layer`), under the upper's xattr name (private xattrs
-    /// are not copied with the others).
+    /// are not copied with the others), and the access ACL it shows, in
+    /// the upper's private ACL xattr and not on the inode.
     fn carry_override(
         &self,
         layer: crate::layer::LayerId,
@@ -561,17 +564,43 @@ impl CopyUp<'_> {
         name: &OsStr,
         temp: &Temp,
     ) -> Result<()> {
-        let (Some(from), Some(to)) = (self.forced.of(layer), self.forced.of(UPPER)) else {
+        let Some(to) = self.forced.of(UPPER) else {
             return Ok(());
         };
         if !matches!(temp.kind, libc::S_IFREG | libc::S_IFDIR) {
             return Ok(());
         }
-        let src = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        let Some(value) = sys::getxattr_via_proc(src.as_fd(), OsStr::new(from))? else {
-            return Ok(());
+        let (mut shown_perm, mut private) = (None, None);
+        if let Some(from) = self.forced.of(layer) {
+            let src = sys::openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+            if let Some(value) = sys::getxattr_via_proc(src.as_fd(), OsStr::new(from))? {
+                shown_perm = override_stat::parse(&value).map(|f| f.perm);
+                self.upper.set_override(temp.fd.as_fd(), to, &value)?;
+            }
+            let acl_name = override_stat::acl_name_for(from);
+            private = sys::getxattr_via_proc(src.as_fd(), OsStr::new(acl_name))?;
+        }
+        // A real ACL came with the other xattrs; it shows fitted to the
+        // shown mode (as `access_acl` in ops says).
+        let access = OsStr::new(acl::ACCESS_XATTR);
+        let real = match sys::fgetxattr(temp.fd.as_fd(), access) {
+            Ok(v) => v,
+            Err(e) if whiteout::is_xattr_unsupported(e.raw()) => None,
+            Err(e) => return Err(e),
         };
-        self.upper.set_override(temp.fd.as_fd(), to, &value)
+        if real.is_some() {
+            sys::fremovexattr(temp.fd.as_fd(), access)?;
+        }
+        let shown = match (private, real) {
+            (Some(p), _) => p,
+            (None, Some(r)) => match shown_perm {
+                Some(perm) => acl::chmod(&r, perm).unwrap_or(r),
+                None => r,
+            },
+            (None, None) => return Ok(()),
+        };
+        let to_acl = override_stat::acl_name_for(to);
+        self.upper.set_private_acl(temp.fd.as_fd(), to_acl, &shown)
     }
 }
 

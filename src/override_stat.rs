@@ -32,6 +32,33 @@ pub fn name_for_option(n: u8) -> Option<&'static str> {
     }
 }
 
+/// With forced permissions an object's access ACL lives in a private xattr
+/// next to its override, never on the inode: on the inode, its owner entry
+/// and mask would rewrite the real mode the daemon needs for its own access
+/// (a 0600 directory given `u:ID:r` would lose the daemon's search right),
+/// and the kernel would check access against an ACL that follows the real
+/// mode instead of the shown one. Under `user.unionfs.` beside a `user.`
+/// override, `trusted.unionfs.` beside the privileged one: private names,
+/// hidden and refused through the mount as every `*.unionfs.` name is.
+pub const ACL_USER: &str = "user.unionfs.posix_acl_access";
+/// The private access ACL beside a `security.` override.
+pub const ACL_TRUSTED: &str = "trusted.unionfs.posix_acl_access";
+
+/// The xattr an object whose override is named `override_name` keeps its
+/// access ACL in.
+pub fn acl_name_for(override_name: &str) -> &'static str {
+    if override_name.starts_with("security.") {
+        ACL_TRUSTED
+    } else {
+        ACL_USER
+    }
+}
+
+/// True for a private access ACL name: it shows as `system.posix_acl_access`.
+pub fn is_acl_name(name: &[u8]) -> bool {
+    name == ACL_USER.as_bytes() || name == ACL_TRUSTED.as_bytes()
+}
+
 /// True for an override name: never shown, never set through the mount
 /// (it would let a user forge an owner).
 pub fn is_override_name(name: &[u8]) -> bool {
@@ -253,6 +280,10 @@ mod tests {
         assert_eq!(name_for_option(2), Some(CONTAINERS));
         assert!(NAMES.iter().all(|n| is_override_name(n.as_bytes())));
         assert!(!is_override_name(b"user.x"));
+        assert_eq!(acl_name_for(PRIVILEGED), ACL_TRUSTED);
+        assert_eq!(acl_name_for(CONTAINERS), ACL_USER);
+        assert_eq!(acl_name_for(USER), ACL_USER);
+        assert!(is_acl_name(ACL_USER.as_bytes()) && !is_acl_name(b"system.posix_acl_access"));
         assert_eq!(real_perm(0o4755, false), 0o755);
         assert_eq!(real_perm(0o000, false), 0o600);
         assert_eq!(real_perm(0o000, true), 0o700);

@@ -233,6 +233,13 @@ impl Upper {
         sys::fsetxattr(fd, OsStr::new(name), value, 0)
     }
 
+    /// Records an object's access ACL in the private xattr `name` (forced
+    /// permissions keep it off the inode).
+    pub fn set_private_acl(&self, fd: BorrowedFd, name: &str, acl: &[u8]) -> Result<()> {
+        debug!("private_acl {name} ({} bytes)", acl.len());
+        sys::fsetxattr(fd, OsStr::new(name), acl, 0)
+    }
+
     pub fn remove_xattr(&self, fd: BorrowedFd, name: &OsStr) -> Result<()> {
         debug!("removexattr_upper {}", show(name));
         sys::fremovexattr(fd, name)

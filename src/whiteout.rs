@@ -234,7 +234,10 @@ pub fn file_xattrs(dir: BorrowedFd, name: &OsStr) -> Result<FileXattrs> {
         }
         Err(e) => return Err(e),
     };
-    let none_shown = names.iter().all(|n| is_private_xattr(n));
+    // A private access ACL shows, as system.posix_acl_access.
+    let none_shown = names
+        .iter()
+        .all(|n| is_private_xattr(n) && !crate::override_stat::is_acl_name(n.as_bytes()));
     let metacopy = metacopy_in(dir, name, &names)?;
     Ok(FileXattrs {
         metacopy,

@@ -183,3 +183,114 @@ fn hard_links_share_their_override_after_copy_up() {
     m.umount();
     sum.assert_unchanged();
 }
+
+/// An access ACL in xattr format: (tag, perm, id) entries.
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+const NO_ID: u32 = u32::MAX;
+const ACCESS: &str = "system.posix_acl_access";
+const PRIVATE_ACL: &str = "user.unionfs.posix_acl_access";
+
+/// Access ACLs of a forced lower: a real one (written by another tool)
+/// shows with the owner, mask and other entries of the shown mode, as a
+/// chmod to it would leave it; a private one (an earlier unionfs upper)
+/// shows as it is. Copy-up moves or carries each into the upper's private
+/// xattr, and a chmod changes it there; nothing goes onto the inode.
+#[test]
+fn a_forced_lowers_acls_show_fitted_to_the_shown_mode() {
+    if !require_mount_env() {
+        return;
+    }
+    let t = TestDir::new("forced-acl");
+    let real_acl = acl(&[
+        (0x01, 6, NO_ID),
+        (0x02, 4, 1234),
+        (0x04, 4, NO_ID),
+        (0x10, 4, NO_ID),
+        (0x20, 4, NO_ID),
+    ]);
+    let kept_acl = acl(&[
+        (0x01, 6, NO_ID),
+        (0x02, 4, 1234),
+        (0x04, 0, NO_ID),
+        (0x10, 4, NO_ID),
+        (0x20, 0, NO_ID),
+    ]);
+    let l1 = Layer::new(L1)
+        .tagged("real")
+        .owner(1000, 1000)
+        .mode(0o644)
+        .xattr(XATTR, "0:0:0600:file")
+        .xattr(ACCESS, &real_acl)
+        .tagged("kept")
+        .owner(1000, 1000)
+        .mode(0o600)
+        .xattr(XATTR, "0:0:0640:file")
+        .xattr(PRIVATE_ACL, &kept_acl);
+    let lowers = render_stack(&[l1], t.path(), Format::Kernel);
+    sys::lsetxattr(&lowers[0], XATTR.as_bytes(), b"0:0:0755:dir").unwrap();
+    let upper = t.mkdir("upper");
+    let work = t.join("work");
+    let mnt = t.mkdir("mnt");
+    let sum = checksum_layers(&as_paths(&lowers));
+    let m = mount_unionfs(
+        &as_paths(&lowers),
+        Some(&upper),
+        Some(&work),
+        &mnt,
+        &["-o", "xattr_permissions=2"],
+    );
+    let shown = |name: &str| sys::lgetxattr(&m.join(name), ACCESS.as_bytes()).unwrap();
+    // 0600 shown: the mask and other entries are the mode's, the named
+    // entry stays
+    assert_eq!(st(&m.join("real")).mode() & 0o7777, 0o600);
+    let fitted = acl(&[
+        (0x01, 6, NO_ID),
+        (0x02, 4, 1234),
+        (0x04, 4, NO_ID),
+        (0x10, 0, NO_ID),
+        (0x20, 0, NO_ID),
+    ]);
+    assert_eq!(shown("real"), fitted);
+    assert_eq!(st(&m.join("kept")).mode() & 0o7777, 0o640);
+    assert_eq!(shown("kept"), kept_acl);
+    let names = sys::llistxattr(&m.join("kept")).unwrap();
+    assert!(names.iter().any(|n| n == ACCESS.as_bytes()), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == PRIVATE_ACL.as_bytes()),
+        "{names:?}"
+    );
+
+    // copy-up by chmod and chown
+    fs::set_permissions(m.join("real"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::lchown(m.join("kept"), Some(5), None).unwrap();
+    let chmodded = acl(&[
+        (0x01, 6, NO_ID),
+        (0x02, 4, 1234),
+        (0x04, 4, NO_ID),
+        (0x10, 4, NO_ID),
+        (0x20, 0, NO_ID),
+    ]);
+    assert_eq!(shown("real"), chmodded);
+    assert_eq!(shown("kept"), kept_acl);
+    for (name, want) in [("real", &chmodded), ("kept", &kept_acl)] {
+        let p = upper.join(name);
+        let r = sys::lgetxattr(&p, ACCESS.as_bytes());
+        assert_eq!(errno_of(&r), Some(libc::ENODATA), "{name}: {r:?}");
+        assert_eq!(
+            &sys::lgetxattr(&p, PRIVATE_ACL.as_bytes()).unwrap(),
+            want,
+            "{name}"
+        );
+    }
+    m.umount();
+    sum.assert_unchanged();
+}

@@ -416,3 +416,256 @@ fn unprivileged_user_sets_an_acl_that_is_only_a_mode() {
     );
     sum.assert_unchanged();
 }
+
+/// Runs `root_script` as root (in `sh`, the mount point in `$M`) over a
+/// mount whose daemon runs as uid USER through fusermount3 with forced
+/// permissions and `allow_other`, as xfstests' rootless target mounts: root
+/// and other users act through the mount, the daemon has only USER's
+/// rights. The private namespace lends a 0666 /dev/fuse and an
+/// /etc/fuse.conf with `user_allow_other`; the mount goes at the end.
+fn as_root_over_user_daemon(s: &Setup, root_script: &str) -> CmdOutput {
+    let conf = s.t.join("fuse.conf");
+    let outer = format!(
+        "mount --bind {fuse} /dev/fuse || exit 97; \
+         {{ cat /etc/fuse.conf 2>/dev/null; echo user_allow_other; }} >{conf}; \
+         mount --bind {conf} /etc/fuse.conf || exit 97; \
+         B={bin}; M={m}; \
+         setpriv --reuid={USER} --regid={USER} --clear-groups -- \"$B\" mount -l {l} -u {u} -w {w} \
+           -o xattr_permissions=2,allow_other \"$M\" || exit 98; \
+         ( {root_script} ); rc=$?; \
+         setpriv --reuid={USER} --regid={USER} --clear-groups -- \"$B\" umount \"$M\" || umount -l \"$M\"; \
+         exit $rc",
+        fuse = s.fuse.display(),
+        conf = conf.display(),
+        bin = unionfs_bin(),
+        m = s.mnt.display(),
+        l = s.lower.display(),
+        u = s.upper.display(),
+        w = s.work.display(),
+    );
+    run(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(outer),
+        Duration::from_secs(60),
+    )
+}
+
+/// Shell that prints `TAG-READ` or `TAG-DENIED` for a read of `path` as
+/// uid (and gid) `id`.
+fn read_as(id: u32, path: &str) -> String {
+    format!(
+        "if setpriv --reuid={id} --regid={id} --clear-groups cat {path} >/dev/null 2>&1; \
+         then echo U{id}-READ; else echo U{id}-DENIED; fi; "
+    )
+}
+
+/// The names of the xattrs `p` holds in the layer.
+fn xattr_names(p: &Path) -> Vec<String> {
+    sys::llistxattr(p)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| String::from_utf8_lossy(&n).into_owned())
+        .collect()
+}
+
+/// The upper object `p` keeps its access ACL in the private xattr beside
+/// its override (`present`), never on the inode, where its owner entry and
+/// mask would rewrite the daemon's real mode.
+fn assert_acl_kept_privately(p: &Path, present: bool) {
+    let names = xattr_names(p);
+    assert!(
+        !names.iter().any(|n| n == "system.posix_acl_access"),
+        "{}: a real access ACL: {names:?}",
+        p.display()
+    );
+    assert_eq!(
+        names.iter().any(|n| n == "user.unionfs.posix_acl_access"),
+        present,
+        "{}: {names:?}",
+        p.display()
+    );
+}
+
+fn require_acl_tools() -> bool {
+    require_mount_env() && require_tools() && require_commands(&["setfacl", "getfacl", "setfattr"])
+}
+
+/// With forced permissions (the daemon as uid USER, `xattr_permissions=2`),
+/// an access ACL with named users or groups is kept in a private xattr and
+/// the shown mode follows it, as on a local filesystem: setfacl sets the
+/// group bits from the mask, chmod changes the mask, and the kernel's
+/// check (which reads the ACL through the daemon) grants a named user
+/// what the mask lets through and no more. A default ACL's named entries
+/// reach new files. It was stored on the real file, whose mask followed
+/// the daemon's real mode: the shown mode stayed 0600 and the check
+/// disagreed with it (xfstests generic/099 rootless).
+#[test]
+fn rootless_acl_with_named_users_follows_the_shown_mode() {
+    if !require_acl_tools() {
+        return;
+    }
+    let s = setup("rootless-acl-named");
+    let sum = checksum_layers(&[&s.lower]);
+    let acl = "getfacl -cnE";
+    let script = format!(
+        "chown 0:0 $M/d/f; chmod 0600 $M/d/f; setfacl -m u:1234:r $M/d/f; \
+         echo \"MODE1 $(stat -c '%a %u' $M/d/f)\"; \
+         echo \"ACL1 $({acl} $M/d/f | tr '\\n' ' ')\"; \
+         {r1} {r2} \
+         chmod 0614 $M/d/f; \
+         echo \"MODE2 $(stat -c %a $M/d/f)\"; \
+         echo \"ACL2 $({acl} $M/d/f | tr '\\n' ' ')\"; \
+         {r1} {r2} \
+         touch $M/g; setfacl -m g:1234:rw $M/g; echo \"MODEG $(stat -c %a $M/g)\"; \
+         setfacl -b $M/g; echo \"MODEB $(stat -c %a $M/g)\"; echo \"ACLG $({acl} $M/g | tr '\\n' ' ')\"; \
+         touch $M/h; setfacl -m u:1234:rw $M/h; setfattr -x system.posix_acl_access $M/h; \
+         echo \"MODEH $(stat -c %a $M/h)\"; echo \"ACLH $({acl} $M/h | tr '\\n' ' ')\"; \
+         mkdir $M/dd; setfacl -d -m u:1234:rwx $M/dd; touch $M/dd/new; \
+         echo \"MODEN $(stat -c %a $M/dd/new)\"; \
+         echo \"ACLN $({acl} $M/dd/new | tr '\\n' ' ')\"",
+        r1 = read_as(1234, "$M/d/f"),
+        r2 = read_as(1235, "$M/d/f"),
+    );
+    let out = as_root_over_user_daemon(&s, &script);
+    assert!(out.success(), "{out}");
+    let o = &out.stdout;
+    // setfacl: the mask is the group bits of the mode
+    assert!(o.contains("MODE1 640 0"), "{out}");
+    assert!(
+        o.contains("ACL1 user::rw- user:1234:r-- group::--- mask::r-- other::--- "),
+        "{out}"
+    );
+    let first = &o[..o.find("MODE2").unwrap_or(o.len())];
+    assert!(first.contains("U1234-READ"), "named user: {out}");
+    assert!(first.contains("U1235-DENIED"), "other: {out}");
+    // chmod: the mask follows the group bits, other the other bits (with
+    // no group bits at all the kernel would not look at the ACL)
+    assert!(o.contains("MODE2 614"), "{out}");
+    assert!(
+        o.contains("ACL2 user::rw- user:1234:r-- group::--- mask::--x other::r-- "),
+        "{out}"
+    );
+    let second = &o[o.find("MODE2").unwrap_or(0)..];
+    assert!(second.contains("U1234-DENIED"), "masked: {out}");
+    assert!(second.contains("U1235-READ"), "other: {out}");
+    // setfacl -b: the base entries left are the mode again
+    assert!(o.contains("MODEG 664"), "{out}");
+    assert!(o.contains("MODEB 644"), "{out}");
+    assert!(o.contains("ACLG user::rw- group::r-- other::r-- "), "{out}");
+    // removexattr: the mode stays
+    assert!(o.contains("MODEH 664"), "{out}");
+    assert!(o.contains("ACLH user::rw- group::rw- other::r-- "), "{out}");
+    // inherited: the named entry reaches the new file, masked by its mode
+    assert!(o.contains("MODEN 664"), "{out}");
+    assert!(
+        o.contains("ACLN user::rw- user:1234:rwx group::r-x mask::rw- other::r-- "),
+        "{out}"
+    );
+
+    assert_acl_kept_privately(&s.upper.join("d/f"), true);
+    assert_acl_kept_privately(&s.upper.join("g"), false);
+    assert_acl_kept_privately(&s.upper.join("h"), false);
+    assert_acl_kept_privately(&s.upper.join("dd/new"), true);
+    let names = xattr_names(&s.upper.join("dd"));
+    assert!(
+        names.iter().any(|n| n == "system.posix_acl_default"),
+        "the default ACL stays on the directory: {names:?}"
+    );
+    // Mounted again: a lookup that lists the file's xattrs sees the ACL
+    // among the private ones.
+    let again =
+        as_root_over_user_daemon(&s, "echo \"AGAIN $(getfacl -cnE $M/d/f | tr '\\n' ' ')\"");
+    assert!(
+        again
+            .stdout
+            .contains("AGAIN user::rw- user:1234:r-- group::--- mask::--x other::r-- "),
+        "{again}"
+    );
+    // the daemon still reads and writes its copy
+    let real = fs::symlink_metadata(s.upper.join("d/f")).unwrap();
+    assert_eq!(real.uid(), USER);
+    assert_eq!(real.permissions().mode() & 0o600, 0o600);
+    sum.assert_unchanged();
+}
+
+/// A 0600 directory given `u:ID:r` by root: root still lists and creates
+/// in it, and so does the daemon that does the creating, whose real mode
+/// on the directory is kept. With the ACL on the real directory its owner
+/// entry (`rw-`) took the daemon's search right away (xfstests generic/105
+/// rootless: "subdir/file2: Permission denied").
+#[test]
+fn rootless_acl_on_a_0600_dir_leaves_the_daemon_its_rights() {
+    if !require_acl_tools() {
+        return;
+    }
+    let s = setup("rootless-acl-dir");
+    let sum = checksum_layers(&[&s.lower]);
+    let script = "mkdir -m 600 $M/sub; chown 1234 $M/sub; echo data > $M/sub/file; \
+         setfacl -m u:1234:r $M/sub; \
+         ls -l $M/sub/file >/dev/null && echo LS-OK || echo LS-DENIED; \
+         echo data2 > $M/sub/file2 && echo CREATE-OK || echo CREATE-DENIED; \
+         echo \"MODE $(stat -c '%a %u' $M/sub)\"; \
+         echo \"ACL $(getfacl -cnE $M/sub | tr '\\n' ' ')\"";
+    let out = as_root_over_user_daemon(&s, script);
+    assert!(out.success(), "{out}");
+    let o = &out.stdout;
+    assert!(o.contains("LS-OK"), "{out}");
+    assert!(o.contains("CREATE-OK"), "{out}");
+    assert!(o.contains("MODE 640 1234"), "{out}");
+    assert!(
+        o.contains("ACL user::rw- user:1234:r-- group::--- mask::r-- other::--- "),
+        "{out}"
+    );
+    let sub = s.upper.join("sub");
+    assert_acl_kept_privately(&sub, true);
+    let real = fs::symlink_metadata(&sub).unwrap();
+    assert_eq!(
+        real.permissions().mode() & 0o700,
+        0o700,
+        "the daemon's rights"
+    );
+    assert_eq!(read(&sub.join("file2")), b"data2\n");
+    sum.assert_unchanged();
+}
+
+/// A lower written by another tool with a real access ACL: it shows as it
+/// is, and a copy-up moves it into the private xattr, where a chmod then
+/// changes its mask and other entries as the shown mode changes (it stayed
+/// on the real copy, and the chmod of the shown mode left it as it was).
+#[test]
+fn rootless_lower_acl_is_carried_up_privately() {
+    if !require_acl_tools() {
+        return;
+    }
+    let s = setup("rootless-acl-lower");
+    let y = s.lower.join("dir/y");
+    let set = Command::new("setfacl")
+        .args(["-m", "u:1234:r"])
+        .arg(&y)
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{set:?}");
+    let sum = checksum_layers(&[&s.lower]);
+    let acl = "getfacl -cnE";
+    let script = format!(
+        "echo \"ACL1 $({acl} $M/dir/y | tr '\\n' ' ')\"; \
+         chmod 0600 $M/dir/y; \
+         echo \"ACL2 $({acl} $M/dir/y | tr '\\n' ' ')\"; {r}",
+        r = read_as(1234, "$M/dir/y"),
+    );
+    let out = as_root_over_user_daemon(&s, &script);
+    assert!(out.success(), "{out}");
+    let o = &out.stdout;
+    assert!(
+        o.contains("ACL1 user::rw- user:1234:r-- group::r-- mask::r-- other::r-- "),
+        "{out}"
+    );
+    assert!(
+        o.contains("ACL2 user::rw- user:1234:r-- group::r-- mask::--- other::--- "),
+        "{out}"
+    );
+    assert!(o.contains("U1234-DENIED"), "{out}");
+    assert_acl_kept_privately(&s.upper.join("dir/y"), true);
+    sum.assert_unchanged();
+}

@@ -176,12 +176,10 @@ impl UnionFs {
             if forced {
                 upper.chmod_temp(&temp, override_stat::real_perm(mode, is_dir))?;
                 // The mode shown is the override's: a default ACL masks it
-                // as it would the file's own (the ACLs themselves stay on
-                // the real file, whose mode the daemon needs).
-                let perm = default_acl
-                    .as_deref()
-                    .and_then(|d| acl::inherit(d, mode))
-                    .map_or(mode, |i| i.mode);
+                // as it would the file's own, and the access ACL it hands
+                // down is kept privately (the inode's mode is the daemon's).
+                let inherited = default_acl.as_deref().and_then(|d| acl::inherit(d, mode));
+                let perm = inherited.as_ref().map_or(mode, |i| i.mode);
                 let f = override_stat::Forced {
                     uid,
                     gid,
@@ -193,9 +191,18 @@ impl UnionFs {
                     _ => 0,
                 };
                 self.write_forced(temp.fd.as_fd(), &f, temp.kind, rdev)?;
-                // A new directory inherits the default ACL itself; no access
-                // ACL is set on the real object, whose mode the daemon keeps
-                // for its own access (the shown mode above carries the mask).
+                let access = inherited.and_then(|i| i.access);
+                if let (Some(access), Some(name)) = (access, self.upper_acl_name()) {
+                    // A device or fifo cannot hold a user xattr, nor an
+                    // override: it shows its real mode.
+                    if matches!(temp.kind, libc::S_IFREG | libc::S_IFDIR) {
+                        upper.set_private_acl(temp.fd.as_fd(), name, &access)?;
+                    }
+                }
+                // A new directory inherits the default ACL itself, on the
+                // inode: it takes no part in access checks, and nothing the
+                // daemon makes inherits from it (objects are built in the
+                // work dir), so it cannot touch the daemon's own rights.
                 if let (true, Some(d)) = (is_dir, default_acl.as_deref()) {
                     upper.set_xattr(temp.fd.as_fd(), OsStr::new(acl::DEFAULT_XATTR), d, 0)?;
                 }

@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::UnionFs;
+use crate::acl;
 use crate::error::Result;
 use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
 use crate::node::Node;
@@ -54,6 +55,11 @@ impl ForcedNames {
         let layer = if layer == INDEX { UPPER } else { layer };
         self.0.get(usize::from(layer)).copied().flatten()
     }
+
+    /// The private name objects in `layer` keep their access ACL in.
+    pub fn acl_of(&self, layer: LayerId) -> Option<&'static str> {
+        self.of(layer).map(override_stat::acl_name_for)
+    }
 }
 
 /// Only regular files and directories carry overrides (a device or symlink
@@ -99,6 +105,37 @@ impl UnionFs {
     /// and modes in the inodes.
     pub(super) fn upper_forced_name(&self) -> Option<&'static str> {
         self.forced.of(UPPER)
+    }
+
+    /// The private xattr the upper keeps access ACLs in; `None` when they
+    /// live on the inodes.
+    pub(super) fn upper_acl_name(&self) -> Option<&'static str> {
+        self.forced.acl_of(UPPER)
+    }
+
+    /// The private xattr `node`'s top object keeps its access ACL in, if
+    /// that layer uses forced permissions and the object can carry one.
+    pub(super) fn private_acl_name(&self, node: &Node) -> Option<&'static str> {
+        if self.forced.is_off() || !matches!(node.kind, libc::S_IFREG | libc::S_IFDIR) {
+            return None;
+        }
+        self.forced.acl_of(node.stack().top()?)
+    }
+
+    /// A chmod to `mode` of the upper object open as `fd`, applied to the
+    /// access ACL it keeps privately, as `posix_acl_chmod` does to one on
+    /// an inode: the owner, mask and other entries follow the mode.
+    pub(super) fn chmod_private_acl(&self, fd: BorrowedFd, mode: u32) -> Result<()> {
+        let Some(name) = self.upper_acl_name() else {
+            return Ok(());
+        };
+        let Some(old) = sys::getxattr_via_proc(fd, OsStr::new(name))? else {
+            return Ok(());
+        };
+        match acl::chmod(&old, mode) {
+            Some(new) if new != old => self.upper()?.set_private_acl(fd, name, &new),
+            _ => Ok(()),
+        }
     }
 
     /// Records `f` as the override of the upper object open as `fd` (type
@@ -149,6 +186,10 @@ impl UnionFs {
         }
         let kind = f.kind.map_or(real.st_mode & libc::S_IFMT, |(k, _)| k);
         let rdev = f.kind.map_or(real.st_rdev, |(_, r)| r);
-        self.write_forced(fd, &f, kind, rdev)
+        self.write_forced(fd, &f, kind, rdev)?;
+        match mode {
+            Some(mode) => self.chmod_private_acl(fd, mode),
+            None => Ok(()),
+        }
     }
 }

@@ -13,6 +13,7 @@ use crate::idmap::Way;
 use crate::layer::UPPER;
 use crate::lookup;
 use crate::node::{Node, ROOT_INO};
+use crate::override_stat;
 use crate::sys;
 use crate::upper::SetAttr;
 use crate::whiteout;
@@ -125,8 +126,37 @@ impl UnionFs {
                 .at(node, layer, |dir, name| sys::listxattrat(dir.fd(), name))?,
             _ => sys::flistxattr(self.top_fd(node)?.as_fd())?,
         };
+        // A privately kept access ACL shows under its own name.
+        let private_acl = self
+            .private_acl_name(node)
+            .is_some_and(|p| names.iter().any(|n| n == p));
         names.retain(|n| !whiteout::is_private_xattr(n));
+        if private_acl && !names.iter().any(|n| n == acl::ACCESS_XATTR) {
+            names.push(acl::ACCESS_XATTR.into());
+        }
         Ok(names)
+    }
+
+    /// The access ACL a node shows (disk ids). With forced permissions it
+    /// is the private one; failing that, a real one (a lower written by
+    /// another tool, or an upper written before ACLs were kept privately)
+    /// shows with its owner, mask and other entries taken from the shown
+    /// mode, as a chmod to that mode would leave it: the named entries a
+    /// user set stay, and the ACL never contradicts the mode (a plain
+    /// layer's ACL already agrees with its mode, and shows unchanged).
+    fn access_acl(&self, node: &Node) -> Result<Option<Vec<u8>>> {
+        let access = OsStr::new(acl::ACCESS_XATTR);
+        let Some(private) = self.private_acl_name(node) else {
+            return self.top_xattr(node, access);
+        };
+        if let Some(value) = self.top_xattr(node, OsStr::new(private))? {
+            return Ok(Some(value));
+        }
+        let Some(real) = self.top_xattr(node, access)? else {
+            return Ok(None);
+        };
+        let mode = self.attr_of(node)?.st.st_mode;
+        Ok(Some(acl::chmod(&real, mode).unwrap_or(real)))
     }
 
     /// One xattr of a node's top object; `None` when absent.
@@ -162,7 +192,11 @@ impl UnionFs {
         if !names.iter().any(|n| n == name) {
             return fail(libc::ENODATA);
         }
-        let Some(value) = self.top_xattr(&node, name)? else {
+        let value = match name == acl::ACCESS_XATTR {
+            true => self.access_acl(&node)?,
+            false => self.top_xattr(&node, name)?,
+        };
+        let Some(value) = value else {
             return fail(libc::ENODATA);
         };
         if self.owners.maps_xattr(name.as_bytes()) {
@@ -215,12 +249,15 @@ impl UnionFs {
         } else {
             value
         };
+        let node = self.tree.nodes.get(ino)?;
         if name == acl::ACCESS_XATTR && self.upper_forced_name().is_some() {
             if let Some(bits) = acl::minimal_mode(value) {
                 return self.acl_as_forced_mode(ino, bits, in_group);
             }
+            if matches!(node.kind, libc::S_IFREG | libc::S_IFDIR) {
+                return self.acl_kept_privately(&node, value, in_group);
+            }
         }
-        let node = self.tree.nodes.get(ino)?;
         self.copier()?
             .node(&node, self.meta_only(), "an xattr set")?;
         let fd = self.top_fd(&node)?;
@@ -234,11 +271,75 @@ impl UnionFs {
         Ok(())
     }
 
+    /// With forced permissions, an access ACL with named users or groups is
+    /// kept in the private xattr (see `override_stat::ACL_USER`) and the
+    /// shown mode takes the bits it stands for, as `posix_acl_update_mode`
+    /// does on a local filesystem (setgid dropped for a caller outside the
+    /// group); a real one left on the inode goes.
+    fn acl_kept_privately(
+        &self,
+        node: &Node,
+        value: &[u8],
+        in_group: &dyn Fn(u32) -> bool,
+    ) -> Result<()> {
+        // The kernel hands over only ACLs it has checked; a raw value that
+        // is none would leave no mode to show.
+        let bits = acl::mode_bits(value)
+            .ok_or_else(|| Error::errno(libc::EINVAL).context("not a valid access ACL"))?;
+        let name = self
+            .upper_acl_name()
+            .ok_or_else(|| Error::errno(libc::EROFS))?;
+        self.copier()?
+            .node(node, self.meta_only(), "an xattr set")?;
+        let shown = self.attr_of(node)?.st;
+        let mode = setgid_for_caller((shown.st_mode & 0o7000) | bits, shown.st_gid, in_group);
+        let fd = self.top_fd(node)?;
+        let r = self.upper()?.set_private_acl(fd.as_fd(), name, value);
+        node.xattrs_changed();
+        r?;
+        self.drop_real_acl(node, fd.as_fd(), mode)?;
+        // The mode the ACL stands for: the chmod leaves the ACL as it is.
+        self.setattr(
+            node.ino,
+            SetAttr {
+                mode: Some(mode),
+                ..SetAttr::default()
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Removes a real access ACL from the upper object open as `fd` (one
+    /// written before ACLs were kept privately with forced permissions),
+    /// and gives the inode back the real mode a new object with the shown
+    /// mode `mode` gets: the ACL's owner entry and mask had rewritten it,
+    /// possibly locking the daemon out of its own directory.
+    fn drop_real_acl(&self, node: &Node, fd: BorrowedFd, mode: u32) -> Result<()> {
+        match self
+            .upper()?
+            .remove_xattr(fd, OsStr::new(acl::ACCESS_XATTR))
+        {
+            Ok(()) => {}
+            Err(e) if e.is(libc::ENODATA) || whiteout::is_xattr_unsupported(e.raw()) => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        }
+        node.xattrs_changed();
+        let real = override_stat::real_perm(mode, node.is_dir());
+        if node.ino == ROOT_INO {
+            return sys::fchmod(self.tree.root_dir(UPPER)?.fd(), real);
+        }
+        self.tree
+            .at_locked(node, UPPER, |dir, name| sys::fchmodat(dir.fd(), name, real))
+    }
+
     /// With forced permissions, an access ACL that is only a mode is a
     /// chmod of the mode the override keeps: set on the real file it would
     /// change the real mode (which the daemon needs for its own access), not
     /// the one shown. Setgid goes as `acl_drops_setgid` says, and an older
-    /// access ACL on the real file goes too (the kernel then shows the mode).
+    /// access ACL goes too, private or on the real file (the kernel then
+    /// shows the mode).
     fn acl_as_forced_mode(
         &self,
         ino: u64,
@@ -256,15 +357,25 @@ impl UnionFs {
             },
         )?;
         let fd = self.top_fd(&node)?;
-        match self
-            .upper()?
-            .remove_xattr(fd.as_fd(), OsStr::new(acl::ACCESS_XATTR))
-        {
-            Err(e) if !e.is(libc::ENODATA) => return Err(e),
-            _ => {}
+        self.remove_private_acl(&node, fd.as_fd())?;
+        self.drop_real_acl(&node, fd.as_fd(), mode)
+    }
+
+    /// Removes the access ACL the upper object open as `fd` keeps
+    /// privately, if it has one.
+    fn remove_private_acl(&self, node: &Node, fd: BorrowedFd) -> Result<()> {
+        let Some(name) = self.upper_acl_name() else {
+            return Ok(());
+        };
+        if !matches!(node.kind, libc::S_IFREG | libc::S_IFDIR) {
+            return Ok(()); // a fifo or device has none, and refuses the call
         }
+        let r = self.upper()?.remove_xattr(fd, OsStr::new(name));
         node.xattrs_changed();
-        Ok(())
+        match r {
+            Err(e) if !e.is(libc::ENODATA) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// An access ACL also sets the mode, and a local filesystem then drops
@@ -298,13 +409,26 @@ impl UnionFs {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
         }
         let node = self.tree.nodes.get(ino)?;
+        let private_acl = name == acl::ACCESS_XATTR
+            && self.upper_acl_name().is_some()
+            && matches!(node.kind, libc::S_IFREG | libc::S_IFDIR);
         // Nothing to copy up for an attribute that is not there.
-        if self.top_xattr(&node, name)?.is_none() {
+        let there = match private_acl {
+            true => self.access_acl(&node)?.is_some(),
+            false => self.top_xattr(&node, name)?.is_some(),
+        };
+        if !there {
             return fail(libc::ENODATA);
         }
         self.copier()?
             .node(&node, self.meta_only(), "an xattr removed")?;
         let fd = self.top_fd(&node)?;
+        if private_acl {
+            // The mode stays what it is, as on a local filesystem.
+            self.remove_private_acl(&node, fd.as_fd())?;
+            let mode = self.attr_of(&node)?.st.st_mode;
+            return self.drop_real_acl(&node, fd.as_fd(), mode);
+        }
         let r = upper.remove_xattr(fd.as_fd(), name);
         node.xattrs_changed();
         r

@@ -482,6 +482,8 @@ impl Checker<'_> {
                 && whiteout::is_private_xattr(x)
                 && !is_marker_xattr(x)
                 && !crate::override_stat::is_override_name(x.as_bytes())
+                // read from a lower with forced permissions, as the override
+                && !crate::override_stat::is_acl_name(x.as_bytes())
             {
                 self.problem(
                     &at,

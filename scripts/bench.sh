@@ -30,10 +30,10 @@
 #                 order; unionfs-meta (unionfs -o metacopy=on) runs only in
 #                 the chown-R row, and only if the binary accepts the option
 #                 (else its column says "not available")
-#   URING=on|off  set fuse's enable_uring (FUSE over io_uring, which unionfs
-#                 takes when the kernel offers it) for the run, restored
-#                 after; unset: left as the host has it. Either way the
-#                 table's notes say which it was.
+#   URING=on|off  set fuse's enable_uring (FUSE over io_uring) for the run,
+#                 restored after, and with on mount unionfs with
+#                 `-o io_uring=on`; unset: the host's setting, unionfs on
+#                 /dev/fuse. The table's notes say which it was.
 #   BENCH_OUT=FILE.md   where the table is also written, raw results in
 #                 FILE.tsv (default under /var/tmp/unionfs-bench-results/)
 #
@@ -106,11 +106,10 @@ kinds=()       # the targets that run
 unavail=()     # asked for, shown as "not available" (unionfs-meta)
 bench_init /var/tmp/unionfs-bench-run
 [ -z "${URING:-}" ] || bench_set_uring "$URING"
-if [ -r "$BENCH_URING_PARAM" ]; then
-  case $(cat "$BENCH_URING_PARAM") in
-    Y) notes+=("fuse's enable_uring was on: unionfs took its requests through FUSE over io_uring (FO1's libfuse 3.14 cannot)") ;;
-    *) notes+=("fuse's enable_uring was off: every daemon took its requests through /dev/fuse") ;;
-  esac
+if [ "$BENCH_URING" = on ]; then
+  notes+=("URING=on: fuse's enable_uring on, unionfs mounted with \`-o io_uring=on\` took its requests through FUSE over io_uring (FO1's libfuse 3.14 cannot)")
+else
+  notes+=("unionfs took its requests through /dev/fuse (fuse's enable_uring: $(cat "$BENCH_URING_PARAM" 2>/dev/null || echo absent))")
 fi
 for k in "${want[@]}"; do
   if [ "$k" = fo2 ] && ! bench_install_fo2; then

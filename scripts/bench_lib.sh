@@ -28,6 +28,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # fuse's enable_uring before `bench_set_uring` changed it (restored at exit).
 BENCH_URING_PARAM=/sys/module/fuse/parameters/enable_uring
 BENCH_URING_WAS=
+BENCH_URING=
 
 bench_mounts=()   # mount points, in mount order
 bench_loops=()    # loop devices we attached
@@ -66,10 +67,12 @@ bench_our_mounts() {
 
 # bench_set_uring on|off: FUSE over io_uring offered to the daemons mounted
 # from now on (fuse's enable_uring, global; the old value comes back at
-# exit). unionfs takes it when offered; FO1 (libfuse 3.14) cannot.
+# exit), and asked for by unionfs (`-o io_uring=on`) when on. FO1 (libfuse
+# 3.14) cannot use it.
 bench_set_uring() {
   [ -w "$BENCH_URING_PARAM" ] || bench_die "URING=$1: $BENCH_URING_PARAM is missing (kernel without FUSE over io_uring)"
   BENCH_URING_WAS=$(cat "$BENCH_URING_PARAM")
+  BENCH_URING=$1
   case $1 in
     on) echo Y >"$BENCH_URING_PARAM" ;;
     off) echo N >"$BENCH_URING_PARAM" ;;
@@ -243,6 +246,8 @@ bench_mount() {
   DAEMON_PID=
   # Rootless: other users (root: the harness, `mountpoint`) need allow_other.
   [ -n "$BENCH_RUN_UID" ] && ao=,allow_other
+  # unionfs takes FUSE over io_uring only when asked (bench_set_uring on).
+  [ "$BENCH_URING" = on ] && ao=$ao,io_uring=on
   case $kind in
     kernel) mount -t overlay overlay -o "lowerdir=$lowers,upperdir=$upper,workdir=$work$BENCH_KERNEL_OPTS$BENCH_KERNEL_ROW_OPTS" "$mnt" ;;
     fo1) bench_as_user "$FO1_BIN" -o "lowerdir=$lowers,upperdir=$upper,workdir=$work$ao" "$mnt" ;;

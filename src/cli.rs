@@ -86,7 +86,7 @@ pub struct MountConfig {
     /// `user.containers.override_stat` (2) instead of the inode.
     pub xattr_permissions: u8,
     /// `-o io_uring=on|off`: take requests through FUSE over io_uring when
-    /// the kernel offers it (on unless told off).
+    /// the kernel offers it (off unless asked: see README, Speed).
     pub io_uring: bool,
     /// One line per accepted but ignored option, e.g. "option 'noatime' has
     /// no effect here; ignored", for the caller to print after its own
@@ -211,7 +211,7 @@ Options for -o (comma-separated; '\\,' is a literal comma):
                              root carries one of those are read that way
   io_uring=on|off            take requests through FUSE over io_uring where the
                              kernel offers it (fuse's enable_uring, set by
-                             root); on by default, else /dev/fuse
+                             root); off by default: /dev/fuse
   metacopy=on|off            chown, chmod, utimes, xattrs, rename and link of a
                              lower file copy up its metadata only (kernel
                              overlayfs's metacopy); its bytes at the first write
@@ -1321,7 +1321,7 @@ fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         owners,
         volatile: opts.volatile,
         xattr_permissions: opts.xattr_permissions,
-        io_uring: opts.io_uring.unwrap_or(true),
+        io_uring: opts.io_uring.unwrap_or(false),
         warnings: opts.warnings,
         verbose: raw.verbose,
     })

@@ -46,7 +46,7 @@ pub struct FuseFs {
     long: Arc<AtomicUsize>,
     /// Tells the kernel a cached answer is wrong; set once the session is.
     notifier: Arc<OnceLock<Notifier>>,
-    /// Ask for FUSE over io_uring when the kernel offers it (`-o io_uring`).
+    /// Ask for FUSE over io_uring when the kernel offers it (`-o io_uring=on`).
     io_uring: bool,
 }
 
@@ -374,7 +374,7 @@ impl Filesystem for FuseFs {
             match (uring, self.io_uring) {
                 (true, _) => "FUSE over io_uring",
                 (false, true) => "/dev/fuse (the kernel does not offer io_uring: fuse's enable_uring is off)",
-                (false, false) => "/dev/fuse (io_uring=off)",
+                (false, false) => "/dev/fuse",
             }
         );
         let ok = sys::geteuid() == 0

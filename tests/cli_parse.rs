@@ -818,11 +818,11 @@ fn semantic_options_are_refused() {
 }
 
 #[test]
-fn io_uring_is_on_unless_told_off() {
+fn io_uring_is_off_unless_asked() {
     let s = Scratch::new("io-uring");
     let l = s.layers();
     let config = mount(&[os("mount"), os("-l"), l.lower_list(), os(&l.mnt)]);
-    assert!(config.io_uring);
+    assert!(!config.io_uring);
     for (opt, want) in [("io_uring=off", false), ("io_uring=on", true)] {
         let config = mount(&[
             os("mount"),

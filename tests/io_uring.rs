@@ -4,9 +4,10 @@
 //! every kind of request (lookups, reads, copy-ups, a copy-up long enough
 //! to be answered from another thread, creates from four processes at
 //! once, renames, whiteouts, links, a 6 MiB write) gives the same merged
-//! view and the same upper; `-o io_uring=off`, or the kernel not offering
-//! it, falls back to /dev/fuse with the same results. The daemon's unmount
-//! line says how many requests came through the rings.
+//! view and the same upper with `-o io_uring=on`; without the option (the
+//! default), or with the kernel not offering the rings, the mount serves
+//! through /dev/fuse with the same results. The daemon's unmount line says
+//! how many requests came through the rings.
 //!
 //! `enable_uring` is a global switch of the fuse module: the tests here set
 //! it one at a time and put the old value back.
@@ -197,22 +198,25 @@ fn requests_come_through_io_uring_queues() {
     let Some(_on) = EnableUring::set(true) else {
         return;
     };
-    let (line, count) = as_root("uring-root", "");
+    let (line, count) = as_root("uring-root", "-o io_uring=on");
     assert_eq!(line, "FUSE over io_uring");
     // 300 + 600 creates alone are over 2000 requests.
     assert!(count > 2000, "{count} requests through io_uring");
 }
 
 #[test]
-fn io_uring_off_serves_through_dev_fuse() {
+fn by_default_requests_come_through_dev_fuse() {
     if !require_mount_env() {
         return;
     }
     let Some(_on) = EnableUring::set(true) else {
         return;
     };
+    let (line, count) = as_root("uring-default", "");
+    assert_eq!(line, "/dev/fuse");
+    assert_eq!(count, 0);
     let (line, count) = as_root("uring-off", "-o io_uring=off");
-    assert_eq!(line, "/dev/fuse (io_uring=off)");
+    assert_eq!(line, "/dev/fuse");
     assert_eq!(count, 0);
 }
 
@@ -224,7 +228,7 @@ fn without_enable_uring_the_mount_falls_back_to_dev_fuse() {
     let Some(_off) = EnableUring::set(false) else {
         return;
     };
-    let (line, count) = as_root("uring-not-offered", "");
+    let (line, count) = as_root("uring-not-offered", "-o io_uring=on");
     assert!(
         line.starts_with("/dev/fuse (the kernel does not offer io_uring"),
         "{line}"
@@ -249,7 +253,7 @@ fn rootless_requests_come_through_io_uring_queues() {
     chown_tree(l.t.path(), USER);
     let fuse = fuse_node(l.t.path());
     let sum = checksum_layers(&[&l.top, &l.base]);
-    let out = as_user_through_fusermount(&fuse, &l.mnt, USER, &script(&l, ""));
+    let out = as_user_through_fusermount(&fuse, &l.mnt, USER, &script(&l, "-o io_uring=on"));
     assert!(out.success(), "{out}\n{}", log_tail(&l.log));
     for w in WORDS {
         assert!(out.stdout.contains(w), "{w} missing: {out}");

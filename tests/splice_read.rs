@@ -6,9 +6,9 @@
 //! (READs under 32 KiB go from a buffer, which costs less), and with
 //! `UNIONFS_SPLICE=0` every read is answered from a buffer.
 //!
-//! Splice is how READs leave the daemon through /dev/fuse; with FUSE over
-//! io_uring they are copied into the ring's payload buffer instead, so
-//! these mounts say `-o io_uring=off` (tests/io_uring.rs covers the rings).
+//! Splice is how READs leave the daemon through /dev/fuse, the default
+//! transport; with `-o io_uring=on` they are read into the ring's payload
+//! buffer instead (tests/io_uring.rs).
 //!
 //! Reads go through O_DIRECT handles where each must reach the daemon (a
 //! buffered read may be served from the page cache instead).
@@ -79,7 +79,7 @@ fn mount(l: &Layers, env: &[(&str, &str)]) -> Mount {
         Some(&l.upper),
         Some(&l.work),
         &l.mnt,
-        &["--log-file", &log, "-o", "io_uring=off"],
+        &["--log-file", &log],
     );
     let mut env = env.to_vec();
     env.push(("RUST_LOG", "unionfs=info"));
@@ -277,7 +277,7 @@ fn rootless_reads_are_spliced() {
     let sum = checksum_layers(&[&l.lower]);
     let script = format!(
         "set -e; M={m}; \
-         RUST_LOG=unionfs=info {bin} mount -l {lo} -u {up} -w {w} -o io_uring=off --log-file {log} \"$M\"; \
+         RUST_LOG=unionfs=info {bin} mount -l {lo} -u {up} -w {w} --log-file {log} \"$M\"; \
          grep \" $M \" /proc/self/mounts | grep -q max_read=1040384 && echo CAPPED; \
          cmp \"$M/big\" {want} && echo SAME-BUFFERED; \
          dd if=\"$M/big\" iflag=direct bs=1M status=none | cmp - {want} && echo SAME-DIRECT; \

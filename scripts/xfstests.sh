@@ -325,8 +325,18 @@ err=$(/usr/bin/umount "$@" 2>&1) && exit 0
 rc=$?
 [ -z "$err" ] || printf '%s\n' "$err" >&2
 case "$err" in *busy*) ;; *) exit $rc ;; esac
+# First what the FUSE connection is doing (requests the kernel waits on,
+# from fusectl, mounted in this private namespace if need be), before
+# anything else can change it.
+mountpoint -q /sys/fs/fuse/connections || mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null
+waiting=
+for a in "$@"; do
+  case "$a" in "$BUSY_NAME"_test) a=$BUSY_TEST ;; "$BUSY_NAME"_scratch) a=$BUSY_SCRATCH ;; esac
+  dev=$(awk -v m="$a" '$5 == m { print $3 }' /proc/self/mountinfo | tail -1)
+  [ -n "$dev" ] && waiting="$waiting $dev: $(cat "/sys/fs/fuse/connections/${dev#*:}/waiting" 2>/dev/null || echo '?') requests waiting"
+done
 {
-  echo "== $(date +%T) umount $* failed ($rc)"
+  echo "== $(date +%T.%N | cut -c1-12) umount $* failed ($rc);${waiting:- no fusectl entry}"
   for a in "$@"; do
     case "$a" in "$BUSY_NAME"_test) a=$BUSY_TEST ;; "$BUSY_NAME"_scratch) a=$BUSY_SCRATCH ;; esac
     [ -d "$a" ] || continue
@@ -338,13 +348,16 @@ case "$err" in *busy*) ;; *) exit $rc ;; esac
   done
 } >>"$BUSY_LOG" 2>&1
 # Seen rarely right after a test's last process exits, with no holder left
-# by the time the scan above runs: retried once, and counted in the summary
-# (not hidden) so that the rest of the run is not lost to it.
-sleep 1
-if /usr/bin/umount "$@" 2>/dev/null; then
-  echo "   unmounted on a retry 1 s later" >>"$BUSY_LOG"
-  exit 0
-fi
+# by the time the scan above runs: retried every 0.1 s for up to 3 s, and
+# counted in the summary (not hidden) so that the rest of the run is not
+# lost to it. The log says how long after the scan it cleared.
+for i in $(seq 1 30); do
+  sleep 0.1
+  if /usr/bin/umount "$@" 2>/dev/null; then
+    echo "   unmounted on a retry $((i * 100)) ms after the scan" >>"$BUSY_LOG"
+    exit 0
+  fi
+done
 exit $rc
 EOF
         chmod 755 "$d/bin/umount"

@@ -177,9 +177,8 @@ pub(crate) struct RingReply {
 impl RingReply {
     pub(crate) fn send(&self, data: &[IoSlice<'_>]) -> io::Result<()> {
         let total: usize = data.iter().map(|d| d.len()).sum();
-        if let Some(slot) = self
-            .slot
-            .filter(|s| total >= OUT_HEADER && total - OUT_HEADER <= s.cap)
+        if let Some(slot) =
+            (self.slot.as_ref()).filter(|s| total >= OUT_HEADER && total - OUT_HEADER <= s.cap())
         {
             let error = match data.first() {
                 Some(h) if h.len() == OUT_HEADER => i32::from_ne_bytes(h[4..8].try_into().unwrap()),
@@ -189,7 +188,9 @@ impl RingReply {
             for d in &data[1..] {
                 // SAFETY: the entry is this reply's (see `Slot`); the sum
                 // of the parts fits `cap` (checked above).
-                unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), slot.payload.add(at), d.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(d.as_ptr(), slot.payload().add(at), d.len())
+                };
                 at += d.len();
             }
             // SAFETY: as above.
@@ -217,11 +218,11 @@ impl RingReply {
         max: usize,
         read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<(), E> {
-        let Some(slot) = self.slot else {
+        let Some(slot) = &self.slot else {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP).into());
         };
         // SAFETY: the entry is this reply's (see `Slot`), cap bytes long.
-        let buf = unsafe { std::slice::from_raw_parts_mut(slot.payload, max.min(slot.cap)) };
+        let buf = unsafe { std::slice::from_raw_parts_mut(slot.payload(), max.min(slot.cap())) };
         let n = read(buf)?.min(buf.len());
         // SAFETY: as above.
         unsafe { slot.finish(self.unique, 0, n) };
@@ -309,22 +310,25 @@ pub(crate) fn start<FS: Filesystem>(
     Ok(threads)
 }
 
-/// One registered entry. The kernel writes its buffers while the queue's
+/// An entry's buffers: the header, and PREFIX bytes to rebuild a message
+/// in followed by the payload. The kernel writes them while the ring's
 /// thread is inside io_uring_enter, so they are raw allocations, never
-/// borrowed across that call.
-struct Entry {
+/// borrowed across that call. Shared (Arc) with the reply that may write
+/// them from another thread, so they outlive a ring that ends first (an
+/// unmount during a long copy-up).
+struct Buffers {
     header: *mut RingHeader,
-    /// PREFIX bytes to rebuild a message in, then the payload.
     buf: *mut u8,
     layout: Layout,
-    iov: Box<[libc::iovec; 2]>,
-    /// The request being served (its unique id), until its reply commits.
-    serving: Option<u64>,
-    live: bool,
 }
 
-impl Entry {
-    fn new(max_payload: usize) -> Entry {
+// SAFETY: who may touch the buffers when is the protocol described at
+// `Slot`; the pointers themselves are plain heap allocations.
+unsafe impl Send for Buffers {}
+unsafe impl Sync for Buffers {}
+
+impl Buffers {
+    fn new(max_payload: usize) -> Buffers {
         let header = Box::into_raw(Box::new(RingHeader {
             in_out: [0; 128],
             op_in: [0; 128],
@@ -341,45 +345,28 @@ impl Entry {
         if buf.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
-        let iov = Box::new([
-            libc::iovec {
-                iov_base: header.cast(),
-                iov_len: size_of::<RingHeader>(),
-            },
-            libc::iovec {
-                // SAFETY: PREFIX is within the allocation.
-                iov_base: unsafe { buf.add(PREFIX) }.cast(),
-                iov_len: layout.size() - PREFIX,
-            },
-        ]);
-        Entry {
+        Buffers {
             header,
             buf,
             layout,
-            iov,
-            serving: None,
-            live: true,
         }
+    }
+
+    fn payload(&self) -> *mut u8 {
+        // SAFETY: PREFIX is within the allocation.
+        unsafe { self.buf.add(PREFIX) }
     }
 
     fn payload_len(&self) -> usize {
         self.layout.size() - PREFIX
     }
-
-    fn slot(&self) -> Slot {
-        Slot {
-            header: self.header,
-            // SAFETY: PREFIX is within the allocation.
-            payload: unsafe { self.buf.add(PREFIX) },
-            cap: self.payload_len(),
-        }
-    }
 }
 
-impl Drop for Entry {
+impl Drop for Buffers {
     fn drop(&mut self) {
         // SAFETY: made by Box::into_raw and alloc_zeroed(layout) in
-        // Entry::new, and the ring that could write them is closed.
+        // Buffers::new; the last holder is gone, and the ring that could
+        // write them was closed first (it is dropped before its entries).
         unsafe {
             drop(Box::from_raw(self.header));
             std::alloc::dealloc(self.buf, self.layout);
@@ -387,24 +374,73 @@ impl Drop for Entry {
     }
 }
 
-/// An entry's reply buffers, handed to the reply of a request that left
-/// them free (no payload in): the reply is written in place, from whatever
-/// thread answers, and only its unique id goes through the inbox.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Slot {
-    header: *mut RingHeader,
-    payload: *mut u8,
-    cap: usize,
+/// One registered entry.
+struct Entry {
+    mem: Arc<Buffers>,
+    iov: Box<[libc::iovec; 2]>,
+    /// The request being served (its unique id), until its reply commits.
+    serving: Option<u64>,
+    live: bool,
 }
 
-// SAFETY: a Slot is used by exactly one reply (ReplyRaw sends once), while
-// its entry is out of the kernel's hands and not touched by the queue's
-// thread until the inbox says the reply is in; the inbox's mutex orders the
-// writes before the commit.
-unsafe impl Send for Slot {}
-unsafe impl Sync for Slot {}
+impl Entry {
+    fn new(max_payload: usize) -> Entry {
+        let mem = Arc::new(Buffers::new(max_payload));
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: mem.header.cast(),
+                iov_len: size_of::<RingHeader>(),
+            },
+            libc::iovec {
+                iov_base: mem.payload().cast(),
+                iov_len: mem.payload_len(),
+            },
+        ]);
+        Entry {
+            mem,
+            iov,
+            serving: None,
+            live: true,
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        self.mem.payload_len()
+    }
+
+    fn slot(&self) -> Slot {
+        Slot {
+            mem: self.mem.clone(),
+        }
+    }
+}
+
+/// An entry's reply buffers, handed to the reply of a request that left
+/// them free (no payload in): the reply is written in place, from whatever
+/// thread answers, and only its unique id goes through the inbox. Used by
+/// exactly one reply (ReplyRaw sends once), while the entry is out of the
+/// kernel's hands and not touched by the ring's thread until the inbox says
+/// the reply is in; the inbox's mutex orders the writes before the commit.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    mem: Arc<Buffers>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slot({} bytes)", self.cap())
+    }
+}
 
 impl Slot {
+    fn payload(&self) -> *mut u8 {
+        self.mem.payload()
+    }
+
+    fn cap(&self) -> usize {
+        self.mem.payload_len()
+    }
+
     /// Writes the out header for `len` payload bytes already in place.
     ///
     /// SAFETY: the caller owns the entry (see `Slot`).
@@ -414,7 +450,7 @@ impl Slot {
         out[4..8].copy_from_slice(&error.to_ne_bytes());
         out[8..16].copy_from_slice(&unique.to_ne_bytes());
         unsafe {
-            let h = &mut *self.header;
+            let h = &mut *self.mem.header;
             h.in_out[..OUT_HEADER].copy_from_slice(&out);
             h.payload_sz = len as u32;
         }
@@ -560,7 +596,7 @@ fn dispatch<FS: Filesystem>(
         // SAFETY: the kernel wrote the header before completing the
         // command and does not touch it again until we commit; this
         // borrow ends before the reply (which may write it) exists.
-        let header = unsafe { &*e.header };
+        let header = unsafe { &*e.mem.header };
         let unique = header.commit_id;
         let payload = header.payload_sz as usize;
         let len = u32::from_ne_bytes(header.in_out[0..4].try_into().unwrap()) as usize;
@@ -575,7 +611,7 @@ fn dispatch<FS: Filesystem>(
         start = PREFIX - IN_HEADER - op;
         // SAFETY: the first PREFIX bytes of buf are ours alone (the kernel
         // only knows the payload after them).
-        let prefix = unsafe { std::slice::from_raw_parts_mut(e.buf, PREFIX) };
+        let prefix = unsafe { std::slice::from_raw_parts_mut(e.mem.buf, PREFIX) };
         prefix[start..start + IN_HEADER].copy_from_slice(&header.in_out[..IN_HEADER]);
         prefix[start + IN_HEADER..].copy_from_slice(&header.op_in[..op]);
         (unique, payload, len)
@@ -590,7 +626,7 @@ fn dispatch<FS: Filesystem>(
     });
     // SAFETY: PREFIX + payload bytes of buf (checked above); nothing writes
     // the part this borrows while the dispatch runs (see `slot` above).
-    let whole = unsafe { std::slice::from_raw_parts(e.buf, PREFIX + payload) };
+    let whole = unsafe { std::slice::from_raw_parts(e.mem.buf, PREFIX + payload) };
     let message: &[u8] = if start % 8 == 0 {
         &whole[start..]
     } else {
@@ -653,10 +689,10 @@ fn commit_replies(
             // SAFETY: the entry is ours until the commit below is
             // submitted; its payload holds payload_len() >= data.len().
             unsafe {
-                let h = &mut *e.header;
+                let h = &mut *e.mem.header;
                 h.in_out[..OUT_HEADER].copy_from_slice(&reply[..OUT_HEADER]);
                 h.payload_sz = data.len() as u32;
-                std::ptr::copy_nonoverlapping(data.as_ptr(), e.buf.add(PREFIX), data.len());
+                std::ptr::copy_nonoverlapping(data.as_ptr(), e.mem.payload(), data.len());
             }
         }
         e.serving = None;

@@ -10,7 +10,8 @@
 //! how many requests came through the rings.
 //!
 //! `enable_uring` is a global switch of the fuse module: the tests here set
-//! it one at a time and put the old value back.
+//! it one at a time (an flock on the switch's sysfs file orders them
+//! across test processes too) and put the old value back.
 
 mod common;
 
@@ -31,6 +32,9 @@ static SWITCH: Mutex<()> = Mutex::new(());
 struct EnableUring {
     old: String,
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+    /// The switch's sysfs file, flock(2)ed: another test process that
+    /// wants the switch waits.
+    _lock: fs::File,
 }
 
 impl EnableUring {
@@ -38,16 +42,19 @@ impl EnableUring {
     /// has no FUSE over io_uring.
     fn set(on: bool) -> Option<EnableUring> {
         let guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(old) = fs::read_to_string(ENABLE) else {
+        let Ok(lock) = fs::File::open(ENABLE) else {
             skip_or_fail(&format!(
                 "{ENABLE} is missing: a kernel without FUSE over io_uring (6.14+, CONFIG_FUSE_IO_URING)"
             ));
             return None;
         };
+        lock.lock().expect("flock enable_uring");
+        let old = fs::read_to_string(ENABLE).expect("read enable_uring");
         fs::write(ENABLE, if on { "Y" } else { "N" }).expect("set enable_uring");
         Some(EnableUring {
             old: old.trim().to_owned(),
             _one_at_a_time: guard,
+            _lock: lock,
         })
     }
 }

@@ -2458,6 +2458,14 @@ pub mod sys {
         }
     }
 
+    /// flock(fd, LOCK_EX): waits for an exclusive lock on the open file
+    /// (std's File::lock is newer than the crate's MSRV).
+    pub fn flock_exclusive(file: &std::fs::File) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock takes a live fd (borrowed from `file`) and a flag.
+        check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) })
+    }
+
     /// renameat2(2) with AT_FDCWD on both sides (std has no RENAME_* flags).
     pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
         let (f, t) = (cpath(from)?, cpath(to)?);

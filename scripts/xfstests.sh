@@ -347,10 +347,13 @@ done
     done
   done
 } >>"$BUSY_LOG" 2>&1
-# Seen rarely right after a test's last process exits, with no holder left
-# by the time the scan above runs: retried every 0.1 s for up to 3 s, and
-# counted in the summary (not hidden) so that the rest of the run is not
-# lost to it. The log says how long after the scan it cleared.
+# Seen a few times a run, with no holder left by the time of the scan, until
+# the daemon of the mount before stopped unmounting its path again on its
+# way out (vendor/fuser/PATCH.md, is_mounted): right after a cycle mount it
+# walked into the new mount. Kept to catch a return: retried every 0.1 s
+# for up to 3 s, and counted in the summary (not hidden) so that the rest
+# of the run is not lost to it. The log says how long after the scan it
+# cleared.
 for i in $(seq 1 30); do
   sleep 0.1
   if /usr/bin/umount "$@" 2>/dev/null; then

@@ -11,12 +11,36 @@ mod common;
 use common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 const L1: &str = "lower1";
 const XATTR: &str = "user.containers.override_stat";
+
+/// `l1` rendered as the one lower, its root marked as containers/storage
+/// marks a layer written with forced permissions, mounted with
+/// `-o xattr_permissions=2` over a new upper.
+struct Forced {
+    upper: PathBuf,
+    sum: LayerChecksum,
+    m: Mount,
+}
+
+fn mount_forced(t: &TestDir, l1: Layer) -> Forced {
+    let lowers = render_stack(&[l1], t.path(), Format::Kernel);
+    sys::lsetxattr(&lowers[0], XATTR.as_bytes(), b"0:0:0755:dir").unwrap();
+    let upper = t.mkdir("upper");
+    let sum = checksum_layers(&as_paths(&lowers));
+    let m = mount_unionfs(
+        &as_paths(&lowers),
+        Some(&upper),
+        Some(&t.join("work")),
+        &t.mkdir("mnt"),
+        &["-o", "xattr_permissions=2"],
+    );
+    Forced { upper, sum, m }
+}
 
 fn st(path: &Path) -> fs::Metadata {
     fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -52,20 +76,7 @@ fn overrides_are_shown_hidden_and_written() {
         .tagged("plain")
         .owner(1000, 1001)
         .mode(0o640);
-    let lowers = render_stack(&[l1], t.path(), Format::Kernel);
-    // containers/storage marks a layer written this way on its root.
-    sys::lsetxattr(&lowers[0], XATTR.as_bytes(), b"0:0:0755:dir").unwrap();
-    let upper = t.mkdir("upper");
-    let work = t.join("work");
-    let mnt = t.mkdir("mnt");
-    let sum = checksum_layers(&as_paths(&lowers));
-    let m = mount_unionfs(
-        &as_paths(&lowers),
-        Some(&upper),
-        Some(&work),
-        &mnt,
-        &["-o", "xattr_permissions=2"],
-    );
+    let Forced { upper, sum, m } = mount_forced(&t, l1);
 
     // Read: owner, mode and type from the override.
     let su = st(&m.join("bin/su"));
@@ -156,19 +167,7 @@ fn hard_links_share_their_override_after_copy_up() {
         .mode(0o644)
         .xattr(XATTR, "0:0:0700:file")
         .link("b", "a");
-    let lowers = render_stack(&[l1], t.path(), Format::Kernel);
-    sys::lsetxattr(&lowers[0], XATTR.as_bytes(), b"0:0:0755:dir").unwrap();
-    let upper = t.mkdir("upper");
-    let work = t.join("work");
-    let mnt = t.mkdir("mnt");
-    let sum = checksum_layers(&as_paths(&lowers));
-    let m = mount_unionfs(
-        &as_paths(&lowers),
-        Some(&upper),
-        Some(&work),
-        &mnt,
-        &["-o", "xattr_permissions=2"],
-    );
+    let Forced { upper, sum, m } = mount_forced(&t, l1);
     assert_eq!(st(&m.join("b")).mode() & 0o7777, 0o700);
     fs::set_permissions(m.join("a"), fs::Permissions::from_mode(0o750)).unwrap();
     for name in ["a", "b"] {
@@ -235,19 +234,7 @@ fn a_forced_lowers_acls_show_fitted_to_the_shown_mode() {
         .mode(0o600)
         .xattr(XATTR, "0:0:0640:file")
         .xattr(PRIVATE_ACL, &kept_acl);
-    let lowers = render_stack(&[l1], t.path(), Format::Kernel);
-    sys::lsetxattr(&lowers[0], XATTR.as_bytes(), b"0:0:0755:dir").unwrap();
-    let upper = t.mkdir("upper");
-    let work = t.join("work");
-    let mnt = t.mkdir("mnt");
-    let sum = checksum_layers(&as_paths(&lowers));
-    let m = mount_unionfs(
-        &as_paths(&lowers),
-        Some(&upper),
-        Some(&work),
-        &mnt,
-        &["-o", "xattr_permissions=2"],
-    );
+    let Forced { upper, sum, m } = mount_forced(&t, l1);
     let shown = |name: &str| sys::lgetxattr(&m.join(name), ACCESS.as_bytes()).unwrap();
     // 0600 shown: the mask and other entries are the mode's, the named
     // entry stays

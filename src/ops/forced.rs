@@ -65,8 +65,9 @@ impl ForcedNames {
 /// Only regular files and directories carry overrides (a device or symlink
 /// cannot hold a user xattr; containers/storage stores a rootless device as
 /// a file with a `char-M-m` override).
-fn may_carry(st: &Stat) -> bool {
-    matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+/// `kind` is the type bits (`S_IFMT`) of a mode.
+pub(super) fn may_carry(kind: u32) -> bool {
+    matches!(kind, libc::S_IFREG | libc::S_IFDIR)
 }
 
 impl UnionFs {
@@ -79,7 +80,7 @@ impl UnionFs {
 
     /// Shows the override of the object open as `fd` in `st`, if it has one.
     pub(super) fn force_fd(&self, layer: LayerId, fd: BorrowedFd, st: &mut Stat) {
-        if self.forced.is_off() || !may_carry(st) {
+        if self.forced.is_off() || !may_carry(st.st_mode & libc::S_IFMT) {
             return;
         }
         if let Some(f) = self.forced_of_fd(layer, fd) {
@@ -89,7 +90,10 @@ impl UnionFs {
 
     /// Shows the override of `node`'s object in `layer` in `st`.
     pub(super) fn force_at(&self, node: &Node, layer: LayerId, st: &mut Stat) {
-        if self.forced.is_off() || !may_carry(st) || self.forced.of(layer).is_none() {
+        if self.forced.is_off()
+            || !may_carry(st.st_mode & libc::S_IFMT)
+            || self.forced.of(layer).is_none()
+        {
             return;
         }
         let f = self.tree.at(node, layer, |dir, name| {
@@ -116,10 +120,16 @@ impl UnionFs {
     /// The private xattr `node`'s top object keeps its access ACL in, if
     /// that layer uses forced permissions and the object can carry one.
     pub(super) fn private_acl_name(&self, node: &Node) -> Option<&'static str> {
-        if self.forced.is_off() || !matches!(node.kind, libc::S_IFREG | libc::S_IFDIR) {
+        if self.forced.is_off() || !may_carry(node.kind) {
             return None;
         }
         self.forced.acl_of(node.stack().top()?)
+    }
+
+    /// The private xattr `node`'s upper copy keeps its access ACL in, if
+    /// the upper uses forced permissions and the object can carry one.
+    pub(super) fn upper_acl_name_for(&self, node: &Node) -> Option<&'static str> {
+        self.upper_acl_name().filter(|_| may_carry(node.kind))
     }
 
     /// A chmod to `mode` of the upper object open as `fd`, applied to the

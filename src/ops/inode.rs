@@ -4,7 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::{is_upper_copy, Attr, UnionFs};
+use super::{forced, is_upper_copy, Attr, UnionFs};
 use crate::acl;
 use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
@@ -254,7 +254,7 @@ impl UnionFs {
             if let Some(bits) = acl::minimal_mode(value) {
                 return self.acl_as_forced_mode(ino, bits, in_group);
             }
-            if matches!(node.kind, libc::S_IFREG | libc::S_IFDIR) {
+            if forced::may_carry(node.kind) {
                 return self.acl_kept_privately(&node, value, in_group);
             }
         }
@@ -364,12 +364,10 @@ impl UnionFs {
     /// Removes the access ACL the upper object open as `fd` keeps
     /// privately, if it has one.
     fn remove_private_acl(&self, node: &Node, fd: BorrowedFd) -> Result<()> {
-        let Some(name) = self.upper_acl_name() else {
+        // A fifo or device has none, and refuses the call.
+        let Some(name) = self.upper_acl_name_for(node) else {
             return Ok(());
         };
-        if !matches!(node.kind, libc::S_IFREG | libc::S_IFDIR) {
-            return Ok(()); // a fifo or device has none, and refuses the call
-        }
         let r = self.upper()?.remove_xattr(fd, OsStr::new(name));
         node.xattrs_changed();
         match r {
@@ -409,9 +407,7 @@ impl UnionFs {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
         }
         let node = self.tree.nodes.get(ino)?;
-        let private_acl = name == acl::ACCESS_XATTR
-            && self.upper_acl_name().is_some()
-            && matches!(node.kind, libc::S_IFREG | libc::S_IFDIR);
+        let private_acl = name == acl::ACCESS_XATTR && self.upper_acl_name_for(&node).is_some();
         // Nothing to copy up for an attribute that is not there.
         let there = match private_acl {
             true => self.access_acl(&node)?.is_some(),
@@ -509,7 +505,7 @@ impl UnionFs {
             return Ok(set);
         }
         let real = sys::fstat(fd)?;
-        if !matches!(real.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR) {
+        if !forced::may_carry(real.st_mode & libc::S_IFMT) {
             return Ok(set);
         }
         self.change_forced(UPPER, fd, &real, set.uid, set.gid, set.mode)?;

@@ -537,17 +537,17 @@ fn serve<FS: Filesystem>(
         }
         arm_wake(&mut ring)?;
         let mut scratch: Vec<u64> = Vec::new();
+        // Kept from one wait to the next: no allocation per wake-up.
+        let mut done: Vec<(u64, i32)> = Vec::new();
         loop {
             match ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(e),
             }
-            let done: Vec<(u64, i32)> = ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            for (user_data, res) in done {
+            done.clear();
+            done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+            for &(user_data, res) in &done {
                 if user_data == WAKE {
                     if inbox.stop.load(Ordering::SeqCst) {
                         return Ok(());

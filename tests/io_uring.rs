@@ -160,6 +160,17 @@ fn transport(log: &Path) -> (String, u64) {
         .trim()
         .parse()
         .unwrap();
+    // The workload's reads (cat, cmp, tail) came through the rings too:
+    // then their bytes went straight into the ring's buffer.
+    let in_ring: u64 = (text.lines().rev())
+        .find_map(|l| l.split_once(" read into an io_uring buffer"))
+        .and_then(|(before, _)| before.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no ring read count in the daemon log:\n{text}"));
+    assert_eq!(
+        count > 0,
+        in_ring > 0,
+        "{count} requests, {in_ring} reads in the rings"
+    );
     (line, count)
 }
 

@@ -101,6 +101,9 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     });
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;
+    // A big WRITE's data is spliced from /dev/fuse into the upper file
+    // (src/splice.rs), as READ replies are spliced the other way.
+    fuse_config.splice_writes = crate::splice::enabled();
 
     let fuse_fs = FuseFs::new(fs.clone(), config.io_uring);
     let notifier = fuse_fs.notifier_slot();

@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, PipeData,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use log::{debug, info, warn};
 
@@ -391,7 +391,7 @@ impl Filesystem for FuseFs {
             }
         );
         let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(splice::max_write() as u32);
         Ok(())
     }
 
@@ -624,6 +624,28 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(failed("write", e)),
+        }
+    }
+
+    fn write_from_pipe(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &mut PipeData<'_>,
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut buf = Vec::new();
+        let written = self.fs.write_with(fh.0, |fd| {
+            splice::write_from_pipe(fd, offset, data, &mut buf)
+        });
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(failed("write", e)),
         }

@@ -16,10 +16,19 @@
 //! returns an error before the device is written to, and the caller
 //! answers the request from a buffer instead. After any error the thread's
 //! pipes are dropped, so no stray bytes can reach a later reply.
+//!
+//! WRITE requests come the other way (fuser's `Config::splice_writes`):
+//! the session splices each request from /dev/fuse into a pipe, and a big
+//! WRITE's data, references to the writer's pages, is spliced on into the
+//! upper file (`write_from_pipe`) instead of read into a buffer and
+//! written out of it. A pipe must hold a whole request, so max_write is
+//! what the daemon's pipes can hold (`max_write`).
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use fuser::PipeData;
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -62,11 +71,14 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// READ replies sent by splice and from a buffer, for the unmount log line
-/// (tests read it to see which path served them).
+/// READ replies sent by splice and from a buffer, and WRITE data spliced
+/// or written from a buffer after a refused splice, for the unmount log
+/// line (tests read it to see which path served them).
 static SPLICED: AtomicU64 = AtomicU64::new(0);
 static BUFFERED: AtomicU64 = AtomicU64::new(0);
 static IN_RING: AtomicU64 = AtomicU64::new(0);
+static WRITES_SPLICED: AtomicU64 = AtomicU64::new(0);
+static WRITES_UNSPLICED: AtomicU64 = AtomicU64::new(0);
 
 /// One READ answered by reading straight into an io_uring entry's buffer
 /// (FUSE over io_uring, where splice does not apply).
@@ -79,14 +91,75 @@ pub fn count_buffered() {
     BUFFERED.fetch_add(1, Ordering::Relaxed);
 }
 
-/// "N spliced, M from a buffer": the READ replies sent so far.
+/// "N spliced, M from a buffer": the READ replies sent so far; then the
+/// WRITEs whose data arrived in a pipe.
 pub fn summary() -> String {
     format!(
-        "{} spliced, {} from a buffer, {} read into an io_uring buffer",
+        "{} spliced, {} from a buffer, {} read into an io_uring buffer; \
+         writes from a pipe: {} spliced, {} through a buffer",
         SPLICED.load(Ordering::Relaxed),
         BUFFERED.load(Ordering::Relaxed),
-        IN_RING.load(Ordering::Relaxed)
+        IN_RING.load(Ordering::Relaxed),
+        WRITES_SPLICED.load(Ordering::Relaxed),
+        WRITES_UNSPLICED.load(Ordering::Relaxed),
     )
+}
+
+/// Pages of the largest pipe an unprivileged daemon may have
+/// (fs.pipe-max-size's default, 1 MiB).
+const PIPE_MAX_PAGES: usize = 256;
+
+/// The max_write to ask of the kernel. A spliced WRITE needs a pipe slot
+/// for its header's page and one for each page its data touches, one more
+/// than its size in pages when it does not start on a page. When the
+/// daemon may grow a pipe past 1 MiB (root), 1 MiB writes fit; otherwise
+/// writes are cut to 254 pages so that they fit a 1 MiB pipe.
+pub fn max_write() -> usize {
+    const MIB: usize = 1 << 20;
+    if !enabled() {
+        return MIB;
+    }
+    let roomy = sys::pipe()
+        .and_then(|(_, w)| sys::set_pipe_size(w.as_fd(), 2 * MIB))
+        .is_ok_and(|got| got >= MIB + 2 * PAGE);
+    if roomy {
+        MIB
+    } else {
+        (PIPE_MAX_PAGES - 2) * PAGE
+    }
+}
+
+/// Moves a WRITE's data from the pipe it arrived in into `file` at
+/// `offset`; returns the bytes written (fewer when the file takes fewer,
+/// as pwrite). A file that refuses splice with EINVAL (an O_DIRECT file
+/// wanting alignment, a filesystem without splice) gets the data read
+/// into `buf` and written from there; `buf` keeps it for a second call
+/// (the caller's retry without O_DIRECT).
+pub fn write_from_pipe(
+    file: BorrowedFd,
+    offset: u64,
+    data: &mut PipeData,
+    buf: &mut Vec<u8>,
+) -> Result<usize> {
+    if !buf.is_empty() {
+        return sys::pwrite(file, buf, offset);
+    }
+    let mut done = 0;
+    while !data.is_empty() {
+        match data.splice_to(file, offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(_) if done > 0 => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                data.read_rest(buf)?;
+                WRITES_UNSPLICED.fetch_add(1, Ordering::Relaxed);
+                return sys::pwrite(file, buf, offset);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    WRITES_SPLICED.fetch_add(1, Ordering::Relaxed);
+    Ok(done)
 }
 
 /// One thread's two pipes (read end, write end), and what each can hold.

@@ -126,13 +126,24 @@ impl UnionFs {
 
     /// Writes through an open handle (always on the upper copy).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_with(fh, |fd| sys::pwrite(fd, data, offset))
+    }
+
+    /// A WRITE on handle `fh` done by `io`, given the upper file the
+    /// handle writes to (a write arriving as a pipe splices into it). `io`
+    /// runs again after an O_DIRECT refusal, as in `direct_or_buffered`.
+    pub fn write_with(
+        &self,
+        fh: u64,
+        mut io: impl FnMut(BorrowedFd) -> Result<usize>,
+    ) -> Result<usize> {
         let h = self.handles.file(fh)?;
         let real = h.real();
         if !is_upper_copy(real.0) {
             return fail(libc::EBADF);
         }
         let fd = handles::fd_of(&real);
-        direct_or_buffered(fd, || sys::pwrite(fd, data, offset))
+        direct_or_buffered(fd, || io(fd))
     }
 
     pub fn fallocate(&self, fh: u64, mode: i32, offset: u64, len: u64) -> Result<()> {

@@ -58,8 +58,6 @@ pub use crate::passthrough::BackingId;
 pub use crate::poll_events::PollEvents;
 pub use crate::rename_flags::RenameFlags;
 pub use crate::reply::ReplyAttr;
-/// unionfs patch: requests served through FUSE over io_uring so far.
-pub use crate::uring::ring_requests;
 pub use crate::reply::ReplyBmap;
 pub use crate::reply::ReplyCreate;
 pub use crate::reply::ReplyData;
@@ -81,6 +79,9 @@ use crate::session::MAX_WRITE_SIZE;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
 pub use crate::session::SessionUnmounter;
+pub use crate::splice_recv::PipeData;
+/// unionfs patch: requests served through FUSE over io_uring so far.
+pub use crate::uring::ring_requests;
 
 mod access_flags;
 mod bsd_file_flags;
@@ -102,6 +103,7 @@ mod reply;
 mod request;
 mod request_param;
 mod session;
+mod splice_recv;
 mod time;
 mod uring;
 
@@ -639,6 +641,40 @@ pub trait Filesystem: Send + Sync + 'static {
             data.len()
         );
         reply.error(Errno::ENOSYS);
+    }
+
+    /// unionfs patch: a WRITE received by splice (`Config::splice_writes`),
+    /// its `data.len()` bytes still in a pipe: move them on with
+    /// `PipeData::splice_to`, or read them with `PipeData::read_rest`.
+    /// Bytes left in the pipe when this returns are discarded. The default
+    /// reads them and calls `write`.
+    fn write_from_pipe(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &mut PipeData<'_>,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut buf = Vec::new();
+        match data.read_rest(&mut buf) {
+            Ok(()) => self.write(
+                req,
+                ino,
+                fh,
+                offset,
+                &buf,
+                write_flags,
+                flags,
+                lock_owner,
+                reply,
+            ),
+            Err(e) => reply.error(e.into()),
+        }
     }
 
     /// Flush method.

@@ -48,6 +48,7 @@ use crate::reply::Reply;
 use crate::reply::ReplyRaw;
 use crate::reply::ReplySender;
 use crate::request::RequestWithSender;
+use crate::splice_recv::{HEAD, Received, SplicedReceiver, dispatch_write};
 
 /// The max size of write requests from the kernel. The absolute minimum is 4k,
 /// FUSE recommends at least 128k, max 16M. The FUSE default is 16M on macOS
@@ -142,6 +143,9 @@ pub struct Session<FS: Filesystem> {
     /// unionfs patch: the payload size FUSE over io_uring needs, when INIT
     /// negotiated it (FUSE_OVER_IO_URING requested and offered).
     pub(crate) uring_payload: Option<usize>,
+    /// unionfs patch: max_write as INIT negotiated it (sizes the pipes of
+    /// `Config::splice_writes`).
+    pub(crate) max_write: usize,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -190,6 +194,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config: options.clone(),
             uring_payload: None,
+            max_write: MAX_WRITE_SIZE,
         };
 
         session.handshake()?;
@@ -219,6 +224,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config,
             uring_payload: None,
+            max_write: MAX_WRITE_SIZE,
         };
 
         session.handshake()?;
@@ -258,6 +264,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: _,
             config,
             uring_payload,
+            max_write,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -292,6 +299,12 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        // unionfs patch: a request's pipe holds its header's page, its data
+        // pages, and one more when the data does not start on a page.
+        let page = page_size::get();
+        let splice_pipe = config
+            .splice_writes
+            .then(|| ((max_write.div_ceil(page) + 2) * page).next_power_of_two());
         let ring_ch = ch.clone();
         channels.push(ch);
 
@@ -305,6 +318,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                splice_pipe,
             };
             threads.push(
                 thread::Builder::new()
@@ -509,6 +523,7 @@ impl<FS: Filesystem> Session<FS> {
                         .max(pages.max(32) * page),
                 );
             }
+            self.max_write = config.max_write as usize;
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
@@ -558,6 +573,8 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    /// unionfs patch: receive by splice through a pipe of this size.
+    pub(crate) splice_pipe: Option<usize>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -566,28 +583,56 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
+        let mut pipe = self.splice_pipe.and_then(|size| {
+            SplicedReceiver::new(size)
+                .inspect_err(|e| {
+                    warn!(
+                        "{}: WRITE data through a buffer: no pipe of {size} bytes ({e})",
+                        self.thread_name
+                    )
+                })
+                .ok()
+        });
         loop {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
-                    // Dispatch request
-                    Some(req) => {
-                        if let Ok(Operation::Destroy(_)) = req.request.operation() {
-                            req.reply::<ReplyEmpty>().ok();
-                            return Ok(());
-                        } else {
-                            req.dispatch(self)
+            let received = match &mut pipe {
+                Some(p) => p.receive(self.ch.as_fd(), buf),
+                None => self.ch.receive_retrying(buf).map(Received::Whole),
+            };
+            match received {
+                Ok(Received::Write { data }) => {
+                    let (Some(p), Some(fs)) = (&pipe, &self.filesystem.fs) else {
+                        return Err(io::Error::other("bug: a spliced WRITE without its pipe"));
+                    };
+                    if let Err(e) = dispatch_write(fs, self.ch.sender(), p, &buf[..HEAD], data) {
+                        warn!(
+                            "{}: receiving by read(2) from now on: {e}",
+                            self.thread_name
+                        );
+                        pipe = None;
+                    }
+                }
+                Ok(Received::Whole(size)) => {
+                    match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                        // Dispatch request
+                        Some(req) => {
+                            if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                                req.reply::<ReplyEmpty>().ok();
+                                return Ok(());
+                            } else {
+                                req.dispatch(self)
+                            }
+                        }
+                        // Quit loop on illegal request
+                        None => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "Invalid request",
+                            ));
                         }
                     }
-                    // Quit loop on illegal request
-                    None => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "Invalid request",
-                        ));
-                    }
-                },
+                }
                 Err(nix::errno::Errno::ENODEV) => return Ok(()),
                 Err(err) => return Err(err.into()),
             }

@@ -291,6 +291,8 @@ pub(crate) fn start<FS: Filesystem>(
             ch: ch.clone(),
             allowed,
             session_owner,
+            // The ring carries a WRITE's data in its own buffer.
+            splice_pipe: None,
         };
         let queue_inbox = inbox.clone();
         let thread = std::thread::Builder::new()

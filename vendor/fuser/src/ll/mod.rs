@@ -1,6 +1,6 @@
 //! Low-level kernel communication.
 
-mod argument;
+pub(crate) mod argument;
 pub(crate) mod flags;
 pub(crate) mod fuse_abi;
 pub(crate) mod ioctl;

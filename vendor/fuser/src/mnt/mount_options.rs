@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// unionfs patch: receive requests by splice(2) through a pipe, so that
+    /// a big WRITE's data reaches `Filesystem::write_from_pipe` still in it
+    /// (src/splice_recv.rs). Threads whose pipe cannot hold max_write read.
+    pub splice_writes: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type

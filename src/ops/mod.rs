@@ -28,6 +28,7 @@ use crate::idmap::Owners;
 use crate::index;
 use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
 use crate::node::{Node, Stack};
+use crate::override_stat::ForcedNames;
 use crate::sys::{self, Stat};
 use crate::tree::Tree;
 use crate::upper::Upper;
@@ -37,7 +38,6 @@ use crate::workdir::WorkDir;
 pub use crate::readdir::DirEntry;
 pub use crate::sys::SetTime;
 pub use crate::upper::SetAttr;
-pub use forced::ForcedNames;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -68,7 +68,7 @@ pub struct UnionFs {
     /// How owners on disk map to the owners shown (`uidmapping=`, ...).
     owners: Owners,
     /// Where owners and modes are kept in xattrs (`xattr_permissions=`).
-    forced: forced::ForcedNames,
+    forced: ForcedNames,
     /// `volatile`: syncs are not passed on (the caller will throw the upper
     /// away after a crash anyway, as with overlayfs `volatile`).
     volatile: bool,
@@ -166,7 +166,7 @@ impl UnionFs {
             opts,
             upper,
             owners: Owners::default(),
-            forced: forced::ForcedNames::default(),
+            forced: ForcedNames::default(),
             volatile: false,
         })
     }
@@ -174,7 +174,7 @@ impl UnionFs {
     /// Keeps owners and modes in override xattrs where a layer root says so
     /// or, in the upper, where `xattr_permissions=option` (1 or 2) asks.
     pub fn with_forced_permissions(mut self, option: u8) -> UnionFs {
-        self.forced = forced::ForcedNames::probe(&self.tree.layers, option);
+        self.forced = ForcedNames::probe(&self.tree.layers, option);
         self
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 use log::{debug, error, info};
 
-use crate::cli::{MountConfig, Remount};
+use crate::mount_line::{MountConfig, Remount};
 use crate::error::Error;
 use crate::fuse::FuseFs;
 use crate::fuse_conn;

@@ -35,6 +35,7 @@ pub mod index;
 pub mod layer;
 pub mod logging;
 pub mod lookup;
+pub mod mount_line;
 pub mod mountinfo;
 pub mod node;
 pub mod ops;

@@ -60,9 +60,9 @@ pub struct Options {
 
 /// A mounted union: layers, the inode table and the open handles.
 pub struct UnionFs {
-    pub tree: Tree,
-    pub handles: Handles,
-    pub opts: Options,
+    tree: Tree,
+    handles: Handles,
+    opts: Options,
     /// The work dir and write format; `None` for a lowers-only mount.
     upper: Option<Upper>,
     /// How owners on disk map to the owners shown (`uidmapping=`, ...).
@@ -123,7 +123,7 @@ const LONG_COPY: i64 = 1 << 20;
 
 /// True for the layers holding upper copies: the upper and the index
 /// (where a hard-linked object's copy is reached).
-pub fn is_upper_copy(layer: LayerId) -> bool {
+fn is_upper_copy(layer: LayerId) -> bool {
     layer == UPPER || layer == INDEX
 }
 
@@ -210,6 +210,11 @@ impl UnionFs {
     pub fn with_volatile(mut self, volatile: bool) -> UnionFs {
         self.volatile = volatile;
         self
+    }
+
+    /// Nothing may change: no upper, or `-o ro`.
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only
     }
 
     /// EROFS when nothing may change.

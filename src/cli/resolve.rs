@@ -96,6 +96,7 @@ pub(super) fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         io_uring: opts.io_uring.unwrap_or(false),
         warnings: opts.warnings,
         verbose: raw.verbose,
+        test_hooks: opts.test_hooks,
     })
 }
 

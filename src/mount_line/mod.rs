@@ -91,6 +91,22 @@ pub struct MountConfig {
     /// `-v`: log each copy-on-write event (copy-up, whiteout, opaque dir,
     /// directory rename) at info level.
     pub verbose: bool,
+    /// Hidden `-o test_*` options: see [`TestHooks`].
+    pub test_hooks: TestHooks,
+}
+
+/// Delays that let the tests in `tests/` watch a mount in a state that is
+/// otherwise too brief to catch. Set by hidden `-o` options, absent from
+/// the help: `test_copy_delay_ms=N` (copy-up copies by read/write, one MiB
+/// at a time, N ms apart) and `test_exit_delay_ms=N` (the daemon lingers N
+/// ms after its session ends, the union and its locks still held). Options
+/// rather than environment variables: they reach the daemon a test starts
+/// as any other mount option does, one mount at a time, and the daemon
+/// reads no test switch from its environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestHooks {
+    pub copy_delay: Option<std::time::Duration>,
+    pub exit_delay: Option<std::time::Duration>,
 }
 
 /// A remount of a live mount (no daemon is started).

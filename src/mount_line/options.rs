@@ -5,7 +5,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::compat::{bad_value, os, utf8};
-use super::{parse_format, parse_threads, usage_error, CliError};
+use super::{parse_format, parse_threads, usage_error, CliError, TestHooks};
 use crate::idmap::{self, IdMap, Owners, Range};
 use crate::whiteout::WriteFormat;
 
@@ -34,6 +34,7 @@ pub(crate) struct MountOptions {
     pub(crate) xattr_permissions: u8,
     pub(crate) metacopy: bool,
     pub(crate) io_uring: Option<bool>,
+    pub(crate) test_hooks: TestHooks,
 }
 
 /// Flags handed to the kernel as they are.
@@ -208,6 +209,20 @@ impl MountOptions {
                     "on" => true,
                     _ => return Err(bad_value(name, &v, "expected on or off".into())),
                 };
+                Ok(())
+            }
+            // Hidden: for tests/ only (see `TestHooks`).
+            "test_copy_delay_ms" | "test_exit_delay_ms" => {
+                let v = text_value(name, value)?;
+                let ms = v
+                    .parse::<u64>()
+                    .map_err(|_| bad_value(name, &v, "expected milliseconds".into()))?;
+                let delay = Some(std::time::Duration::from_millis(ms));
+                if name == "test_copy_delay_ms" {
+                    self.test_hooks.copy_delay = delay;
+                } else {
+                    self.test_hooks.exit_delay = delay;
+                }
                 Ok(())
             }
             "io_uring" => {

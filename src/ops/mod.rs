@@ -140,14 +140,10 @@ impl UnionFs {
             let format = work.choose_format(opts.format);
             meta_prefix = work.meta_prefix();
             let index = index::open_layer(work.root(), layer)?;
-            let copy_delay = std::env::var("UNIONFS_TEST_COPY_DELAY_MS")
-                .ok()
-                .and_then(|ms| ms.parse().ok())
-                .map(std::time::Duration::from_millis);
             upper = Some(Upper {
                 work,
                 format,
-                copy_delay,
+                copy_delay: None,
                 metacopy: None,
             });
             layers.set_index(index);
@@ -204,6 +200,16 @@ impl UnionFs {
             Some(_) => Data::Meta,
             None => Data::All,
         }
+    }
+
+    /// Test hook (`-o test_copy_delay_ms=`, see
+    /// [`crate::mount_line::TestHooks`]): copy-up copies by read/write and
+    /// sleeps `delay` per MiB, so tests can watch a copy-up under way.
+    pub fn with_copy_delay(mut self, delay: Option<std::time::Duration>) -> UnionFs {
+        if let Some(upper) = &mut self.upper {
+            upper.copy_delay = delay;
+        }
+        self
     }
 
     /// Makes fsync, fdatasync and fsyncdir no-ops (`-o volatile`).

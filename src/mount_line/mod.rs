@@ -3,8 +3,9 @@
 //! grammar ([`options`]), and the [`MountConfig`] they resolve into.
 //!
 //! Shared by [`crate::cli`], which resolves a command line against the disk,
-//! and the layer tools, which read a live daemon's argv to find its layers
-//! ([`typed_layers`]); so neither depends on the other.
+//! the daemon, which mounts a `MountConfig`, and the layer tools, which read
+//! a live daemon's argv to find its layers ([`typed_layers`]); so none of
+//! them depends on `cli`.
 
 mod compat;
 mod options;

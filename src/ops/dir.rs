@@ -258,7 +258,7 @@ impl UnionFs {
                     self.tree
                         .open(&node, UPPER, real_open_flags(flags) & !libc::O_TRUNC)?
                 };
-                Some(self.handles.open_file(ino, UPPER, fd, flags))
+                Some(self.handles.open_file(ino, UPPER, fd))
             }
             _ => None,
         };

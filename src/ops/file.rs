@@ -61,7 +61,7 @@ impl UnionFs {
         if node.is_dead() {
             // Reopened through /proc/PID/fd after its last name was removed.
             let (layer, fd) = self.fd_of_dead(&node, real_open_flags(flags) & !libc::O_TRUNC)?;
-            return Ok(self.handles.open_file(ino, layer, fd, flags));
+            return Ok(self.handles.open_file(ino, layer, fd));
         }
         if flags & WRITE_FLAGS != 0 {
             let (data, why) = if flags & libc::O_TRUNC != 0 {
@@ -85,7 +85,7 @@ impl UnionFs {
             sys::truncate_via_proc(fd, 0)?;
             sys::futimens(fd, sys::SetTime::Omit, sys::SetTime::Now)?;
         }
-        Ok(self.handles.open_file(ino, layer, fd, flags))
+        Ok(self.handles.open_file(ino, layer, fd))
     }
 
     /// The layer file the open file `fh` reads and writes now, and whether

@@ -132,12 +132,6 @@ pub fn chmod(acl: &[u8], mode: u32) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// True for an ACL with named users or groups or a mask: one a mode
-/// cannot stand for.
-pub fn is_extended(acl: &[u8]) -> bool {
-    base(acl).is_some_and(|b| b.extended || b.mask.is_some())
-}
-
 /// The inheritance of `default` (a parent's default ACL, xattr format) by
 /// an object made with `mode`, as Linux's `posix_acl_create`: the owner,
 /// group-class (the mask if there is one, else the owning group) and other
@@ -164,6 +158,12 @@ pub fn inherit(default: &[u8], mode: u32) -> Option<Inherited> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// True for an ACL with named users or groups or a mask: one a mode
+    /// cannot stand for (what `inherit` keeps as an access ACL).
+    fn is_extended(acl: &[u8]) -> bool {
+        base(acl).is_some_and(|b| b.extended || b.mask.is_some())
+    }
 
     #[test]
     fn an_acl_of_three_base_entries_is_a_mode() {

@@ -28,7 +28,7 @@ use crate::index;
 use crate::layer::UPPER;
 use crate::lookup::{self, Found};
 use crate::node::{Lower, LowerAt, Node, Stack, ROOT_INO};
-use crate::override_stat;
+use crate::override_stat::{self, ForcedNames};
 use crate::readdir;
 use crate::sys::{self, SetTime, Stat};
 use crate::tree::Tree;
@@ -57,7 +57,7 @@ pub struct CopyUp<'a> {
     pub upper: &'a Upper,
     pub handles: &'a Handles,
     /// Which override xattr each layer keeps forced permissions in.
-    pub forced: &'a crate::ops::ForcedNames,
+    pub forced: &'a ForcedNames,
 }
 
 impl CopyUp<'_> {
@@ -441,11 +441,12 @@ impl CopyUp<'_> {
         ino: u64,
     ) -> Result<()> {
         let index = self.tree.index()?;
-        let link = index.link_for_placing(&self.upper.work, ino)?;
+        let work = &self.upper.work;
+        let link = index.link_for_placing(work.tmp(), work.placing_name(), ino)?;
         match self.place(parent, pdir, name, &link.tmp, false) {
             Ok(()) => index.placed(&link),
             Err(e) => {
-                index.not_placed(&self.upper.work, &link);
+                index.not_placed(work.tmp(), &link);
                 Err(e)
             }
         }

@@ -10,11 +10,11 @@ use std::time::Duration;
 use fuser::{Config, MountOption, Session, SessionACL};
 use log::{debug, error, info};
 
-use crate::cli::{MountConfig, Remount};
 use crate::error::Error;
 use crate::fuse::FuseFs;
 use crate::fuse_conn;
 use crate::layer::LayerStack;
+use crate::mount_line::{MountConfig, Remount};
 use crate::ops::{Options, UnionFs};
 use crate::sys;
 
@@ -40,7 +40,8 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         .with_owners(owners)
         .with_forced_permissions(config.xattr_permissions)
         .with_volatile(config.volatile)
-        .with_metacopy(config.metacopy);
+        .with_metacopy(config.metacopy)
+        .with_copy_delay(config.test_hooks.copy_delay);
     let fs = Arc::new(fs);
 
     let is_root = sys::geteuid() == 0;
@@ -173,11 +174,8 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     }
     // Test hook: linger with the union (and its locks) still held, as a
     // slow exit would, so tests can check that `unionfs umount` waits.
-    if let Some(ms) = std::env::var("UNIONFS_TEST_EXIT_DELAY_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-    {
-        std::thread::sleep(Duration::from_millis(ms));
+    if let Some(delay) = config.test_hooks.exit_delay {
+        std::thread::sleep(delay);
     }
     drop(fs);
     r.map_err(|e| format!("session ended: {e}"))

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -157,11 +158,8 @@ impl FuseFs {
         if !self.passthrough {
             return None;
         }
-        let h = self.fs.handles.file(fh).ok()?;
-        let real = h.real();
-        let eligible = self.fs.opts.read_only || crate::ops::is_upper_copy(real.0);
-        self.io
-            .open(ino, eligible, || register(crate::handles::fd_of(&real)))
+        let (fd, eligible) = self.fs.passthrough_candidate(fh).ok()?;
+        self.io.open(ino, eligible, || register(fd.as_fd()))
     }
 }
 
@@ -384,7 +382,7 @@ impl Filesystem for FuseFs {
         info!(
             target: "unionfs",
             "passthrough: {}",
-            match (ok, self.fs.opts.read_only) {
+            match (ok, self.fs.is_read_only()) {
                 (true, true) => "on (every file)",
                 (true, false) => "on for upper files (lower files go through the daemon)",
                 (false, _) => "off (needs root and kernel 6.9+): I/O goes through the daemon",

@@ -19,8 +19,6 @@ pub struct FileHandle {
     /// the file is copied up while open, so a reader sees what a writer
     /// wrote (as with kernel overlayfs).
     real: RwLock<(LayerId, Arc<OwnedFd>)>,
-    /// The open flags the kernel passed.
-    pub flags: i32,
 }
 
 impl FileHandle {
@@ -61,14 +59,13 @@ impl Handles {
     }
 
     /// Registers an open file; returns its handle number.
-    pub fn open_file(&self, ino: u64, layer: LayerId, fd: OwnedFd, flags: i32) -> u64 {
+    pub fn open_file(&self, ino: u64, layer: LayerId, fd: OwnedFd) -> u64 {
         let fh = self.next_fh();
         self.files.insert(
             fh,
             Arc::new(FileHandle {
                 ino,
                 real: RwLock::new((layer, Arc::new(fd))),
-                flags,
             }),
         );
         fh

@@ -29,7 +29,6 @@ use log::debug;
 use crate::error::Result;
 use crate::layer::{Layer, INDEX};
 use crate::sys;
-use crate::workdir::WorkDir;
 
 /// The xattr (after the metadata prefix) holding the count of lower names.
 pub const LOWER_LINKS: &str = "lower_links";
@@ -124,22 +123,26 @@ impl Index<'_> {
         Ok(v.and_then(|v| counts(&v)).map_or(0, |(now, _)| now))
     }
 
-    /// Makes a link of the entry of `ino` in the work dir, to be placed at
-    /// one of its lower names, and counts that name as no longer lower
-    /// (`NEW;OLD`). `placed` or `not_placed` must follow.
-    pub fn link_for_placing(&self, work: &WorkDir, ino: u64) -> Result<Placing> {
-        let tmp = work.placing_name();
+    /// Makes a link of the entry of `ino` at `name` in `tmp` (the work
+    /// dir's temporaries, a `.place` name a crashed mount's cleanup knows),
+    /// to be placed at one of its lower names, and counts that name as no
+    /// longer lower (`NEW;OLD`). `placed` or `not_placed` must follow.
+    pub fn link_for_placing(&self, tmp: BorrowedFd, name: OsString, ino: u64) -> Result<Placing> {
         let entry = self.entry(ino)?;
         let old = self.read_lower_links(entry.as_fd())?;
         let left = old.saturating_sub(1);
         debug!("index_link {ino} ({left} lower names left)");
         // The link first: a crash before it leaves no link to undo by.
-        sys::linkat(self.dir(), &key(ino), work.tmp(), &tmp)?;
+        sys::linkat(self.dir(), &key(ino), tmp, &name)?;
         if let Err(e) = self.write_lower_links(entry.as_fd(), &format!("{left};{old}")) {
-            work.remove(&tmp);
+            unlink_placing(tmp, &name);
             return Err(e);
         }
-        Ok(Placing { tmp, entry, left })
+        Ok(Placing {
+            tmp: name,
+            entry,
+            left,
+        })
     }
 
     /// The link from `link_for_placing` is at its name: the count settles.
@@ -149,19 +152,27 @@ impl Index<'_> {
 
     /// The link from `link_for_placing` was not placed: the old count comes
     /// back, then the link goes.
-    pub fn not_placed(&self, work: &WorkDir, p: &Placing) {
-        if let Err(e) = undo_placing(work.tmp(), &p.tmp) {
+    pub fn not_placed(&self, tmp: BorrowedFd, p: &Placing) {
+        if let Err(e) = undo_placing(tmp, &p.tmp) {
             log::warn!(
                 "cannot restore the link count of {}: {e}",
                 p.tmp.to_string_lossy()
             );
         }
-        work.remove(&p.tmp);
+        unlink_placing(tmp, &p.tmp);
     }
 
     /// The merged link count of an indexed object.
     pub fn nlink(&self, ino: u64, entry_nlink: u64) -> Result<u64> {
         Ok(entry_nlink.saturating_sub(1) + self.lower_links(ino)?)
+    }
+}
+
+/// Removes a `.place` link (an index entry is never a directory, so one
+/// unlink does); a failure leaves it to the next mount's cleanup.
+fn unlink_placing(tmp: BorrowedFd, name: &OsStr) {
+    if let Err(e) = sys::unlinkat(tmp, name, 0) {
+        log::warn!("cannot remove temporary {}: {e}", name.to_string_lossy());
     }
 }
 

@@ -21,32 +21,35 @@
 
 #![deny(unsafe_code)]
 
-pub mod acl;
+// Public: what the binary (main.rs) and the tests in tests/ use. The rest
+// is the crate's own, so the compiler sees when an item is no longer used.
+pub(crate) mod acl;
 pub mod cli;
-pub mod copy_up;
+pub(crate) mod copy_up;
 pub mod daemon;
-pub mod dirs;
-pub mod error;
-pub mod fuse;
+pub(crate) mod dirs;
+pub(crate) mod error;
+pub(crate) mod fuse;
 pub mod fuse_conn;
-pub mod handles;
+pub(crate) mod handles;
 pub mod idmap;
-pub mod index;
+pub(crate) mod index;
 pub mod layer;
 pub mod logging;
-pub mod lookup;
-pub mod mountinfo;
+pub(crate) mod lookup;
+pub(crate) mod mount_line;
+pub(crate) mod mountinfo;
 pub mod node;
 pub mod ops;
-pub mod override_stat;
-pub mod passthrough;
-pub mod readdir;
-pub mod splice;
-pub mod sys;
+pub(crate) mod override_stat;
+pub(crate) mod passthrough;
+pub(crate) mod readdir;
+pub(crate) mod splice;
+pub(crate) mod sys;
 pub mod tools;
-pub mod tree;
-pub mod upper;
+pub(crate) mod tree;
+pub(crate) mod upper;
 pub mod whiteout;
-pub mod workdir;
+pub(crate) mod workdir;
 
 pub use error::{Error, Result};

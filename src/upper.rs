@@ -59,7 +59,7 @@ pub struct Upper {
     pub work: WorkDir,
     pub format: UpperFormat,
     /// Test hook: copy-up copies by read/write and sleeps this long per
-    /// MiB (`UNIONFS_TEST_COPY_DELAY_MS`), so tests can watch a mount
+    /// MiB (`-o test_copy_delay_ms=`), so tests can watch a mount
     /// while a copy-up is under way.
     pub copy_delay: Option<std::time::Duration>,
     /// `-o metacopy=on` in the overlay format: the xattr that marks a

@@ -185,15 +185,13 @@ fn no_request_waits_for_a_slow_copy_up_or_tree_rename() {
     let (upper, work, mnt) = (t.mkdir("upper"), t.join("work"), t.mkdir("mnt"));
     let lowers = as_paths(&dirs);
     let sums = checksum_layers(&lowers);
-    std::env::set_var("UNIONFS_TEST_COPY_DELAY_MS", "4");
     let m = mount_unionfs(
         &lowers,
         Some(&upper),
         Some(&work),
         &mnt,
-        &["--format", "oci"],
+        &["--format", "oci", "-o", "test_copy_delay_ms=4"],
     );
-    std::env::remove_var("UNIONFS_TEST_COPY_DELAY_MS");
 
     // The kernel holds a renamed entry's parent locked for the whole
     // rename, as with any filesystem: names in other directories are

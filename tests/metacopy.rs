@@ -747,17 +747,15 @@ fn a_crash_while_the_bytes_come_up_leaves_the_metacopy() {
     let sum = checksum_layers(&[&s.lower]);
     let log = s.t.join("daemon.log");
     // 1 MiB at a time, 300 ms apart: the copy takes over 2 s.
-    std::env::set_var("UNIONFS_TEST_COPY_DELAY_MS", "300");
     let started = Daemon::start(
         &[&s.lower],
         &s.upper,
         &s.work,
         &s.mnt,
-        &["-o", "metacopy=on"],
+        &["-o", "metacopy=on,test_copy_delay_ms=300"],
         &log,
         "UNIONFS_TEST_LOG",
     );
-    std::env::remove_var("UNIONFS_TEST_COPY_DELAY_MS");
     let mut d = started.unwrap();
     let shown = s.mnt.join("big8");
     fs::set_permissions(&shown, fs::Permissions::from_mode(0o600)).unwrap();

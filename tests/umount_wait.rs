@@ -14,9 +14,6 @@ fn umount_returns_after_the_daemon_let_go() {
     if !require_mount_env() {
         return;
     }
-    // The daemons of this test (the only one in this binary) linger a
-    // while after their session ends, locks held, as a slow exit would.
-    std::env::set_var("UNIONFS_TEST_EXIT_DELAY_MS", "200");
     let t = TestDir::new("umount-wait");
     let lower = t.mkdir("lower");
     fs::write(lower.join("f"), b"lower").unwrap();
@@ -25,7 +22,16 @@ fn umount_returns_after_the_daemon_let_go() {
     let mnt = t.mkdir("mnt");
     let sum = checksum_layers(&[&lower]);
     for round in 0..10 {
-        let args = mount_args(Form::Mount, &[&lower], Some(&upper), Some(&work), &mnt, &[]);
+        // The daemon lingers a while after its session ends, locks held,
+        // as a slow exit would.
+        let args = mount_args(
+            Form::Mount,
+            &[&lower],
+            Some(&upper),
+            Some(&work),
+            &mnt,
+            &["-o", "test_exit_delay_ms=200"],
+        );
         // No retry: the previous round's daemon must be gone already.
         let m = try_mount_unionfs_args(&args, &mnt)
             .unwrap_or_else(|e| panic!("round {round}: remount right after umount: {e}"));

@@ -195,7 +195,7 @@ impl UnionFs {
                 if let (Some(access), Some(name)) = (access, self.upper_acl_name()) {
                     // A device or fifo cannot hold a user xattr, nor an
                     // override: it shows its real mode.
-                    if super::forced::may_carry(temp.kind) {
+                    if override_stat::may_carry(temp.kind) {
                         upper.set_private_acl(temp.fd.as_fd(), name, &access)?;
                     }
                 }
@@ -258,7 +258,7 @@ impl UnionFs {
                     self.tree
                         .open(&node, UPPER, real_open_flags(flags) & !libc::O_TRUNC)?
                 };
-                Some(self.handles.open_file(ino, UPPER, fd, flags))
+                Some(self.handles.open_file(ino, UPPER, fd))
             }
             _ => None,
         };

@@ -2,7 +2,8 @@
 //! open file reads and writes one layer's file through its fd; copy-up
 //! points it at the copy.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use super::{is_upper_copy, UnionFs};
 use crate::copy_up::Data;
@@ -60,7 +61,7 @@ impl UnionFs {
         if node.is_dead() {
             // Reopened through /proc/PID/fd after its last name was removed.
             let (layer, fd) = self.fd_of_dead(&node, real_open_flags(flags) & !libc::O_TRUNC)?;
-            return Ok(self.handles.open_file(ino, layer, fd, flags));
+            return Ok(self.handles.open_file(ino, layer, fd));
         }
         if flags & WRITE_FLAGS != 0 {
             let (data, why) = if flags & libc::O_TRUNC != 0 {
@@ -84,7 +85,18 @@ impl UnionFs {
             sys::truncate_via_proc(fd, 0)?;
             sys::futimens(fd, sys::SetTime::Omit, sys::SetTime::Now)?;
         }
-        Ok(self.handles.open_file(ino, layer, fd, flags))
+        Ok(self.handles.open_file(ino, layer, fd))
+    }
+
+    /// The layer file the open file `fh` reads and writes now, and whether
+    /// the kernel may serve its I/O from that file directly (FUSE
+    /// passthrough) for as long as it is open: only when no copy-up can
+    /// move the open file to another copy, which the kernel would not see.
+    /// In a read-only mount nothing is copied up; otherwise only an upper
+    /// copy (or its index entry) is final.
+    pub fn passthrough_candidate(&self, fh: u64) -> Result<(Arc<OwnedFd>, bool)> {
+        let (layer, fd) = self.handles.file(fh)?.real();
+        Ok((fd, self.opts.read_only || is_upper_copy(layer)))
     }
 
     /// Reads up to `size` bytes into `buf` (kept by the caller from one

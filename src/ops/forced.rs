@@ -9,66 +9,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 use super::UnionFs;
 use crate::acl;
 use crate::error::Result;
-use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
+use crate::layer::{LayerId, UPPER};
 use crate::node::Node;
-use crate::override_stat::{self, Forced};
+use crate::override_stat::{self, may_carry, Forced};
 use crate::sys::{self, Stat};
-
-/// Which override xattr each layer uses (index = layer id, 0 the upper);
-/// empty when no layer uses one.
-#[derive(Debug, Clone, Default)]
-pub struct ForcedNames(Vec<Option<&'static str>>);
-
-impl ForcedNames {
-    /// Probes each layer root for an override xattr, as fuse-overlayfs
-    /// does; the upper falls back to the one `xattr_permissions=N` names.
-    pub fn probe(layers: &LayerStack, option: u8) -> ForcedNames {
-        let mut names = Vec::new();
-        for id in layers.all_ids() {
-            let Ok(layer) = layers.get(id) else { continue };
-            let on_root = override_stat::NAMES
-                .into_iter()
-                .find(|n| matches!(sys::fgetxattr(layer.root(), OsStr::new(n)), Ok(Some(_))));
-            let name = match (on_root, id) {
-                (Some(n), _) => Some(n),
-                (None, UPPER) if layer.is_upper() => override_stat::name_for_option(option),
-                _ => None,
-            };
-            let i = usize::from(id);
-            if names.len() <= i {
-                names.resize(i + 1, None);
-            }
-            names[i] = name;
-        }
-        if names.iter().all(Option::is_none) {
-            names.clear();
-        }
-        ForcedNames(names)
-    }
-
-    pub fn is_off(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The name objects in `layer` keep their override in.
-    pub fn of(&self, layer: LayerId) -> Option<&'static str> {
-        let layer = if layer == INDEX { UPPER } else { layer };
-        self.0.get(usize::from(layer)).copied().flatten()
-    }
-
-    /// The private name objects in `layer` keep their access ACL in.
-    pub fn acl_of(&self, layer: LayerId) -> Option<&'static str> {
-        self.of(layer).map(override_stat::acl_name_for)
-    }
-}
-
-/// Only regular files and directories carry overrides (a device or symlink
-/// cannot hold a user xattr; containers/storage stores a rootless device as
-/// a file with a `char-M-m` override).
-/// `kind` is the type bits (`S_IFMT`) of a mode.
-pub(super) fn may_carry(kind: u32) -> bool {
-    matches!(kind, libc::S_IFREG | libc::S_IFDIR)
-}
 
 impl UnionFs {
     /// Reads the override of the object open as `fd` (in `layer`).

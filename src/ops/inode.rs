@@ -4,7 +4,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use super::{forced, is_upper_copy, Attr, UnionFs};
+use super::{is_upper_copy, Attr, UnionFs};
 use crate::acl;
 use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
@@ -254,7 +254,7 @@ impl UnionFs {
             if let Some(bits) = acl::minimal_mode(value) {
                 return self.acl_as_forced_mode(ino, bits, in_group);
             }
-            if forced::may_carry(node.kind) {
+            if override_stat::may_carry(node.kind) {
                 return self.acl_kept_privately(&node, value, in_group);
             }
         }
@@ -505,7 +505,7 @@ impl UnionFs {
             return Ok(set);
         }
         let real = sys::fstat(fd)?;
-        if !forced::may_carry(real.st_mode & libc::S_IFMT) {
+        if !override_stat::may_carry(real.st_mode & libc::S_IFMT) {
             return Ok(set);
         }
         self.change_forced(UPPER, fd, &real, set.uid, set.gid, set.mode)?;

@@ -28,6 +28,7 @@ use crate::idmap::Owners;
 use crate::index;
 use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
 use crate::node::{Node, Stack};
+use crate::override_stat::ForcedNames;
 use crate::sys::{self, Stat};
 use crate::tree::Tree;
 use crate::upper::Upper;
@@ -37,7 +38,6 @@ use crate::workdir::WorkDir;
 pub use crate::readdir::DirEntry;
 pub use crate::sys::SetTime;
 pub use crate::upper::SetAttr;
-pub use forced::ForcedNames;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -60,15 +60,15 @@ pub struct Options {
 
 /// A mounted union: layers, the inode table and the open handles.
 pub struct UnionFs {
-    pub tree: Tree,
-    pub handles: Handles,
-    pub opts: Options,
+    tree: Tree,
+    handles: Handles,
+    opts: Options,
     /// The work dir and write format; `None` for a lowers-only mount.
     upper: Option<Upper>,
     /// How owners on disk map to the owners shown (`uidmapping=`, ...).
     owners: Owners,
     /// Where owners and modes are kept in xattrs (`xattr_permissions=`).
-    forced: forced::ForcedNames,
+    forced: ForcedNames,
     /// `volatile`: syncs are not passed on (the caller will throw the upper
     /// away after a crash anyway, as with overlayfs `volatile`).
     volatile: bool,
@@ -123,7 +123,7 @@ const LONG_COPY: i64 = 1 << 20;
 
 /// True for the layers holding upper copies: the upper and the index
 /// (where a hard-linked object's copy is reached).
-pub fn is_upper_copy(layer: LayerId) -> bool {
+fn is_upper_copy(layer: LayerId) -> bool {
     layer == UPPER || layer == INDEX
 }
 
@@ -140,14 +140,10 @@ impl UnionFs {
             let format = work.choose_format(opts.format);
             meta_prefix = work.meta_prefix();
             let index = index::open_layer(work.root(), layer)?;
-            let copy_delay = std::env::var("UNIONFS_TEST_COPY_DELAY_MS")
-                .ok()
-                .and_then(|ms| ms.parse().ok())
-                .map(std::time::Duration::from_millis);
             upper = Some(Upper {
                 work,
                 format,
-                copy_delay,
+                copy_delay: None,
                 metacopy: None,
             });
             layers.set_index(index);
@@ -166,7 +162,7 @@ impl UnionFs {
             opts,
             upper,
             owners: Owners::default(),
-            forced: forced::ForcedNames::default(),
+            forced: ForcedNames::default(),
             volatile: false,
         })
     }
@@ -174,7 +170,7 @@ impl UnionFs {
     /// Keeps owners and modes in override xattrs where a layer root says so
     /// or, in the upper, where `xattr_permissions=option` (1 or 2) asks.
     pub fn with_forced_permissions(mut self, option: u8) -> UnionFs {
-        self.forced = forced::ForcedNames::probe(&self.tree.layers, option);
+        self.forced = ForcedNames::probe(&self.tree.layers, option);
         self
     }
 
@@ -206,10 +202,25 @@ impl UnionFs {
         }
     }
 
+    /// Test hook (`-o test_copy_delay_ms=`, see
+    /// [`crate::mount_line::TestHooks`]): copy-up copies by read/write and
+    /// sleeps `delay` per MiB, so tests can watch a copy-up under way.
+    pub fn with_copy_delay(mut self, delay: Option<std::time::Duration>) -> UnionFs {
+        if let Some(upper) = &mut self.upper {
+            upper.copy_delay = delay;
+        }
+        self
+    }
+
     /// Makes fsync, fdatasync and fsyncdir no-ops (`-o volatile`).
     pub fn with_volatile(mut self, volatile: bool) -> UnionFs {
         self.volatile = volatile;
         self
+    }
+
+    /// Nothing may change: no upper, or `-o ro`.
+    pub fn is_read_only(&self) -> bool {
+        self.opts.read_only
     }
 
     /// EROFS when nothing may change.

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::{LayerArgs, ToolError};
-use crate::{cli, mountinfo};
+use crate::{mount_line, mountinfo};
 
 /// A path of a live mount, as layers and a path relative to the union root.
 pub struct Found {
@@ -105,7 +105,7 @@ pub fn find(path: &Path) -> Result<Found, ToolError> {
         .map(|r| r.as_os_str().to_os_string())
         .unwrap_or_default();
     for (cwd, args) in daemons() {
-        let Some(typed) = cli::typed_layers(&args) else {
+        let Some(typed) = mount_line::typed_layers(&args) else {
             continue;
         };
         if resolve_in(&cwd, &typed.mountpoint) != mount {
@@ -117,7 +117,7 @@ pub fn find(path: &Path) -> Result<Found, ToolError> {
                 upper: typed.upper.as_deref().map(|u| resolve_in(&cwd, u)),
                 work: match (&typed.work, &typed.upper) {
                     (Some(w), _) => Some(resolve_in(&cwd, w)),
-                    (None, Some(u)) => Some(cli::default_work_dir(&resolve_in(&cwd, u))),
+                    (None, Some(u)) => Some(mount_line::default_work_dir(&resolve_in(&cwd, u))),
                     (None, None) => None,
                 }
                 .filter(|w| w.is_dir()),
@@ -138,14 +138,14 @@ mod tests {
     #[test]
     fn a_daemon_command_line_names_its_layers() {
         let argv = |s: &[&str]| s.iter().map(OsString::from).collect::<Vec<_>>();
-        let t = cli::typed_layers(&argv(&[
+        let t = mount_line::typed_layers(&argv(&[
             "unionfs", "mount", "-l", "a\\:b:c", "-u", "up", "-f", "mnt",
         ]))
         .unwrap();
         assert_eq!(t.lowers, ["a:b", "c"]);
         assert_eq!(t.upper.as_deref(), Some(OsStr::new("up")));
         assert_eq!(t.mountpoint, "mnt");
-        let t = cli::typed_layers(&argv(&[
+        let t = mount_line::typed_layers(&argv(&[
             "/usr/bin/unionfs",
             "-o",
             "lowerdir=l1:l2,upperdir=u,workdir=w",
@@ -154,9 +154,10 @@ mod tests {
         .unwrap();
         assert_eq!(t.lowers, ["l1", "l2"]);
         assert_eq!(t.mountpoint, "/m");
-        let t = cli::typed_layers(&argv(&["unionfs", "src", "/m", "-o", "lowerdir=l"])).unwrap();
+        let t =
+            mount_line::typed_layers(&argv(&["unionfs", "src", "/m", "-o", "lowerdir=l"])).unwrap();
         assert_eq!((t.lowers, t.upper), (vec![OsString::from("l")], None));
-        assert!(cli::typed_layers(&argv(&["unionfs", "--version"])).is_none());
-        assert!(cli::typed_layers(&argv(&["unionfs", "umount", "/m"])).is_none());
+        assert!(mount_line::typed_layers(&argv(&["unionfs", "--version"])).is_none());
+        assert!(mount_line::typed_layers(&argv(&["unionfs", "umount", "/m"])).is_none());
     }
 }

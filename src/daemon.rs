@@ -11,7 +11,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use log::{debug, error, info};
 
 use crate::error::Error;
-use crate::fuse::FuseFs;
+use crate::fuse::{FuseFs, Transport};
 use crate::fuse_conn;
 use crate::layer::LayerStack;
 use crate::mount_line::{MountConfig, Remount};
@@ -102,11 +102,15 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     });
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;
-    // A big WRITE's data is spliced from /dev/fuse into the upper file
+    // A big WRITE's data spliced from /dev/fuse into the upper file
     // (src/splice.rs), as READ replies are spliced the other way.
-    fuse_config.splice_writes = crate::splice::enabled();
+    let transport = Transport {
+        io_uring: config.io_uring,
+        splice_write: config.splice_write && crate::splice::enabled(),
+    };
+    fuse_config.splice_writes = transport.splice_write;
 
-    let fuse_fs = FuseFs::new(fs.clone(), config.io_uring);
+    let fuse_fs = FuseFs::new(fs.clone(), transport);
     let notifier = fuse_fs.notifier_slot();
     let session = Session::new(fuse_fs, &config.mountpoint, &fuse_config)
         .map_err(|e| format!("cannot mount {}: {e}", config.mountpoint.display()))?;

@@ -47,19 +47,28 @@ pub struct FuseFs {
     long: Arc<AtomicUsize>,
     /// Tells the kernel a cached answer is wrong; set once the session is.
     notifier: Arc<OnceLock<Notifier>>,
+    transport: Transport,
+}
+
+/// How requests reach the daemon, as the mount command chose.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Transport {
     /// Ask for FUSE over io_uring when the kernel offers it (`-o io_uring=on`).
-    io_uring: bool,
+    pub io_uring: bool,
+    /// Receive requests by splice, a big WRITE's data spliced on into the
+    /// upper file (`-o splice_write=on`; the session's `splice_writes`).
+    pub splice_write: bool,
 }
 
 impl FuseFs {
-    pub fn new(fs: Arc<UnionFs>, io_uring: bool) -> FuseFs {
+    pub fn new(fs: Arc<UnionFs>, transport: Transport) -> FuseFs {
         FuseFs {
             fs,
             passthrough: false,
             io: Arc::default(),
             long: Arc::default(),
             notifier: Arc::default(),
-            io_uring,
+            transport,
         }
     }
 
@@ -362,18 +371,20 @@ impl Filesystem for FuseFs {
         // Requests then come through per-CPU io_uring queues (the vendored
         // fuser's uring.rs), not a read(2) and a writev(2) each. The kernel
         // offers it only where root has set fuse's `enable_uring`.
-        let uring = self.io_uring
+        let asked = self.transport.io_uring;
+        let uring = asked
             && config
                 .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
                 .is_ok();
         info!(
             target: "unionfs",
-            "transport: {}",
-            match (uring, self.io_uring) {
+            "transport: {}{}",
+            match (uring, asked) {
                 (true, _) => "FUSE over io_uring",
                 (false, true) => "/dev/fuse (the kernel does not offer io_uring: fuse's enable_uring is off)",
                 (false, false) => "/dev/fuse",
-            }
+            },
+            if self.transport.splice_write { ", requests received by splice" } else { "" }
         );
         let ok = sys::geteuid() == 0
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -389,7 +400,7 @@ impl Filesystem for FuseFs {
             }
         );
         let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_write(splice::max_write() as u32);
+        let _ = config.set_max_write(splice::max_write(self.transport.splice_write) as u32);
         Ok(())
     }
 

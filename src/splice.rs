@@ -114,9 +114,9 @@ const PIPE_MAX_PAGES: usize = 256;
 /// than its size in pages when it does not start on a page. When the
 /// daemon may grow a pipe past 1 MiB (root), 1 MiB writes fit; otherwise
 /// writes are cut to 254 pages so that they fit a 1 MiB pipe.
-pub fn max_write() -> usize {
+pub fn max_write(splice_writes: bool) -> usize {
     const MIB: usize = 1 << 20;
-    if !enabled() {
+    if !splice_writes {
         return MIB;
     }
     let roomy = sys::pipe()

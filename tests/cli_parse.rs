@@ -818,30 +818,38 @@ fn semantic_options_are_refused() {
 }
 
 #[test]
-fn io_uring_is_off_unless_asked() {
+fn io_uring_and_splice_write_are_off_unless_asked() {
     let s = Scratch::new("io-uring");
     let l = s.layers();
     let config = mount(&[os("mount"), os("-l"), l.lower_list(), os(&l.mnt)]);
     assert!(!config.io_uring);
-    for (opt, want) in [("io_uring=off", false), ("io_uring=on", true)] {
-        let config = mount(&[
-            os("mount"),
-            os("-l"),
-            l.lower_list(),
-            os("-o"),
-            os(opt),
-            os(&l.mnt),
-        ]);
-        assert_eq!(config.io_uring, want, "{opt}");
-        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
-    }
-    for (bad, why) in [
-        ("io_uring", "needs a value"),
-        ("io_uring=auto", "on or off"),
-    ] {
-        let data = join(&[l.data().bytes(), b",", bad.as_bytes()]);
-        let e = fails(&[os("-o"), data, os(&l.mnt)], &["io_uring", why]);
-        assert_eq!(e.exit_code, 2);
+    assert!(!config.splice_write);
+    let fields = [
+        ("io_uring", (|c| c.io_uring) as fn(&MountConfig) -> bool),
+        ("splice_write", |c| c.splice_write),
+    ];
+    for (name, field) in fields {
+        for (value, want) in [("off", false), ("on", true)] {
+            let opt = format!("{name}={value}");
+            let config = mount(&[
+                os("mount"),
+                os("-l"),
+                l.lower_list(),
+                os("-o"),
+                os(&opt),
+                os(&l.mnt),
+            ]);
+            assert_eq!(field(&config), want, "{opt}");
+            assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        }
+        for (bad, why) in [
+            (name.to_owned(), "needs a value"),
+            (format!("{name}=auto"), "on or off"),
+        ] {
+            let data = join(&[l.data().bytes(), b",", bad.as_bytes()]);
+            let e = fails(&[os("-o"), data, os(&l.mnt)], &[name, why]);
+            assert_eq!(e.exit_code, 2);
+        }
     }
 }
 

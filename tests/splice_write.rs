@@ -1,4 +1,5 @@
-//! WRITE requests received by splice (fuser's `splice_writes`, src/splice.rs):
+//! WRITE requests received by splice (`-o splice_write=on`; fuser's
+//! `splice_writes`, src/splice.rs):
 //! a big WRITE's data goes from /dev/fuse through a pipe into the upper
 //! file without a copy through the daemon. Through real mounts as an
 //! unprivileged user (as root, upper files are passed through in the
@@ -7,8 +8,8 @@
 //! (read whole into a buffer) all leave the writer's bytes in the upper;
 //! the daemon's unmount line counts the spliced writes; a write that runs
 //! out of space gets ENOSPC and leaves the mount working (the pipe's
-//! unwritten rest is dropped, not read as the next request); with
-//! `UNIONFS_SPLICE=0` no write is spliced.
+//! unwritten rest is dropped, not read as the next request). Off unless
+//! `-o splice_write=on` is given, and with `UNIONFS_SPLICE=0`.
 
 mod common;
 
@@ -52,9 +53,9 @@ fn writes(log: &Path) -> (u64, u64) {
 }
 
 /// Writes through a rootless mount in several ways (with `env` in the
-/// daemon's environment), unmounts, checks what the upper holds and that
+/// daemon's environment and `opts` on its command line), unmounts, checks what the upper holds and that
 /// the lower is unchanged; returns the daemon's (spliced, unspliced) counts.
-fn write_everything(name: &str, env: &str) -> (u64, u64) {
+fn write_everything(name: &str, env: &str, opts: &str) -> (u64, u64) {
     let t = TestDir::new(name);
     let lower = t.mkdir("lower");
     let upper = t.mkdir("upper");
@@ -72,7 +73,7 @@ fn write_everything(name: &str, env: &str) -> (u64, u64) {
     let sum = checksum_layers(&[&lower]);
     let script = format!(
         "set -e; M={m}; D={d}; \
-         {env} RUST_LOG=unionfs=info {bin} mount -l {lo} -u {up} -w {w} --log-file {log} \"$M\"; \
+         {env} RUST_LOG=unionfs=info {bin} mount {opts} -l {lo} -u {up} -w {w} --log-file {log} \"$M\"; \
          dd if=$D of=\"$M/new\" bs=1M status=none; \
          dd if=$D of=\"$M/odd\" bs=100000 seek=3 status=none; \
          dd if=$D of=\"$M/direct\" bs=1M oflag=direct status=none; \
@@ -116,7 +117,7 @@ fn rootless_big_writes_are_spliced_into_the_upper() {
     {
         return;
     }
-    let (spliced, unspliced) = write_everything("splice-write", "");
+    let (spliced, unspliced) = write_everything("splice-write", "", "-o splice_write=on");
     // 4 files of 5 MiB in requests of at most 1 MiB: at least 20 big ones.
     assert!(
         spliced >= 20,
@@ -125,14 +126,16 @@ fn rootless_big_writes_are_spliced_into_the_upper() {
 }
 
 #[test]
-fn with_splice_off_writes_go_through_a_buffer() {
+fn without_the_option_or_with_splice_off_writes_go_through_a_buffer() {
     if !require_mount_env()
         || !require_commands(&["unshare", "setpriv", "fusermount3", "dd", "cmp"])
     {
         return;
     }
-    let (spliced, unspliced) = write_everything("splice-write-off", "UNIONFS_SPLICE=0");
-    assert_eq!((spliced, unspliced), (0, 0));
+    let by_default = write_everything("splice-write-default", "", "");
+    assert_eq!(by_default, (0, 0));
+    let off = write_everything("splice-write-off", "UNIONFS_SPLICE=0", "-o splice_write=on");
+    assert_eq!(off, (0, 0));
 }
 
 /// An upper too small for a write: the writer gets ENOSPC after what fits,
@@ -177,7 +180,7 @@ fn a_spliced_write_that_runs_out_of_space_leaves_the_mount_working() {
     let sum = checksum_layers(&[&lower]);
     let script = format!(
         "M={m}; D={d}; \
-         RUST_LOG=unionfs=info {bin} mount -l {lo} -u {up} -w {w} --log-file {log} \"$M\" || exit 1; \
+         RUST_LOG=unionfs=info {bin} mount -o splice_write=on -l {lo} -u {up} -w {w} --log-file {log} \"$M\" || exit 1; \
          if dd if=$D of=\"$M/fill\" bs=1M status=none 2>{t}/dd.err; then echo FILLED; fi; \
          grep -q 'No space left' {t}/dd.err && echo ENOSPC; \
          n=$(stat -c %s \"$M/fill\"); cmp -n $n \"$M/fill\" $D && echo PREFIX; \

@@ -94,6 +94,7 @@ pub(super) fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {
         volatile: opts.volatile,
         xattr_permissions: opts.xattr_permissions,
         io_uring: opts.io_uring.unwrap_or(false),
+        splice_write: opts.splice_write.unwrap_or(false),
         warnings: opts.warnings,
         verbose: raw.verbose,
         test_hooks: opts.test_hooks,

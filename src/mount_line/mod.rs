@@ -85,6 +85,10 @@ pub struct MountConfig {
     /// `-o io_uring=on|off`: take requests through FUSE over io_uring when
     /// the kernel offers it (off unless asked: see README, Speed).
     pub io_uring: bool,
+    /// `-o splice_write=on|off`: receive requests by splice so that a big
+    /// WRITE's data is spliced into the upper file (off unless asked: see
+    /// README, Speed).
+    pub splice_write: bool,
     /// One line per accepted but ignored option, e.g. "option 'noatime' has
     /// no effect here; ignored", for the caller to print after its own
     /// "unionfs: warning: " prefix.
@@ -176,6 +180,10 @@ Options for -o (comma-separated; '\\,' is a literal comma):
   io_uring=on|off            take requests through FUSE over io_uring where the
                              kernel offers it (fuse's enable_uring, set by
                              root); off by default: /dev/fuse
+  splice_write=on|off        receive requests by splice(2), so that the data
+                             of big writes reaches the upper file without a
+                             copy through the daemon (each other request then
+                             costs a system call more); off by default
   metacopy=on|off            chown, chmod, utimes, xattrs, rename and link of a
                              lower file copy up its metadata only (kernel
                              overlayfs's metacopy); its bytes at the first write

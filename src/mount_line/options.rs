@@ -34,6 +34,7 @@ pub(crate) struct MountOptions {
     pub(crate) xattr_permissions: u8,
     pub(crate) metacopy: bool,
     pub(crate) io_uring: Option<bool>,
+    pub(crate) splice_write: Option<bool>,
     pub(crate) test_hooks: TestHooks,
 }
 
@@ -225,13 +226,18 @@ impl MountOptions {
                 }
                 Ok(())
             }
-            "io_uring" => {
+            "io_uring" | "splice_write" => {
                 let v = text_value(name, value)?;
-                self.io_uring = Some(match v.as_str() {
+                let on = match v.as_str() {
                     "on" => true,
                     "off" => false,
                     _ => return Err(bad_value(name, &v, "expected on or off".into())),
-                });
+                };
+                if name == "io_uring" {
+                    self.io_uring = Some(on);
+                } else {
+                    self.splice_write = Some(on);
+                }
                 Ok(())
             }
             "xattr_permissions" => {

@@ -45,6 +45,7 @@ pub mod splice;
 pub mod sys;
 pub mod tools;
 pub mod tree;
+pub mod union;
 pub mod upper;
 pub mod whiteout;
 pub mod workdir;

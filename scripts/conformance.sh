@@ -50,7 +50,7 @@ case "$TARGET" in
     [ -e /dev/fuse ] || die "no /dev/fuse"
     say "cargo build --release"
     cargo build --release --quiet
-    export UNIONFS_BIN="$repo/target/release/unionfs"
+    export UNIONFS_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/unionfs"
     # FUSE mode: the suite expects every file on the union's st_dev.
     umt_mode=fuse
     mount_cmd='"$UNIONFS_BIN" mount -l "$LOWERS" -u "$UPPER" -w "$WORK" "$MNT"'

@@ -218,6 +218,12 @@ impl LayerDir {
     }
 }
 
+impl AsFd for LayerDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 fn has_oci_whiteout(entries: &[sys::RawDirEntry]) -> bool {
     entries
         .iter()

@@ -6,7 +6,8 @@
 //!   **upper** layer. Layer 0 is the upper; lowers follow, top first.
 //! * **Lookup** walks a directory's layers top-down and stops at the first
 //!   whiteout, the first non-directory, or after an opaque directory
-//!   ([`lookup`]). Directories of the same name merge ([`readdir`]).
+//!   ([`union::lookup`]). Directories of the same name merge
+//!   ([`union::readdir`]). The mount and the offline tools share these rules.
 //! * The first change to a lower object **copies it up**: it is rebuilt in
 //!   the work dir and renamed into the upper in one step ([`copy_up`]).
 //! * Removing an object that a lower still has leaves a **whiteout** in the
@@ -48,6 +49,7 @@ pub(crate) mod splice;
 pub(crate) mod sys;
 pub mod tools;
 pub(crate) mod tree;
+pub(crate) mod union;
 pub(crate) mod upper;
 pub mod whiteout;
 pub(crate) mod workdir;

@@ -439,6 +439,48 @@ impl Tree {
     }
 }
 
+/// The mount reaches a merged directory's layer directories through its
+/// fd cache.
+impl crate::union::Layers for Tree {
+    type Dir = Node;
+
+    fn layers_of(&self, dir: &Node) -> Vec<LayerId> {
+        dir.stack().layers().collect()
+    }
+
+    fn dir(&self, dir: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
+        Tree::dir(self, dir, layer)
+    }
+
+    fn root_dir(&self, layer: LayerId) -> Result<Arc<LayerDir>> {
+        Tree::root_dir(self, layer)
+    }
+
+    fn changes(&self, layer: LayerId) -> Changes {
+        Tree::changes(self, layer)
+    }
+
+    fn n_lowers(&self) -> LayerId {
+        self.layers.lowers().len() as LayerId
+    }
+
+    fn n_with_data(&self) -> LayerId {
+        self.layers.lowers_with_data().len() as LayerId
+    }
+
+    fn held(
+        &self,
+        origin: (LayerId, &Stat),
+        layer: LayerId,
+        real_ino: u64,
+    ) -> Option<Arc<LayerDir>> {
+        let ino = self
+            .nodes
+            .ino_for(self.layers.get(origin.0).ok()?, origin.1.st_ino);
+        self.dirs.get(ino, layer).filter(|d| d.real_ino == real_ino)
+    }
+}
+
 /// Joins path components given bottom first into "a/b/c".
 fn join_parts(parts: Vec<OsString>) -> OsString {
     let mut out = OsString::new();

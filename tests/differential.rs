@@ -21,7 +21,9 @@
 //!    (paths sharing an st_ino), and mtimes where one side shows a time set
 //!    explicitly (layers and utimes use dates before 2020-09-13; the clock is
 //!    later). Inode numbers, atimes, ctimes, dir sizes are not compared.
-//! 4. At the end: the lowers are unchanged (every byte, xattr, time); a
+//! 4. At the end: the lowers are unchanged (every byte, xattr, time); the
+//!    offline tools' reader (`unionfs ls`, `which`, ...) sees in the
+//!    unmounted layers what the mount showed; a
 //!    remount of unionfs shows the same view and inode numbers; an upper
 //!    written in overlay format shows the same view under kernel overlayfs.
 //!
@@ -92,8 +94,9 @@ pub enum Site<'a> {
     },
     /// One field of one path differs between two views. `check`: `view`
     /// (kernel overlayfs vs unionfs after an operation), `invariant`
-    /// (unionfs alone), `remount` / `remount-ino` (unionfs before vs after a
-    /// remount), `kernel-reads-upper` (unionfs vs kernel overlayfs mounting
+    /// (unionfs alone), `offline` (unionfs mounted vs the offline tools'
+    /// view of its unmounted layers), `remount` / `remount-ino` (unionfs
+    /// before vs after a remount), `kernel-reads-upper` (unionfs vs kernel overlayfs mounting
     /// unionfs's upper). `op` is the operation just run, if any.
     Tree {
         check: &'static str,

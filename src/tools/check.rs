@@ -18,6 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
 use crate::layer::{join_path, LayerId, INDEX, UPPER};
 use crate::node::NodeTable;
@@ -45,11 +46,11 @@ struct Problem {
 enum Fix {
     /// Unlink `name` in the upper directory `dir`: a whiteout that hides
     /// nothing.
-    Unlink { dir: Arc<OwnedFd>, name: OsString },
+    Unlink { dir: Arc<dyn AsFd>, name: OsString },
     /// Remove the xattr `xattr` of `name` in the upper directory `dir`: a
     /// marker the readers ignore where it stands.
     RemoveXattr {
-        dir: Arc<OwnedFd>,
+        dir: Arc<dyn AsFd>,
         name: OsString,
         xattr: OsString,
     },
@@ -528,7 +529,7 @@ impl Checker<'_> {
         &mut self,
         dir: &Node,
         i: usize,
-        fd: &Arc<OwnedFd>,
+        fd: &Arc<LayerDir>,
         name: &OsStr,
         hidden: &OsStr,
         st: &Stat,

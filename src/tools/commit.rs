@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -21,7 +20,6 @@ use super::diff::{self, Change};
 use super::tree::{portable_xattrs, show_path, Node, Union};
 use super::ToolError;
 use crate::layer::{join_path, split_path};
-use crate::sys;
 use crate::whiteout;
 
 /// Where the archive goes: plain or gzip.
@@ -172,11 +170,7 @@ impl<W: Write> Archive<W> {
                     .map_err(|e| fail(&e))?;
             }
             libc::S_IFLNK => {
-                let parent = top
-                    .parent
-                    .as_ref()
-                    .ok_or_else(|| fail(&"symlink without a parent"))?;
-                let target = sys::readlinkat(parent.as_fd(), top.name())?;
+                let target = top.link_target()?;
                 let mut h = head(self, EntryType::Symlink);
                 self.tar
                     .append_link(&mut h, Path::new(path), Path::new(&target))

@@ -8,7 +8,6 @@ use std::io::Write;
 use super::tree::{label, show_name, show_path, Node, Union};
 use super::ToolError;
 use crate::layer::{INDEX, UPPER};
-use crate::sys;
 
 /// `ls -l`-style type letter and permission bits.
 pub fn mode_string(mode: u32) -> String {
@@ -75,12 +74,9 @@ fn entry_line(
     let mut name = show_name(top.name());
     match top.kind() {
         libc::S_IFDIR => name.push('/'),
-        libc::S_IFLNK => {
-            if let Some(parent) = &top.parent {
-                let target = sys::readlinkat(std::os::fd::AsFd::as_fd(&**parent), top.name())?;
-                name.push_str(" -> ");
-                name.push_str(&show_name(&target));
-            }
+        libc::S_IFLNK if top.parent.is_some() => {
+            name.push_str(" -> ");
+            name.push_str(&show_name(&top.link_target()?));
         }
         _ => {}
     }

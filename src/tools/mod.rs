@@ -1,8 +1,8 @@
 //! Tools that read layers without a mount: `which`, `ls`,
 //! `layers`, `diff`, `commit`, `apply`, `squash`, and `check`, the fsck
 //! of an unmounted union. They share the offline
-//! union reader in [`tree`], which resolves names with the mount's marker
-//! rules from [`crate::whiteout`], and they only ever read the layers they
+//! union reader in [`tree`], which resolves names by the mount's own rules
+//! ([`crate::union`]), and they only ever read the layers they
 //! are given (`apply` and `squash` write a new directory, `commit` an
 //! archive).
 

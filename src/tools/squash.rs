@@ -63,11 +63,7 @@ fn write_node(
             copy_data(node.data_part(), &mut File::from(fd))?;
         }
         libc::S_IFLNK => {
-            let parent_fd = top
-                .parent
-                .as_ref()
-                .ok_or_else(|| fail(crate::Error::errno(libc::EIO)))?;
-            let target = sys::readlinkat(parent_fd.as_fd(), top.name()).map_err(fail)?;
+            let target = top.link_target().map_err(fail)?;
             sys::symlinkat(&target, dir.as_fd(), name).map_err(fail)?;
         }
         _ => sys::mknodat(dir.as_fd(), name, kind | 0o600, top.stat.st_rdev).map_err(fail)?,

@@ -1,22 +1,24 @@
 //! The offline union reader: the merged view of unmounted layers, resolved
-//! with the mount's marker rules (docs/design.md §2, §3) from [`crate::whiteout`],
-//! plus, on request, what each lookup hid and why (for `which`).
+//! by the mount's own rules ([`crate::union`]) over the directories this
+//! walk holds, plus, on request, what each lookup hid and why (for `which`
+//! and `ls`).
 //!
 //! Layers are reached only through held directory fds and `*at` calls that
 //! never follow a symlink, and are only ever read.
 
-use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::dirs::{Changes, LayerDir};
+use crate::error::{Error, Result};
 use crate::layer::{join_path, split_path, LayerId, LayerStack, INDEX, UPPER};
-use crate::node::NodeTable;
+use crate::node::{LowerAt, NodeTable};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, DirMarks, EntryRole};
+use crate::union::{self, Layers, Obj, OpaqueWhy, WhiteoutKind};
+use crate::whiteout::{self, DirMarks};
 
 /// "upper" or "lower N", as every tool names a layer.
 pub fn label(layer: LayerId) -> String {
@@ -39,9 +41,9 @@ pub struct Part {
     pub path: OsString,
     pub stat: Stat,
     /// The directory holding it (`None` only for a layer root).
-    pub parent: Option<Arc<OwnedFd>>,
-    /// For a directory: the directory itself, open for reading.
-    pub dir: Option<Arc<OwnedFd>>,
+    pub parent: Option<Arc<LayerDir>>,
+    /// For a directory: the directory itself, open.
+    pub dir: Option<Arc<LayerDir>>,
     pub marks: DirMarks,
     /// `overlay.redirect` of a directory.
     pub redirect: Option<OsString>,
@@ -61,12 +63,21 @@ impl Part {
         split_path(&self.path).1
     }
 
+    /// A symlink's target: `readlinkat(parent, name)` (EIO for a layer
+    /// root, which has no parent and is never a link).
+    pub fn link_target(&self) -> Result<OsString> {
+        match &self.parent {
+            Some(p) => sys::readlinkat(p.fd(), self.name()),
+            None => Err(Error::errno(libc::EIO)),
+        }
+    }
+
     /// Opens the object itself (`O_PATH` for anything but reading data).
     pub fn open(&self, flags: i32) -> Result<OwnedFd> {
         match (&self.parent, &self.dir) {
-            (Some(p), _) => sys::openat(p.as_fd(), self.name(), flags, 0),
-            (None, Some(d)) => sys::openat(d.as_fd(), OsStr::new("."), flags, 0),
-            (None, None) => Err(crate::error::Error::errno(libc::EIO)),
+            (Some(p), _) => sys::openat(p.fd(), self.name(), flags, 0),
+            (None, Some(d)) => sys::openat(d.fd(), OsStr::new("."), flags, 0),
+            (None, None) => Err(Error::errno(libc::EIO)),
         }
     }
 }
@@ -141,28 +152,13 @@ pub struct Lookup {
     pub cut: Vec<(LayerId, OsString, u32)>,
 }
 
-/// What a layer directory holds at a name.
-enum Probe {
-    Absent,
-    Whiteout(String, bool),
-    Object(Stat),
-}
-
-/// Where a layer holds a name on a redirect's path from the layer root.
-enum Place {
-    /// This directory (its fd, marks and path) and the name in it.
-    At(Arc<OwnedFd>, DirMarks, OsString, OsString),
-    /// The layer has no directory there: look further down.
-    Absent,
-    /// A whiteout or non-directory on the path: nothing below shows.
-    Stop(Stop),
-}
-
 /// The layers of one union, open, and the rules to read them.
 pub struct Union {
     pub stack: LayerStack,
     /// Layer ids, top first.
     ids: Vec<LayerId>,
+    /// Each layer's root directory, by layer id.
+    roots: Vec<Option<Arc<LayerDir>>>,
     /// The upper's hard-link index (`WORK/index`), if the work dir has one.
     index: Option<HardLinkIndex>,
 }
@@ -172,7 +168,7 @@ pub struct Union {
 /// the number the mount gives the object ([`NodeTable::ino_for`]).
 struct HardLinkIndex {
     path: PathBuf,
-    dir: Arc<OwnedFd>,
+    dir: Arc<LayerDir>,
     numbers: NodeTable,
 }
 
@@ -191,7 +187,7 @@ impl Union {
                 match sys::open_dir_path(&path) {
                     Ok(fd) => Some(HardLinkIndex {
                         path,
-                        dir: Arc::new(fd),
+                        dir: Arc::new(LayerDir::new(fd, Changes::Any)?),
                         // Only its numbering is used; the prefix is for
                         // origin xattrs, which the numbers do not read.
                         numbers: NodeTable::new(&stack, "user.unionfs."),
@@ -202,7 +198,21 @@ impl Union {
             }
             None => None,
         };
-        Ok(Union { stack, ids, index })
+        let mut roots = Vec::new();
+        for &id in &ids {
+            let dir = LayerDir::open_at(stack.get(id)?.root(), OsStr::new("."), Changes::Any)?;
+            let slot = id as usize;
+            if roots.len() <= slot {
+                roots.resize(slot + 1, None);
+            }
+            roots[slot] = Some(Arc::new(dir));
+        }
+        Ok(Union {
+            stack,
+            ids,
+            roots,
+            index,
+        })
     }
 
     /// The index entry serving a lower object with several names, if its
@@ -218,7 +228,7 @@ impl Union {
             .numbers
             .ino_for(self.stack.get(lower.layer)?, lower.stat.st_ino);
         let key = crate::index::key(ino);
-        match sys::statat(index.dir.as_fd(), &key) {
+        match sys::statat(index.dir.fd(), &key) {
             Ok(stat) => Ok(Some(Part {
                 layer: INDEX,
                 path: key,
@@ -253,24 +263,18 @@ impl Union {
             .unwrap_or_default()
     }
 
-    fn root_fd(&self, layer: LayerId) -> Result<BorrowedFd<'_>> {
-        Ok(self.stack.get(layer)?.root())
-    }
-
     /// The root of the union: every layer's root directory.
     pub fn root(&self) -> Result<Node> {
         let mut parts = Vec::new();
         for &id in &self.ids {
-            let root = self.root_fd(id)?;
-            let fd = sys::openat(root, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-            let (marks, _) = whiteout::dir_marks(fd.as_fd())?;
+            let dir = Layers::root_dir(self, id)?;
             parts.push(Part {
                 layer: id,
                 path: OsString::new(),
-                stat: sys::fstat(fd.as_fd())?,
+                stat: sys::fstat(dir.fd())?,
                 parent: None,
-                dir: Some(Arc::new(fd)),
-                marks,
+                marks: dir.marks,
+                dir: Some(dir),
                 redirect: None,
             });
         }
@@ -279,64 +283,6 @@ impl Union {
             parts,
             data: None,
         })
-    }
-
-    /// Looks at `name` in one layer directory.
-    fn probe(&self, dir: BorrowedFd, marks: DirMarks, name: &OsStr) -> Result<Probe> {
-        let st = match sys::statat(dir, name) {
-            Ok(st) => st,
-            Err(e) if e.is(libc::ENOENT) => {
-                return Ok(if whiteout::has_oci_whiteout(dir, name)? {
-                    Probe::Whiteout(".wh. file".into(), true)
-                } else {
-                    Probe::Absent
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        if whiteout::is_whiteout_stat(&st) {
-            return Ok(Probe::Whiteout("char device 0/0".into(), false));
-        }
-        if whiteout::is_whiteout(dir, marks, name, &st)? {
-            return Ok(Probe::Whiteout("overlay.whiteout xattr".into(), false));
-        }
-        Ok(Probe::Object(st))
-    }
-
-    /// Walks a redirect's path `abs` down from the root of `layer`, as the
-    /// mount's lookup does: a whiteout or non-directory on the way stops
-    /// the lookup, an opaque directory on the way sets `opaque_on_path`.
-    fn place_on_path(
-        &self,
-        layer: LayerId,
-        abs: &OsStr,
-        opaque_on_path: &mut bool,
-    ) -> Result<Place> {
-        let (dir_path, base) = split_path(abs);
-        let open_dir =
-            |d: BorrowedFd, n: &OsStr| sys::openat(d, n, libc::O_RDONLY | libc::O_DIRECTORY, 0);
-        let mut fd = open_dir(self.root_fd(layer)?, OsStr::new("."))?;
-        let mut marks = whiteout::dir_marks(fd.as_fd())?.0;
-        let mut walked = OsString::new();
-        for c in components(dir_path) {
-            walked = join_path(&walked, c);
-            match self.probe(fd.as_fd(), marks, c)? {
-                Probe::Absent => return Ok(Place::Absent),
-                Probe::Whiteout(how, oci) => {
-                    return Ok(Place::Stop(Stop::Whiteout { layer, how, oci }))
-                }
-                Probe::Object(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {
-                    return Ok(Place::Stop(Stop::Shadow { layer }))
-                }
-                Probe::Object(_) => {}
-            }
-            let replaced = whiteout::has_oci_whiteout(fd.as_fd(), c)?;
-            let next = open_dir(fd.as_fd(), c)?;
-            marks = whiteout::dir_marks(next.as_fd())?.0;
-            *opaque_on_path |= marks.opaque || replaced;
-            fd = next;
-        }
-        Ok(Place::At(Arc::new(fd), marks, walked, base.to_os_string()))
     }
 
     /// Resolves `name` in the merged directory `parent` with the mount's
@@ -348,199 +294,31 @@ impl Union {
             stop: None,
             cut: Vec::new(),
         };
-        if whiteout::is_marker_name(name) || name.is_empty() || name == "." || name == ".." {
+        if name.is_empty() || name == "." || name == ".." {
             return Ok(out);
         }
-        let mut parts: Vec<Part> = Vec::new();
-        // Where the layers below look, once a redirect was met: an absolute
-        // path from each layer root, or another name in the same parent.
-        let mut absolute: Option<(LayerId, OsString)> = None;
-        let mut lower_name = name.to_os_string();
-        // An opaque directory met on the way down a redirect's path: the
-        // search ends at the first layer without the name.
-        let mut opaque_on_path = false;
-        // Below a metacopy: looking for the file that holds its bytes.
-        let mut want_data = false;
-        let mut data: Option<Part> = None;
-        // Where the layers below look after a redirect `r` met in layer `id`.
-        let follow = |absolute: &mut Option<(LayerId, OsString)>,
-                      lower_name: &mut OsString,
-                      id: LayerId,
-                      r: &OsStr| {
-            match (r.as_bytes().strip_prefix(b"/"), &*absolute) {
-                (Some(abs), _) => *absolute = Some((id, OsStr::from_bytes(abs).to_os_string())),
-                // A relative redirect on a path from the root replaces its
-                // last component.
-                (None, Some((_, abs))) => *absolute = Some((id, join_path(split_path(abs).0, r))),
-                (None, None) => *lower_name = r.to_os_string(),
-            }
+        let mut seen = Collect {
+            parent,
+            name,
+            explain,
+            parts: Vec::new(),
+            data: None,
+            stop: None,
+            cut: Vec::new(),
         };
-        // Sets the stop (the first one wins); true when the walk ends here.
-        let stop_at = |out: &mut Lookup, stop: Stop| {
-            if out.stop.is_none() {
-                out.stop = Some(stop);
-                return !explain;
-            }
-            false
-        };
-        for &id in &self.ids {
-            let (pfd, pmarks, ppath, pname) = match &absolute {
-                Some((above, abs)) => {
-                    if id <= *above {
-                        continue;
-                    }
-                    match self.place_on_path(id, abs, &mut opaque_on_path)? {
-                        Place::At(fd, marks, dir, base) => (fd, marks, dir, base),
-                        Place::Absent if opaque_on_path => {
-                            let how = "opaque dir on the redirect's path".to_owned();
-                            if stop_at(&mut out, Stop::Opaque { layer: id, how }) {
-                                break;
-                            }
-                            continue;
-                        }
-                        Place::Absent => continue,
-                        Place::Stop(_) if want_data => break,
-                        Place::Stop(stop) => {
-                            if stop_at(&mut out, stop) {
-                                break;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                None => {
-                    let Some(pp) = parent.parts.iter().find(|p| p.layer == id) else {
-                        continue;
-                    };
-                    let Some(dir) = &pp.dir else { continue };
-                    (dir.clone(), pp.marks, pp.path.clone(), lower_name.clone())
-                }
-            };
-            let path_in_layer = join_path(&ppath, &pname);
-            let st = match self.probe(pfd.as_fd(), pmarks, &pname)? {
-                Probe::Absent if opaque_on_path && out.stop.is_none() => {
-                    let how = "opaque dir on the redirect's path".to_owned();
-                    if stop_at(&mut out, Stop::Opaque { layer: id, how }) {
-                        break;
-                    }
-                    continue;
-                }
-                Probe::Absent => continue,
-                Probe::Whiteout(..) if want_data => break,
-                Probe::Whiteout(how, oci) => {
-                    if stop_at(
-                        &mut out,
-                        Stop::Whiteout {
-                            layer: id,
-                            how,
-                            oci,
-                        },
-                    ) {
-                        break;
-                    }
-                    continue;
-                }
-                Probe::Object(st) => st,
-            };
-            let kind = st.st_mode & libc::S_IFMT;
-            if want_data {
-                // A metacopy's bytes: the first regular file below that is
-                // no metacopy itself (anything else: none, as the mount says).
-                if kind != libc::S_IFREG {
-                    break;
-                }
-                match whiteout::metacopy_of(pfd.as_fd(), &pname)? {
-                    Some(Some(r)) => follow(&mut absolute, &mut lower_name, id, &r),
-                    Some(None) => {}
-                    None => {
-                        want_data = false;
-                        data = Some(Part {
-                            layer: id,
-                            path: path_in_layer,
-                            stat: st,
-                            parent: Some(pfd.clone()),
-                            dir: None,
-                            marks: DirMarks::default(),
-                            redirect: None,
-                        });
-                        if !explain {
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-            if out.stop.is_some() {
-                out.cut.push((id, path_in_layer, kind));
-                continue;
-            }
-            let is_dir = kind == libc::S_IFDIR;
-            if let Some(top) = parts.first() {
-                if !is_dir || !top.is_dir() {
-                    out.stop = Some(Stop::Shadow {
-                        layer: parts.last().map(|p| p.layer).unwrap_or(id),
-                    });
-                    out.cut.push((id, path_in_layer, kind));
-                    if !explain {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            let mut part = Part {
-                layer: id,
-                path: path_in_layer,
-                stat: st,
-                parent: Some(pfd.clone()),
-                dir: None,
-                marks: DirMarks::default(),
-                redirect: None,
-            };
-            if is_dir {
-                let fd = sys::openat(pfd.as_fd(), &pname, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-                (part.marks, part.redirect) = whiteout::dir_marks(fd.as_fd())?;
-                let fd = Arc::new(fd);
-                part.dir = Some(fd.clone());
-                // `.wh.NAME` beside a directory NAME: deleted and made anew
-                // in this layer, so nothing below shows (as the mount reads it).
-                let how = if part.marks.opaque && explain {
-                    whiteout::opaque_marker(fd.as_fd())?
-                } else if part.marks.opaque {
-                    Some("opaque marker".to_owned())
-                } else if whiteout::has_oci_whiteout(pfd.as_fd(), &pname)? {
-                    Some(format!(".wh.{} beside it", show_name(&pname)))
-                } else {
-                    None
-                };
-                if let Some(r) = &part.redirect {
-                    follow(&mut absolute, &mut lower_name, id, r);
-                }
-                parts.push(part);
-                if let Some(how) = how {
-                    out.stop = Some(Stop::Opaque { layer: id, how });
-                    if !explain {
-                        break;
-                    }
-                }
-            } else {
-                let meta = match kind == libc::S_IFREG && st.st_size > 0 {
-                    true => whiteout::metacopy_of(pfd.as_fd(), &pname)?,
-                    false => None,
-                };
-                parts.push(part);
-                out.stop = Some(Stop::Shadow { layer: id });
-                match meta {
-                    Some(r) => {
-                        want_data = true;
-                        if let Some(r) = r {
-                            follow(&mut absolute, &mut lower_name, id, &r);
-                        }
-                    }
-                    None if !explain => break,
-                    None => {}
-                }
-            }
-        }
+        let walk = union::lookup::walk(self, parent, name, None, &mut seen)?;
+        let Collect {
+            mut parts,
+            mut data,
+            stop,
+            cut,
+            ..
+        } = seen;
+        out.cut = cut;
+        out.stop = stop
+            .map(|s| stop_in_words(s, &parts, explain))
+            .transpose()?;
+        let mut want_data = walk.data_missing;
         if let Some(entry) = parts
             .first()
             .map(|p| self.indexed(p))
@@ -556,7 +334,7 @@ impl Union {
             // A lower name of an object whose shared copy is a metacopy:
             // that lower file holds the bytes.
             let meta = match (entry.kind() == libc::S_IFREG, &entry.parent) {
-                (true, Some(p)) => whiteout::metacopy_of(p.as_fd(), entry.name())?.is_some(),
+                (true, Some(p)) => whiteout::metacopy_of(p.fd(), entry.name())?.is_some(),
                 _ => false,
             };
             if meta && data.is_none() && parts[0].layer != UPPER {
@@ -566,7 +344,7 @@ impl Union {
             parts = vec![entry];
         }
         if want_data {
-            return Err(crate::error::Error::errno(libc::EIO).context(format!(
+            return Err(Error::errno(libc::EIO).context(format!(
                 "metacopy {} has no data file below it",
                 show_path(&join_path(&parent.path, name))
             )));
@@ -599,32 +377,10 @@ impl Union {
 
     /// The visible names of a merged directory, sorted by bytes.
     pub fn names(&self, dir: &Node) -> Result<Vec<OsString>> {
-        let mut hidden: HashSet<OsString> = HashSet::new();
-        let mut seen: HashSet<OsString> = HashSet::new();
-        for part in &dir.parts {
-            let Some(fd) = &part.dir else { continue };
-            let mut whited = Vec::new();
-            for e in sys::read_dir_all(fd.as_fd())? {
-                let st = match sys::statat(fd.as_fd(), &e.name) {
-                    Ok(st) => st,
-                    // Gone since the listing: layers are not meant to change.
-                    Err(err) if err.is(libc::ENOENT) => continue,
-                    Err(err) => return Err(err),
-                };
-                match whiteout::classify_entry(fd.as_fd(), part.marks, &e.name, &st)? {
-                    EntryRole::Plain => {
-                        if !hidden.contains(&e.name) {
-                            seen.insert(e.name);
-                        }
-                    }
-                    EntryRole::WhiteoutOf(n) => whited.push(n),
-                    EntryRole::OpaqueMarker | EntryRole::Private => {}
-                }
-            }
-            // A layer's whiteouts hide the layers below it, not its own names.
-            hidden.extend(whited);
-        }
-        let mut names: Vec<OsString> = seen.into_iter().collect();
+        let mut names: Vec<OsString> = union::readdir::names(self, dir)?
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         Ok(names)
     }
@@ -657,6 +413,150 @@ impl Union {
     }
 }
 
+/// The tools reach a merged directory's layer directories through the
+/// ones its lookup held open. Nothing changes the layers of an unmounted
+/// union, but the tools do not cache what a listing settles either (see
+/// [`Changes::Any`]): one read is all they make of most directories.
+impl Layers for Union {
+    type Dir = Node;
+
+    fn layers_of(&self, dir: &Node) -> Vec<LayerId> {
+        dir.parts
+            .iter()
+            .filter(|p| p.dir.is_some())
+            .map(|p| p.layer)
+            .collect()
+    }
+
+    fn dir(&self, dir: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
+        dir.parts
+            .iter()
+            .find(|p| p.layer == layer)
+            .and_then(|p| p.dir.clone())
+            .ok_or_else(|| Error::errno(libc::ENOTDIR))
+    }
+
+    fn root_dir(&self, layer: LayerId) -> Result<Arc<LayerDir>> {
+        self.roots
+            .get(layer as usize)
+            .and_then(|r| r.clone())
+            .ok_or_else(|| Error::errno(libc::EIO).context(format!("no layer {layer}")))
+    }
+
+    fn changes(&self, _layer: LayerId) -> Changes {
+        Changes::Any
+    }
+
+    fn n_lowers(&self) -> LayerId {
+        self.stack.lowers().len() as LayerId
+    }
+
+    fn n_with_data(&self) -> LayerId {
+        self.stack.lowers_with_data().len() as LayerId
+    }
+}
+
+/// What one lookup met, as the tools show it: the parts of the object, the
+/// data file of a metacopy and, when explaining, what the stop hid.
+struct Collect<'a> {
+    parent: &'a Node,
+    name: &'a OsStr,
+    explain: bool,
+    parts: Vec<Part>,
+    data: Option<Part>,
+    stop: Option<union::Stop>,
+    cut: Vec<(LayerId, OsString, u32)>,
+}
+
+impl Collect<'_> {
+    /// The path inside its layer of an object the lookup met.
+    fn path(&self, obj: &Obj<'_>) -> OsString {
+        let in_parent = |name: &OsStr| {
+            let dir = self.parent.parts.iter().find(|p| p.layer == obj.layer);
+            join_path(dir.map_or(OsStr::new(""), |p| &p.path), name)
+        };
+        match obj.at {
+            LowerAt::Parent => in_parent(self.name),
+            LowerAt::Named(n) => in_parent(n),
+            LowerAt::Root(path) => path.clone(),
+        }
+    }
+
+    fn part(&self, obj: &Obj<'_>) -> Part {
+        Part {
+            layer: obj.layer,
+            path: self.path(obj),
+            stat: *obj.stat,
+            parent: Some(obj.parent.clone()),
+            dir: obj.dir.cloned(),
+            marks: obj.dir.map(|d| d.marks).unwrap_or_default(),
+            redirect: obj.dir.and_then(|d| d.redirect.clone()),
+        }
+    }
+}
+
+impl union::Sink for Collect<'_> {
+    fn explains(&self) -> bool {
+        self.explain
+    }
+
+    fn part(&mut self, obj: &Obj<'_>) {
+        let part = Collect::part(self, obj);
+        self.parts.push(part);
+    }
+
+    fn data(&mut self, obj: &Obj<'_>) {
+        self.data = Some(Collect::part(self, obj));
+    }
+
+    fn stop(&mut self, stop: union::Stop) {
+        self.stop.get_or_insert(stop);
+    }
+
+    fn cut(&mut self, obj: &Obj<'_>) {
+        let path = self.path(obj);
+        self.cut
+            .push((obj.layer, path, obj.stat.st_mode & libc::S_IFMT));
+    }
+}
+
+/// A stop as `which` words it. `parts`: what the lookup found, among them
+/// the opaque directory of an opaque stop.
+fn stop_in_words(stop: union::Stop, parts: &[Part], explain: bool) -> Result<Stop> {
+    Ok(match stop {
+        union::Stop::Whiteout { layer, kind } => {
+            let how = match kind {
+                WhiteoutKind::Device => "char device 0/0",
+                WhiteoutKind::Xattr => "overlay.whiteout xattr",
+                WhiteoutKind::Oci => ".wh. file",
+            };
+            Stop::Whiteout {
+                layer,
+                how: how.to_owned(),
+                oci: kind == WhiteoutKind::Oci,
+            }
+        }
+        union::Stop::Opaque { layer, why } => {
+            let part = parts.iter().rev().find(|p| p.layer == layer);
+            let how = match (why, part) {
+                (OpaqueWhy::Marker, Some(Part { dir: Some(d), .. })) if explain => {
+                    whiteout::opaque_marker(d.fd())?
+                }
+                (OpaqueWhy::OciBeside, Some(p)) => {
+                    Some(format!(".wh.{} beside it", show_name(p.name())))
+                }
+                (OpaqueWhy::OnPath, _) => Some("opaque dir on the redirect's path".to_owned()),
+                _ => None,
+            };
+            Stop::Opaque {
+                layer,
+                how: how.unwrap_or_else(|| "opaque marker".to_owned()),
+            }
+        }
+        union::Stop::Shadow { layer } => Stop::Shadow { layer },
+    })
+}
+
 /// The non-empty components of a relative path (`.` skipped).
 pub fn components(rel: &OsStr) -> impl Iterator<Item = &OsStr> {
     rel.as_bytes()
@@ -674,7 +574,7 @@ pub fn portable_xattrs(part: &Part) -> Result<Vec<(OsString, Vec<u8>)>> {
         // apply to one.
         return Ok(Vec::new());
     }
-    let fd = part.open(libc::O_PATH)?;
+    let fd: OwnedFd = part.open(libc::O_PATH)?;
     let names = match sys::flistxattr(fd.as_fd()) {
         Ok(n) => n,
         Err(e) if whiteout::is_xattr_unsupported(e.raw()) => return Ok(Vec::new()),

@@ -374,6 +374,19 @@ fn run_inner(root: &Path, spec: &StackSpec, src: Source, result: &mut RunResult)
         return;
     }
 
+    // The offline tools (`unionfs ls`, `which`, ...) read the unmounted
+    // layers by the mount's own rules: they see what the mount showed.
+    let offline = tree::offline_snap(&as_paths(&ul), uup, uwork);
+    let (diffs, ids) = filter_diffs("offline", None, tree::compare_offline(&us, &offline));
+    result.tolerated.extend(ids);
+    if !diffs.is_empty() {
+        let h = "(left: unionfs mounted, right: the offline tools' view of its layers)";
+        let mut dv = tree_divergence(Step::End, "offline", None, h, &diffs);
+        dv.op_kind = last;
+        result.divergence = Some(dv);
+        return;
+    }
+
     // The upper persists: a new mount over the same dirs shows the same
     // view, with the same inode numbers for files and dirs (docs/design.md §3).
     let um2 = mount_unionfs(&as_paths(&ul), uup, uwork, umnt, &uargs);

@@ -379,3 +379,112 @@ pub fn layer_changes(before: &Snap, after: &Snap) -> Vec<String> {
     }
     d
 }
+
+/// The view the offline tools (`unionfs ls`, `which`, `diff`...) have of
+/// the unmounted layers, through the library reader they share, in the
+/// shape of a mounted [`snap`]: what a tool can tell of each entry
+/// (type, mode, owner, size, bytes, symlink target, user xattrs, mtime).
+pub fn offline_snap(lowers: &[&Path], upper: &Path, work: &Path) -> Snap {
+    use std::os::unix::ffi::OsStrExt;
+    use unionfs::tools::tree::{portable_xattrs, Node, Union};
+
+    let lowers: Vec<std::path::PathBuf> = lowers.iter().map(|p| p.to_path_buf()).collect();
+    let union = match Union::open(&lowers, Some(upper), Some(work)) {
+        Ok(u) => u,
+        Err(e) => panic!("offline reader: open: {e}"),
+    };
+    let ent = |n: &Node| -> Ent {
+        let top = n.top();
+        let st = top.stat;
+        let mut e = Ent {
+            ftype: Some(match top.kind() {
+                libc::S_IFDIR => FileType::Dir,
+                libc::S_IFREG => FileType::File,
+                libc::S_IFLNK => FileType::Symlink,
+                libc::S_IFIFO => FileType::Fifo,
+                libc::S_IFSOCK => FileType::Socket,
+                libc::S_IFCHR => FileType::CharDev,
+                _ => FileType::BlockDev,
+            }),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            // A metacopy's size is its data file's, as the mount shows it.
+            size: n.data_part().stat.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ..Ent::default()
+        };
+        match top.kind() {
+            libc::S_IFREG => {
+                let r = n
+                    .data_part()
+                    .open(libc::O_RDONLY | libc::O_NOFOLLOW)
+                    .map(fs::File::from)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut f| {
+                        let mut buf = Vec::new();
+                        f.read_to_end(&mut buf)
+                            .map(|_| buf)
+                            .map_err(|e| e.to_string())
+                    });
+                match r {
+                    Ok(buf) => e.hash = Some(fnv(&buf)),
+                    Err(err) => e.errors.push(format!("read: {err}")),
+                }
+            }
+            libc::S_IFLNK => match top.link_target() {
+                Ok(t) => e.target = Some(t.into_vec()),
+                Err(err) => e.errors.push(format!("readlink: {err}")),
+            },
+            _ => {}
+        }
+        match portable_xattrs(top) {
+            Ok(x) => {
+                e.xattrs = x
+                    .into_iter()
+                    .filter(|(k, _)| k.as_bytes().starts_with(b"user."))
+                    .map(|(k, v)| (k.into_vec(), v))
+                    .collect()
+            }
+            Err(err) => e.errors.push(format!("xattrs: {err}")),
+        }
+        e
+    };
+    let mut out = Snap::new();
+    let root = union
+        .root()
+        .unwrap_or_else(|e| panic!("offline reader: root: {e}"));
+    out.insert(Vec::new(), ent(&root));
+    let r = union.walk(&root, &mut |n: &Node| -> Result<(), unionfs::Error> {
+        out.insert(n.path.clone().into_vec(), ent(n));
+        Ok(())
+    });
+    if let Err(e) = r {
+        panic!("offline reader: walk: {e}");
+    }
+    out
+}
+
+/// What the mounted view `u` and the offline one `o` disagree on, among
+/// what the offline view tells (see [`offline_snap`]).
+pub fn compare_offline(u: &Snap, o: &Snap) -> Vec<Diff> {
+    let told = |e: &Ent| Ent {
+        ftype: e.ftype,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        hash: e.hash,
+        target: e.target.clone(),
+        xattrs: e.xattrs.clone(),
+        mtime: e.mtime,
+        errors: e.errors.clone(),
+        ..Ent::default()
+    };
+    let u: Snap = u.iter().map(|(p, e)| (p.clone(), told(e))).collect();
+    compare(&u, o)
+        .into_iter()
+        // Both sides number nothing here: every file would share st_ino 0.
+        .filter(|d| d.field != "hard links (same st_ino as)")
+        .collect()
+}

@@ -409,11 +409,15 @@ pub fn walk<L: Layers, S: Sink>(
         };
         sink.part(&obj(Some(&dir)));
         // `.wh.NAME` beside a directory NAME in one layer: the directory was
-        // deleted and made anew there, so nothing below it shows.
+        // deleted and made anew there, so nothing below it shows. Nor does
+        // anything below a layer whose path to it, down a redirect, crossed
+        // an opaque directory (the kernel's `d->stop` in ovl_lookup_single).
         let opaque = if dir.marks.opaque {
             Some(OpaqueWhy::Marker)
         } else if pdir.may_hold_oci_whiteouts() && whiteout::has_oci_whiteout(pdir.fd(), &here)? {
             Some(OpaqueWhy::OciBeside)
+        } else if opaque_on_path {
+            Some(OpaqueWhy::OnPath)
         } else {
             None
         };

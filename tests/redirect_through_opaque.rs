@@ -47,9 +47,9 @@ fn a_redirect_through_an_opaque_lower_dir_stops_there_as_the_kernel_does() {
         let root = t.mkdir(side);
         let l = layers(&root);
         let lowers: Vec<&Path> = l.iter().map(|p| p.as_path()).collect();
-        let upper = t.mkdir(&format!("{side}.upper"));
-        let work = t.mkdir(&format!("{side}.work"));
-        let mnt = t.mkdir(&format!("{side}.mnt"));
+        let upper = t.mkdir(format!("{side}.upper"));
+        let work = t.mkdir(format!("{side}.work"));
+        let mnt = t.mkdir(format!("{side}.mnt"));
         let sum = checksum_layers(&lowers);
         let m = match extra {
             None => mount_kernel_overlay(

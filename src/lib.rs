@@ -24,34 +24,21 @@
 
 // Public: what the binary (main.rs) and the tests in tests/ use. The rest
 // is the crate's own, so the compiler sees when an item is no longer used.
-pub(crate) mod acl;
+// Top to bottom (docs/design.md §4): entry, daemon, operations and tools,
+// union rules, model, system.
 pub mod cli;
-pub(crate) mod copy_up;
 pub mod daemon;
-pub(crate) mod dirs;
 pub(crate) mod error;
-pub(crate) mod fuse;
-pub mod fuse_conn;
-pub(crate) mod handles;
-pub mod idmap;
-pub(crate) mod index;
-pub mod layer;
-pub mod logging;
-pub(crate) mod lookup;
+pub(crate) mod model;
 pub(crate) mod mount_line;
 pub(crate) mod mountinfo;
-pub mod node;
 pub mod ops;
-pub(crate) mod override_stat;
-pub(crate) mod passthrough;
-pub(crate) mod readdir;
-pub(crate) mod splice;
 pub(crate) mod sys;
 pub mod tools;
-pub(crate) mod tree;
 pub(crate) mod union;
-pub(crate) mod upper;
-pub mod whiteout;
-pub(crate) mod workdir;
+
+// The paths tests/ name these modules by.
+pub use daemon::fuse_conn;
+pub use model::{idmap, layer, node, whiteout};
 
 pub use error::{Error, Result};

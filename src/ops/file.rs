@@ -6,11 +6,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::{is_upper_copy, UnionFs};
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::handles;
-use crate::layer::UPPER;
+use crate::model::layer::UPPER;
 use crate::sys;
+use crate::union::copy_up::Data;
+use crate::union::handles;
 
 /// Open flags that ask to change the file.
 pub(super) const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;

@@ -5,18 +5,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::{is_upper_copy, Attr, UnionFs};
-use crate::acl;
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::handles;
-use crate::idmap::Way;
-use crate::layer::UPPER;
-use crate::lookup;
-use crate::node::{Node, ROOT_INO};
-use crate::override_stat;
+use crate::model::acl;
+use crate::model::idmap::Way;
+use crate::model::layer::UPPER;
+use crate::model::node::{Node, ROOT_INO};
+use crate::model::override_stat;
+use crate::model::whiteout;
 use crate::sys;
-use crate::upper::SetAttr;
-use crate::whiteout;
+use crate::union::copy_up::Data;
+use crate::union::handles;
+use crate::union::mount_lookup;
+use crate::union::upper::SetAttr;
 
 impl UnionFs {
     /// Resolves `name` in `parent` and records one kernel lookup of it.
@@ -30,13 +30,13 @@ impl UnionFs {
         &self,
         parent: u64,
         name: &OsStr,
-        listed: Option<lookup::Listed>,
+        listed: Option<mount_lookup::Listed>,
     ) -> Result<Attr> {
         let pnode = self.tree.nodes.get(parent)?;
         if !pnode.is_dir() {
             return fail(libc::ENOTDIR);
         }
-        let found = lookup::resolve_listed(&self.tree, &pnode, name, listed)?
+        let found = mount_lookup::resolve_listed(&self.tree, &pnode, name, listed)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let mut st = found.stat;
         if let Some(layer) = found.stack.top() {

@@ -1,7 +1,7 @@
 //! Each filesystem operation as a short script over the union modules, in
 //! plain Rust types (no FUSE): `fuse.rs` converts and replies, tests call
 //! these directly. By concern: [`inode`] (lookup, attributes, xattrs),
-//! [`file`] (open files), [`dir`] (listings, create, link, remove) and
+//! [`file`] (open files), [`names`] (listings, create, link, remove) and
 //! [`rename`].
 //!
 //! No lock covers the whole mount. A change of names in a directory holds
@@ -9,10 +9,10 @@
 //! copy-up holds the object's node lock, and every layer object is reached
 //! through held directory fds, so a request never sees a path caught midway.
 
-mod dir;
 mod file;
 mod forced;
 mod inode;
+mod names;
 mod rename;
 
 use std::ffi::{OsStr, OsString};
@@ -20,24 +20,24 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::copy_up::{CopyUp, Data};
-use crate::dirs::Changes;
 use crate::error::{fail, Error, Result};
-use crate::handles::Handles;
-use crate::idmap::Owners;
-use crate::index;
-use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
-use crate::node::{Node, Stack};
-use crate::override_stat::ForcedNames;
+use crate::model::dir_cache::Changes;
+use crate::model::idmap::Owners;
+use crate::model::layer::{LayerId, LayerStack, INDEX, UPPER};
+use crate::model::layer_reach::Tree;
+use crate::model::node::{Node, Stack};
+use crate::model::override_stat::ForcedNames;
+use crate::model::whiteout::{self, UpperFormat, WriteFormat};
 use crate::sys::{self, Stat};
-use crate::tree::Tree;
-use crate::upper::Upper;
-use crate::whiteout::{self, UpperFormat, WriteFormat};
-use crate::workdir::WorkDir;
+use crate::union::copy_up::{CopyUp, Data};
+use crate::union::handles::Handles;
+use crate::union::index;
+use crate::union::upper::Upper;
+use crate::union::workdir::WorkDir;
 
-pub use crate::readdir::DirEntry;
 pub use crate::sys::SetTime;
-pub use crate::upper::SetAttr;
+pub use crate::union::dir_snapshot::DirEntry;
+pub use crate::union::upper::SetAttr;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -174,7 +174,7 @@ impl UnionFs {
         self
     }
 
-    /// Maps owners between the layers and the view (see [`crate::idmap`]).
+    /// Maps owners between the layers and the view (see [`crate::model::idmap`]).
     pub fn with_owners(mut self, owners: Owners) -> UnionFs {
         self.owners = owners;
         self
@@ -254,7 +254,7 @@ impl UnionFs {
                 if dir.stack().lowers.is_empty() {
                     return false; // only upper objects: a rename moves a name
                 }
-                return match crate::lookup::resolve(&self.tree, &dir, name) {
+                return match crate::union::mount_lookup::resolve(&self.tree, &dir, name) {
                     Ok(Some(f)) if f.kind == libc::S_IFDIR => {
                         !f.stack.lowers.is_empty() && upper.format.redirect_xattr().is_none()
                     }

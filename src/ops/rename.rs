@@ -16,13 +16,13 @@ use parking_lot::MutexGuard;
 
 use super::UnionFs;
 
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::layer::UPPER;
-use crate::lookup::{self, Found};
-use crate::node::{Lower, LowerAt, Node};
+use crate::model::layer::UPPER;
+use crate::model::node::{Lower, LowerAt, Node};
 use crate::sys;
-use crate::upper::{keep_times, Leave};
+use crate::union::copy_up::Data;
+use crate::union::mount_lookup::{self, Found};
+use crate::union::upper::{keep_times, Leave};
 
 /// What readying one side of a rename changed, for its node to follow.
 #[derive(Default)]
@@ -67,9 +67,9 @@ impl UnionFs {
         }
         let pnode = self.dir_for_change(parent)?;
         let npnode = self.dir_for_change(newparent)?;
-        let src =
-            lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
-        let dst = lookup::resolve(&self.tree, &npnode, newname)?;
+        let src = mount_lookup::resolve(&self.tree, &pnode, name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let dst = mount_lookup::resolve(&self.tree, &npnode, newname)?;
         match &dst {
             None if exchange => return fail(libc::ENOENT),
             Some(_) if noreplace => return fail(libc::EEXIST),
@@ -103,14 +103,14 @@ impl UnionFs {
         let npdir = self.tree.dir(&npnode, UPPER)?;
         let _locks = lock_pair(&pnode, &npnode);
         // Again under the locks: the names must still show what was readied.
-        let now = lookup::resolve(&self.tree, &pnode, name)?
+        let now = mount_lookup::resolve(&self.tree, &pnode, name)?
             .filter(|f| f.ino == src.ino && f.stack.upper)
             .ok_or_else(|| Error::errno(libc::ENOENT).context("source changed during rename"))?;
-        let at_target = lookup::resolve(&self.tree, &npnode, newname)?;
+        let at_target = mount_lookup::resolve(&self.tree, &npnode, newname)?;
         if at_target.as_ref().map(|f| f.ino) != dst.as_ref().map(|f| f.ino) {
             return Err(Error::errno(libc::EBUSY).context("target changed during rename"));
         }
-        let leave = if !exchange && lookup::found_in_lowers(&self.tree, &pnode, name, &src)? {
+        let leave = if !exchange && mount_lookup::found_in_lowers(&self.tree, &pnode, name, &src)? {
             Leave::Whiteout
         } else {
             Leave::Nothing
@@ -167,7 +167,7 @@ impl UnionFs {
             }
             // A metacopy lands where its lowers do not hold it: its data is
             // found by path from now on.
-            let Some(now) = lookup::resolve(&self.tree, parent, name)? else {
+            let Some(now) = mount_lookup::resolve(&self.tree, parent, name)? else {
                 return fail(libc::ENOENT);
             };
             if !now.stack.needs_data() {
@@ -194,8 +194,8 @@ impl UnionFs {
             // Only the upper has it: nothing to copy. Landing where a lower
             // has the name, it must not merge with that.
             let udir = self.upper_dir(parent, name)?;
-            let opaque = lookup::in_lowers(&self.tree, to_parent, to_name)?
-                && !crate::whiteout::dir_marks(udir.as_fd())?.0.opaque;
+            let opaque = mount_lookup::in_lowers(&self.tree, to_parent, to_name)?
+                && !crate::model::whiteout::dir_marks(udir.as_fd())?.0.opaque;
             if opaque {
                 let why =
                     "renamed onto a name a lower has: opaque so the lower's entries stay hidden";

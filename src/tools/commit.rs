@@ -17,10 +17,10 @@ use flate2::Compression;
 use tar::{Builder, EntryType, Header};
 
 use super::diff::{self, Change};
-use super::tree::{portable_xattrs, show_path, Node, Union};
+use super::offline::{portable_xattrs, show_path, Node, Union};
 use super::ToolError;
-use crate::layer::{join_path, split_path};
-use crate::whiteout;
+use crate::model::layer::{join_path, split_path};
+use crate::model::whiteout;
 
 /// Where the archive goes: plain or gzip.
 enum Sink<W: Write> {

@@ -7,9 +7,9 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use super::tree::{Node, Union};
+use super::offline::{Node, Union};
 use super::ToolError;
-use crate::layer::{LayerId, INDEX, UPPER};
+use crate::model::layer::{LayerId, INDEX, UPPER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {

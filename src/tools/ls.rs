@@ -5,9 +5,9 @@
 use std::ffi::OsStr;
 use std::io::Write;
 
-use super::tree::{label, show_name, show_path, Node, Union};
+use super::offline::{label, show_name, show_path, Node, Union};
 use super::ToolError;
-use crate::layer::{INDEX, UPPER};
+use crate::model::layer::{INDEX, UPPER};
 
 /// `ls -l`-style type letter and permission bits.
 pub fn mode_string(mode: u32) -> String {
@@ -130,7 +130,7 @@ pub fn run(
         list(union, &node, recursive, colour, &mut marked, out)?;
     } else {
         let root = union.root()?;
-        let parent = match crate::layer::split_path(&node.path).0 {
+        let parent = match crate::model::layer::split_path(&node.path).0 {
             p if p.is_empty() => root,
             p => union.resolve(p)?.unwrap_or(root),
         };

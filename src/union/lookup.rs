@@ -18,12 +18,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::{Layers, Obj, OpaqueWhy, Sink, Stop, WhiteoutKind};
-use crate::dirs::LayerDir;
 use crate::error::Result;
-use crate::layer::{split_path, LayerId, UPPER};
-use crate::node::{Lower, LowerAt, Stack};
+use crate::model::dir_cache::LayerDir;
+use crate::model::layer::{split_path, LayerId, UPPER};
+use crate::model::node::{Lower, LowerAt, Stack};
+use crate::model::whiteout::{self, FileXattrs};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, FileXattrs};
 
 /// What one layer holds at a name.
 pub enum InLayer {
@@ -153,7 +153,7 @@ fn redirected(at: &LowerAt, redirect: &OsStr) -> LowerAt {
         // A relative redirect replaces the last component of the path.
         LowerAt::Root(path) => {
             let (dir, _) = split_path(path);
-            LowerAt::Root(crate::layer::join_path(dir, redirect))
+            LowerAt::Root(crate::model::layer::join_path(dir, redirect))
         }
         _ => LowerAt::Named(redirect.to_os_string()),
     }

@@ -8,15 +8,22 @@
 //! Both are generic parameters, not trait objects: the mount's lookup runs
 //! per request, and monomorphised it costs what a hand-written one would.
 
+pub(crate) mod copy_up;
+pub(crate) mod dir_snapshot;
+pub(crate) mod handles;
+pub(crate) mod index;
 pub mod lookup;
+pub(crate) mod mount_lookup;
 pub mod readdir;
+pub(crate) mod upper;
+pub(crate) mod workdir;
 
 use std::sync::Arc;
 
-use crate::dirs::{Changes, LayerDir};
 use crate::error::Result;
-use crate::layer::LayerId;
-use crate::node::LowerAt;
+use crate::model::dir_cache::{Changes, LayerDir};
+use crate::model::layer::LayerId;
+use crate::model::node::LowerAt;
 use crate::sys::Stat;
 
 /// How a reader of a union reaches its layers' directories.

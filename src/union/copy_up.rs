@@ -20,20 +20,20 @@ use std::time::Instant;
 
 use log::{debug, info};
 
-use crate::acl;
-use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
-use crate::handles::Handles;
-use crate::index;
-use crate::layer::UPPER;
-use crate::lookup::{self, Found};
-use crate::node::{Lower, LowerAt, Node, Stack, ROOT_INO};
-use crate::override_stat::{self, ForcedNames};
-use crate::readdir;
+use crate::model::acl;
+use crate::model::dir_cache::LayerDir;
+use crate::model::layer::UPPER;
+use crate::model::layer_reach::Tree;
+use crate::model::node::{Lower, LowerAt, Node, Stack, ROOT_INO};
+use crate::model::override_stat::{self, ForcedNames};
+use crate::model::whiteout;
 use crate::sys::{self, SetTime, Stat};
-use crate::tree::Tree;
-use crate::upper::{keep_times, Shape, Temp, Upper};
-use crate::whiteout;
+use crate::union::dir_snapshot;
+use crate::union::handles::Handles;
+use crate::union::index;
+use crate::union::mount_lookup::{self, Found};
+use crate::union::upper::{keep_times, Shape, Temp, Upper};
 
 /// Whether the file's bytes come along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl CopyUp<'_> {
         }
         // Re-check on disk too: another name of the object, or a directory
         // rename's tree copy, may have made the copy without this node.
-        if let Some(now) = lookup::resolve(self.tree, &parent, &name)? {
+        if let Some(now) = mount_lookup::resolve(self.tree, &parent, &name)? {
             if now.ino == node.ino && now.stack.has_upper_copy() {
                 node.set_stack(now.stack.clone());
                 return self.follow(node.ino, node);
@@ -227,7 +227,7 @@ impl CopyUp<'_> {
         let mut value = b"/".to_vec();
         value.extend_from_slice(path.as_encoded_bytes());
         let fd = self.tree.open(node, top, libc::O_PATH)?;
-        debug!("metacopy redirect {}", crate::layer::show_path(path));
+        debug!("metacopy redirect {}", crate::model::layer::show_path(path));
         sys::fsetxattr(fd.as_fd(), OsStr::new(xattr), &value, 0)?;
         node.update_stack(|s| s.lowers = lowers.clone());
         Ok(Some(lowers))
@@ -271,8 +271,8 @@ impl CopyUp<'_> {
 
     /// Copies up everything shown in `dir` (whose upper copy exists).
     fn children(&self, dir: &Node, live: &mut Vec<Arc<Node>>) -> Result<()> {
-        for entry in readdir::snapshot(self.tree, dir)?.iter().skip(2) {
-            let Some(found) = lookup::resolve(self.tree, dir, &entry.name)? else {
+        for entry in dir_snapshot::snapshot(self.tree, dir)?.iter().skip(2) {
+            let Some(found) = mount_lookup::resolve(self.tree, dir, &entry.name)? else {
                 continue;
             };
             let held = self
@@ -331,7 +331,7 @@ impl CopyUp<'_> {
         // A node the kernel holds may have been copied up by a racing writer
         // while we waited for its lock: look again.
         let stack = match &live {
-            Some(_) => match lookup::resolve(self.tree, parent, name)? {
+            Some(_) => match mount_lookup::resolve(self.tree, parent, name)? {
                 Some(now) if now.stack.upper => return Ok(()),
                 Some(now) => now.stack,
                 None => return Err(Error::errno(libc::ENOENT)),
@@ -560,7 +560,7 @@ impl CopyUp<'_> {
     /// the upper's private ACL xattr and not on the inode.
     fn carry_override(
         &self,
-        layer: crate::layer::LayerId,
+        layer: crate::model::layer::LayerId,
         dir: BorrowedFd,
         name: &OsStr,
         temp: &Temp,
@@ -630,7 +630,7 @@ struct Source<'a> {
 }
 
 fn show(name: &OsStr) -> String {
-    crate::layer::show_name(name)
+    crate::model::layer::show_name(name)
 }
 
 /// Builds the copy of `src` (the object `name` in `dir`, whose lstat is

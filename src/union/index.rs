@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use log::debug;
 
 use crate::error::Result;
-use crate::layer::{Layer, INDEX};
+use crate::model::layer::{Layer, INDEX};
 use crate::sys;
 
 /// The xattr (after the metadata prefix) holding the count of lower names.
@@ -228,7 +228,7 @@ pub fn stored(dir: BorrowedFd, name: &OsStr, what: &str) -> Result<Option<Vec<u8
         match sys::getxattrat(dir, name, OsStr::new(&x)) {
             Ok(Some(v)) => return Ok(Some(v)),
             Ok(None) => {}
-            Err(e) if crate::whiteout::is_xattr_unsupported(e.raw()) => {}
+            Err(e) if crate::model::whiteout::is_xattr_unsupported(e.raw()) => {}
             Err(e) => return Err(e),
         }
     }

@@ -6,11 +6,11 @@
 use std::ffi::OsString;
 
 use crate::error::Result;
-use crate::layer::UPPER;
-use crate::lookup::{self, Listed};
-use crate::node::Node;
-use crate::tree::Tree;
+use crate::model::layer::UPPER;
+use crate::model::layer_reach::Tree;
+use crate::model::node::Node;
 use crate::union;
+use crate::union::mount_lookup::{self, Listed};
 
 /// One name of a merged directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub fn settle_ino(tree: &Tree, dir: &Node, e: &mut DirEntry) -> Result<()> {
         return Ok(());
     };
     let merged = if p.dir_below {
-        lookup::resolve(tree, dir, &e.name)?.map(|f| f.ino)
+        mount_lookup::resolve(tree, dir, &e.name)?.map(|f| f.ino)
     } else {
         None
     };

@@ -9,18 +9,18 @@ use std::sync::atomic::Ordering;
 
 use super::file::real_open_flags;
 use super::{Attr, Caller, NewObject, UnionFs};
-use crate::acl;
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::index;
-use crate::layer::UPPER;
-use crate::lookup::{self, Found};
-use crate::node::{Node, Stack};
-use crate::override_stat;
-use crate::readdir::{self, DirEntry};
+use crate::model::acl;
+use crate::model::layer::UPPER;
+use crate::model::node::{Node, Stack};
+use crate::model::override_stat;
+use crate::model::whiteout;
 use crate::sys;
-use crate::upper::{Leave, Shape, Temp};
-use crate::whiteout;
+use crate::union::copy_up::Data;
+use crate::union::dir_snapshot::{self, DirEntry};
+use crate::union::index;
+use crate::union::mount_lookup::{self, Found};
+use crate::union::upper::{Leave, Shape, Temp};
 
 impl UnionFs {
     /// Opens a directory: its handle number, and whether the kernel may
@@ -62,7 +62,7 @@ impl UnionFs {
         let rewound = offset == 0 && h.served.swap(false, Ordering::Relaxed);
         if rewound || guard.is_none() {
             // rewinddir(3): show the directory as it is now.
-            *guard = Some(readdir::snapshot(&self.tree, &node)?);
+            *guard = Some(dir_snapshot::snapshot(&self.tree, &node)?);
         }
         let Some(entries) = guard.as_mut() else {
             return Ok(());
@@ -70,7 +70,7 @@ impl UnionFs {
         let start = (offset as usize).min(entries.len());
         for (i, e) in entries.iter_mut().enumerate().skip(start) {
             if inos {
-                readdir::settle_ino(&self.tree, &node, e)?;
+                dir_snapshot::settle_ino(&self.tree, &node, e)?;
             }
             h.served.store(true, Ordering::Relaxed);
             if add((i + 1) as u64, e) {
@@ -214,7 +214,7 @@ impl UnionFs {
             // Over a name a lower still has, the new directory must not
             // merge with it: it starts empty. (Lowers never change: what
             // they hold is settled before the lock.)
-            let in_lowers = lookup::in_lowers(&self.tree, &pnode, name)?;
+            let in_lowers = mount_lookup::in_lowers(&self.tree, &pnode, name)?;
             if is_dir && in_lowers {
                 let why = "made over a name a lower has: opaque so the lower's entries stay hidden";
                 upper.make_opaque(temp.fd.as_fd(), &self.tree.shown(&pnode, name), why)?;
@@ -293,7 +293,7 @@ impl UnionFs {
         let pdir = self.tree.dir(&pnode, UPPER)?;
         let placed = (|| -> Result<()> {
             let _names = pnode.names.lock();
-            if lookup::resolve(&self.tree, &pnode, newname)?.is_some() {
+            if mount_lookup::resolve(&self.tree, &pnode, newname)?.is_some() {
                 return fail(libc::EEXIST);
             }
             upper.place(&tmp, &pdir, newname, false).map(|_| ())
@@ -315,8 +315,8 @@ impl UnionFs {
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
         let upper = self.upper()?;
         let pnode = self.tree.nodes.get(parent)?;
-        let found =
-            lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let found = mount_lookup::resolve(&self.tree, &pnode, name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let is_dir = found.kind == libc::S_IFDIR;
         match (dir, is_dir) {
             (true, false) => return fail(libc::ENOTDIR),
@@ -328,9 +328,9 @@ impl UnionFs {
         }
         let why = "an entry in it removed";
         self.copier()?
-            .node(&pnode, crate::copy_up::Data::All, why)?;
+            .node(&pnode, crate::union::copy_up::Data::All, why)?;
         let pdir = self.tree.dir(&pnode, UPPER)?;
-        let leave = if lookup::found_in_lowers(&self.tree, &pnode, name, &found)? {
+        let leave = if mount_lookup::found_in_lowers(&self.tree, &pnode, name, &found)? {
             Leave::Whiteout
         } else {
             Leave::Nothing
@@ -338,7 +338,7 @@ impl UnionFs {
         self.link_goes(&pnode, name, &found)?;
         let _names = pnode.names.lock();
         // Again under the lock: a copy-up may have given it an upper copy.
-        let now = lookup::recheck(&self.tree, &pnode, name, found)?
+        let now = mount_lookup::recheck(&self.tree, &pnode, name, found)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let _changing = pnode.changing();
         if now.stack.upper {
@@ -353,7 +353,7 @@ impl UnionFs {
     /// True when the directory `found` (at `name` in `parent`) shows nothing.
     pub(super) fn is_empty_dir(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<bool> {
         let probe = Node::detached(found.ino, found.kind, found.stack.clone(), parent.ino, name);
-        Ok(readdir::snapshot(&self.tree, &probe)?.len() <= 2)
+        Ok(dir_snapshot::snapshot(&self.tree, &probe)?.len() <= 2)
     }
 
     /// The name `found` was reached by is gone. If it was the object's

@@ -9,12 +9,12 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use crate::dirs::{Changes, DirCache, LayerDir};
 use crate::error::{Error, Result};
-use crate::index::Index;
-use crate::layer::{show_name, show_path, split_path, LayerId, LayerStack, INDEX, UPPER};
-use crate::node::{LowerAt, Node, NodeTable, Stack, ROOT_INO};
+use crate::model::dir_cache::{Changes, DirCache, LayerDir};
+use crate::model::layer::{show_name, show_path, split_path, LayerId, LayerStack, INDEX, UPPER};
+use crate::model::node::{LowerAt, Node, NodeTable, Stack, ROOT_INO};
 use crate::sys::{self, Stat};
+use crate::union::index::Index;
 
 /// The layers, the nodes, and the layer directories held open.
 pub struct Tree {

@@ -7,15 +7,16 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
-use crate::layer::{LayerId, INDEX, UPPER};
-use crate::node::{LowerAt, Node, Stack};
+use crate::model::dir_cache::LayerDir;
+use crate::model::layer::{LayerId, INDEX, UPPER};
+use crate::model::layer_reach::Tree;
+use crate::model::node::{LowerAt, Node, Stack};
+use crate::model::whiteout;
 use crate::sys::Stat;
-use crate::tree::Tree;
+use crate::union;
 use crate::union::lookup::InLayer;
 pub use crate::union::lookup::Listed;
-use crate::{union, whiteout};
 
 /// What a name resolves to.
 #[derive(Debug)]
@@ -67,7 +68,7 @@ pub fn resolve_listed(
     if data_missing {
         return Err(Error::errno(libc::EIO).context(format!(
             "metacopy file {} has no data file below it",
-            crate::layer::show_name(name)
+            crate::model::layer::show_name(name)
         )));
     }
     if let Some(d) = data {
@@ -100,11 +101,11 @@ pub fn resolve_listed(
         && tree.layers.get(INDEX).is_ok()
         && tree.index()?.has(ino)?
     {
-        stack.index = Some(crate::index::key(ino));
+        stack.index = Some(crate::union::index::key(ino));
         // A name only a lower shows, of an object whose copy (shared by
         // every name) is a metacopy: that lower file is its data.
         if !stack.metacopy && !stack.lowers.is_empty() {
-            let key = crate::index::key(ino);
+            let key = crate::union::index::key(ino);
             let root = tree.root_dir(INDEX)?;
             stack.metacopy = whiteout::metacopy_of(root.fd(), &key)?.is_some();
         }

@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
+use crate::model::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
 use crate::sys::Stat;
 
 /// The xattr (after the metadata prefix) naming an upper copy's origin.

@@ -12,13 +12,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::dirs::{Changes, LayerDir};
 use crate::error::{Error, Result};
-use crate::layer::{join_path, split_path, LayerId, LayerStack, INDEX, UPPER};
-use crate::node::{LowerAt, NodeTable};
+use crate::model::dir_cache::{Changes, LayerDir};
+use crate::model::layer::{join_path, split_path, LayerId, LayerStack, INDEX, UPPER};
+use crate::model::node::{LowerAt, NodeTable};
+use crate::model::whiteout::{self, DirMarks};
 use crate::sys::{self, Stat};
 use crate::union::{self, Layers, Obj, OpaqueWhy, WhiteoutKind};
-use crate::whiteout::{self, DirMarks};
 
 /// "upper" or "lower N", as every tool names a layer.
 pub fn label(layer: LayerId) -> String {
@@ -31,7 +31,7 @@ pub fn label(layer: LayerId) -> String {
     }
 }
 
-pub use crate::layer::{show_name, show_path};
+pub use crate::model::layer::{show_name, show_path};
 
 /// One layer's copy of a merged object.
 #[derive(Debug, Clone)]
@@ -227,7 +227,7 @@ impl Union {
         let ino = index
             .numbers
             .ino_for(self.stack.get(lower.layer)?, lower.stat.st_ino);
-        let key = crate::index::key(ino);
+        let key = crate::union::index::key(ino);
         match sys::statat(index.dir.fd(), &key) {
             Ok(stat) => Ok(Some(Part {
                 layer: INDEX,

@@ -19,10 +19,10 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
+use crate::daemon::passthrough::Passthrough;
+use crate::daemon::splice;
 use crate::error::Error;
 use crate::ops::{Attr, Caller, MayCopy, NewObject, SetAttr, UnionFs};
-use crate::passthrough::Passthrough;
-use crate::splice;
 use crate::sys;
 use crate::sys::SetTime;
 

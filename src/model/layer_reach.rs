@@ -14,7 +14,6 @@ use crate::model::dir_cache::{Changes, DirCache, LayerDir};
 use crate::model::layer::{show_name, show_path, split_path, LayerId, LayerStack, INDEX, UPPER};
 use crate::model::node::{LowerAt, Node, NodeTable, Stack, ROOT_INO};
 use crate::sys::{self, Stat};
-use crate::union::index::Index;
 
 /// The layers, the nodes, and the layer directories held open.
 pub struct Tree {
@@ -87,14 +86,6 @@ impl Tree {
         } else {
             Changes::Never
         }
-    }
-
-    /// The hard-link index (mounts with an upper only).
-    pub fn index(&self) -> Result<Index<'_>> {
-        Ok(Index {
-            layer: self.layers.get(INDEX)?,
-            meta_prefix: self.nodes.meta_prefix,
-        })
     }
 
     /// The root directory of a layer.
@@ -436,48 +427,6 @@ impl Tree {
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
         self.open(node, layer, libc::O_PATH)
-    }
-}
-
-/// The mount reaches a merged directory's layer directories through its
-/// fd cache.
-impl crate::union::Layers for Tree {
-    type Dir = Node;
-
-    fn layers_of(&self, dir: &Node) -> Vec<LayerId> {
-        dir.stack().layers().collect()
-    }
-
-    fn dir(&self, dir: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
-        Tree::dir(self, dir, layer)
-    }
-
-    fn root_dir(&self, layer: LayerId) -> Result<Arc<LayerDir>> {
-        Tree::root_dir(self, layer)
-    }
-
-    fn changes(&self, layer: LayerId) -> Changes {
-        Tree::changes(self, layer)
-    }
-
-    fn n_lowers(&self) -> LayerId {
-        self.layers.lowers().len() as LayerId
-    }
-
-    fn n_with_data(&self) -> LayerId {
-        self.layers.lowers_with_data().len() as LayerId
-    }
-
-    fn held(
-        &self,
-        origin: (LayerId, &Stat),
-        layer: LayerId,
-        real_ino: u64,
-    ) -> Option<Arc<LayerDir>> {
-        let ino = self
-            .nodes
-            .ino_for(self.layers.get(origin.0).ok()?, origin.1.st_ino);
-        self.dirs.get(ino, layer).filter(|d| d.real_ino == real_ino)
     }
 }
 

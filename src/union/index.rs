@@ -28,6 +28,7 @@ use log::debug;
 
 use crate::error::Result;
 use crate::model::layer::{Layer, INDEX};
+use crate::model::layer_reach::Tree;
 use crate::sys;
 
 /// The xattr (after the metadata prefix) holding the count of lower names.
@@ -69,6 +70,18 @@ pub struct Index<'a> {
     pub layer: &'a Layer,
     /// `trusted.unionfs.` or `user.unionfs.`.
     pub meta_prefix: &'static str,
+}
+
+/// The mount reaches its index as one of its layers; here, not in
+/// `layer_reach.rs`, so the model never names a union rule.
+impl Tree {
+    /// The hard-link index (mounts with an upper only).
+    pub fn index(&self) -> Result<Index<'_>> {
+        Ok(Index {
+            layer: self.layers.get(INDEX)?,
+            meta_prefix: self.nodes.meta_prefix,
+        })
+    }
 }
 
 impl Index<'_> {

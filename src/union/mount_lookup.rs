@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::model::dir_cache::LayerDir;
+use crate::model::dir_cache::{Changes, LayerDir};
 use crate::model::layer::{LayerId, INDEX, UPPER};
 use crate::model::layer_reach::Tree;
 use crate::model::node::{LowerAt, Node, Stack};
@@ -163,4 +163,47 @@ pub fn found_in_lowers(tree: &Tree, parent: &Node, name: &OsStr, found: &Found) 
         return Ok(true);
     }
     in_lowers(tree, parent, name)
+}
+
+/// The mount reaches a merged directory's layer directories through its
+/// fd cache. (Here, not in `layer_reach.rs`, so the model never names a
+/// union rule.)
+impl crate::union::Layers for Tree {
+    type Dir = Node;
+
+    fn layers_of(&self, dir: &Node) -> Vec<LayerId> {
+        dir.stack().layers().collect()
+    }
+
+    fn dir(&self, dir: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
+        Tree::dir(self, dir, layer)
+    }
+
+    fn root_dir(&self, layer: LayerId) -> Result<Arc<LayerDir>> {
+        Tree::root_dir(self, layer)
+    }
+
+    fn changes(&self, layer: LayerId) -> Changes {
+        Tree::changes(self, layer)
+    }
+
+    fn n_lowers(&self) -> LayerId {
+        self.layers.lowers().len() as LayerId
+    }
+
+    fn n_with_data(&self) -> LayerId {
+        self.layers.lowers_with_data().len() as LayerId
+    }
+
+    fn held(
+        &self,
+        origin: (LayerId, &Stat),
+        layer: LayerId,
+        real_ino: u64,
+    ) -> Option<Arc<LayerDir>> {
+        let ino = self
+            .nodes
+            .ino_for(self.layers.get(origin.0).ok()?, origin.1.st_ino);
+        self.dirs.get(ino, layer).filter(|d| d.real_ino == real_ino)
+    }
 }

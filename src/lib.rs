@@ -9,16 +9,21 @@
 //!   ([`union::lookup`]). Directories of the same name merge
 //!   ([`union::readdir`]). The mount and the offline tools share these rules.
 //! * The first change to a lower object **copies it up**: it is rebuilt in
-//!   the work dir and renamed into the upper in one step ([`copy_up`]).
+//!   the work dir and renamed into the upper in one step
+//!   ([`union::copy_up`]).
 //! * Removing an object that a lower still has leaves a **whiteout** in the
-//!   upper ([`whiteout`]); lowers are never modified.
+//!   upper ([`model::whiteout`]); lowers are never modified.
 //!
 //! Nodes know their place, not their path: a node is a parent node and a
-//! name ([`node`]), and each layer's copy of it is reached from the parent's
-//! directory in that layer, held open ([`tree`], [`dirs`]).
+//! name ([`model::node`]), and each layer's copy of it is reached from the
+//! parent's directory in that layer, held open ([`model::layer_reach`],
+//! [`model::dir_cache`]).
 //!
-//! Follow a request from the kernel: [`fuse`] converts it, [`ops`] runs the
-//! union rule, and [`sys`] makes the system calls.
+//! Follow a request from the kernel: [`daemon::fuse`] converts it, [`ops`]
+//! runs the union rule, and [`sys`] makes the system calls. The folders are
+//! the layers of the code, each importing only from those below it
+//! (docs/design.md §4): [`cli`] and the binary; [`daemon`]; [`ops`] and
+//! [`tools`]; [`union`]; [`model`]; [`sys`] and [`error`].
 
 #![deny(unsafe_code)]
 

@@ -108,7 +108,7 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;
     // A big WRITE's data spliced from /dev/fuse into the upper file
-    // (src/splice.rs), as READ replies are spliced the other way.
+    // (src/daemon/splice.rs), as READ replies are spliced the other way.
     let transport = Transport {
         io_uring: config.io_uring,
         splice_write: config.splice_write && crate::daemon::splice::enabled(),

@@ -15,8 +15,10 @@ use crate::model::layer::{show_name, show_path, split_path, LayerId, LayerStack,
 use crate::model::node::{LowerAt, Node, NodeTable, Stack, ROOT_INO};
 use crate::sys::{self, Stat};
 
-/// The layers, the nodes, and the layer directories held open.
-pub struct Tree {
+/// The mount's reach into its layers: the layers, the nodes, and the
+/// layer directories held open, through which every node's objects are
+/// found. (Not a tree: a node table and an fd cache.)
+pub struct LayerReach {
     pub layers: LayerStack,
     pub nodes: NodeTable,
     pub dirs: DirCache,
@@ -39,14 +41,14 @@ enum Step {
     Root(OsString),
 }
 
-impl Tree {
+impl LayerReach {
     /// `upper_changes`: [`Changes::NoOciNames`] when the upper is written
     /// in the overlay format, else [`Changes::Any`].
     pub fn new(
         layers: LayerStack,
         meta_prefix: &'static str,
         upper_changes: Changes,
-    ) -> Result<Tree> {
+    ) -> Result<LayerReach> {
         let root_of = |id: LayerId, changes: Changes| -> Result<Arc<LayerDir>> {
             let fd = sys::openat(
                 layers.get(id)?.root(),
@@ -69,7 +71,7 @@ impl Tree {
             .ok()
             .map(|_| root_of(INDEX, Changes::Any))
             .transpose()?;
-        Ok(Tree {
+        Ok(LayerReach {
             nodes: NodeTable::new(&layers, meta_prefix),
             layers,
             dirs: DirCache::default(),
@@ -131,7 +133,7 @@ impl Tree {
         Err(Error::errno(libc::EAGAIN).context("directory kept moving"))
     }
 
-    /// One try of [`Tree::dir`]; `None` when a change of names in the
+    /// One try of [`LayerReach::dir`]; `None` when a change of names in the
     /// upper raced with the walk, which then starts again.
     fn walk_down(&self, node: &Node, layer: LayerId) -> Result<Option<Arc<LayerDir>>> {
         let immutable = layer != UPPER;
@@ -307,7 +309,7 @@ impl Tree {
     }
 
     /// Opens `node`'s object in `layer` (never following a symlink; no
-    /// O_TRUNC, see [`Tree::at`]).
+    /// O_TRUNC, see [`LayerReach::at`]).
     pub fn open(&self, node: &Node, layer: LayerId, flags: i32) -> Result<OwnedFd> {
         let flags = flags & !libc::O_TRUNC;
         self.at(node, layer, |dir, name| {
@@ -396,7 +398,7 @@ impl Tree {
     /// if the line is written.
     pub fn shown<'a>(&'a self, parent: &'a Node, name: &'a OsStr) -> PathIn<'a> {
         PathIn {
-            tree: self,
+            reach: self,
             parent,
             name,
         }
@@ -442,15 +444,15 @@ fn join_parts(parts: Vec<OsString>) -> OsString {
     out
 }
 
-/// See [`Tree::shown`].
+/// See [`LayerReach::shown`].
 pub struct PathIn<'a> {
-    tree: &'a Tree,
+    reach: &'a LayerReach,
     parent: &'a Node,
     name: &'a OsStr,
 }
 
 impl std::fmt::Display for PathIn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.tree.path_in(self.parent, self.name))
+        f.write_str(&self.reach.path_in(self.parent, self.name))
     }
 }

@@ -40,7 +40,7 @@ impl UnionFs {
         {
             return;
         }
-        let f = self.tree.at(node, layer, |dir, name| {
+        let f = self.reach.at(node, layer, |dir, name| {
             let fd = sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             Ok(self.forced_of_fd(layer, fd.as_fd()))
         });

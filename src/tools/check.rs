@@ -25,7 +25,7 @@ use crate::model::node::NodeTable;
 use crate::model::whiteout::{self, DirMarks, EntryRole};
 use crate::sys::{self, Stat};
 
-use super::offline::{label, show_name, show_path, Node, Union};
+use super::offline::{label, show_name, show_path, MergedEntry, Union};
 use super::{LayerArgs, ToolError};
 
 /// The work dir's lock file (`workdir.rs`).
@@ -500,7 +500,7 @@ impl Checker<'_> {
 
     /// The merged view from `dir` down: whiteouts that hide nothing,
     /// redirects that lead nowhere, and which index entry serves what.
-    fn merged(&mut self, dir: &Node) -> Result<()> {
+    fn merged(&mut self, dir: &MergedEntry) -> Result<()> {
         for i in 0..dir.parts.len() {
             let Some(fd) = dir.parts[i].dir.clone() else {
                 continue;
@@ -527,7 +527,7 @@ impl Checker<'_> {
     /// when a lookup of `hidden` in the layers below it finds nothing.
     fn whiteout(
         &mut self,
-        dir: &Node,
+        dir: &MergedEntry,
         i: usize,
         fd: &Arc<LayerDir>,
         name: &OsStr,
@@ -545,7 +545,7 @@ impl Checker<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let below = Node {
+        let below = MergedEntry {
             path: dir.path.clone(),
             parts: dir.parts[i + 1..].to_vec(),
             data: None,
@@ -592,7 +592,7 @@ impl Checker<'_> {
 
     /// A redirect of one of the directories merging into `node` leads to
     /// no directory below it.
-    fn redirects(&mut self, node: &Node) {
+    fn redirects(&mut self, node: &MergedEntry) {
         for (i, part) in node.parts.iter().enumerate() {
             let Some(r) = &part.redirect else { continue };
             let at = format!("{} {}", label(part.layer), show_path(&part.path));

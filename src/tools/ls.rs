@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::io::Write;
 
-use super::offline::{label, show_name, show_path, Node, Union};
+use super::offline::{label, show_name, show_path, MergedEntry, Union};
 use super::ToolError;
 use crate::model::layer::{INDEX, UPPER};
 
@@ -44,7 +44,7 @@ const LEGEND: &str = "+ merges with lower directories   * hides lower copies";
 /// The mark of an entry: `+` for a directory whose contents merge with
 /// lower ones, `*` for an entry that hides lower copies (shadows them, or
 /// an opaque directory), else blank.
-fn mark(union: &Union, dir: &Node, child: &Node) -> Result<char, ToolError> {
+fn mark(union: &Union, dir: &MergedEntry, child: &MergedEntry) -> Result<char, ToolError> {
     if child.parts.len() > 1 {
         return Ok('+');
     }
@@ -54,8 +54,8 @@ fn mark(union: &Union, dir: &Node, child: &Node) -> Result<char, ToolError> {
 
 fn entry_line(
     union: &Union,
-    dir: &Node,
-    child: &Node,
+    dir: &MergedEntry,
+    child: &MergedEntry,
     colour: bool,
     marked: &mut bool,
 ) -> Result<String, ToolError> {
@@ -89,7 +89,7 @@ fn entry_line(
 
 fn list(
     union: &Union,
-    dir: &Node,
+    dir: &MergedEntry,
     recursive: bool,
     colour: bool,
     marked: &mut bool,

@@ -23,7 +23,7 @@ pub mod which;
 /// that test names [`offline`].
 #[doc(hidden)]
 pub mod tree {
-    pub use super::offline::{portable_xattrs, Node, Union};
+    pub use super::offline::{portable_xattrs, MergedEntry as Node, Union};
 }
 
 use std::ffi::OsString;

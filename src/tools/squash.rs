@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsFd;
 
-use super::offline::{portable_xattrs, show_path, Node, Part, Union};
+use super::offline::{portable_xattrs, show_path, MergedEntry, Part, Union};
 use super::stage::{Meta, Stage};
 use super::ToolError;
 use crate::model::layer::split_path;
@@ -33,7 +33,7 @@ pub fn copy_data(from: &Part, to: &mut File) -> Result<(), ToolError> {
 fn write_node(
     stage: &mut Stage,
     links: &mut HashMap<(u64, u64), std::ffi::OsString>,
-    node: &Node,
+    node: &MergedEntry,
 ) -> Result<(), ToolError> {
     let top = node.top();
     let (parent, name) = split_path(&node.path);

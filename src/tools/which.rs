@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::fd::AsFd;
 
-use super::offline::{components, label, show_path, Lookup, Node, Stop, Union};
+use super::offline::{components, label, show_path, Lookup, MergedEntry, Stop, Union};
 use super::ToolError;
 use crate::model::layer::{join_path, split_path, LayerId};
 use crate::sys;
@@ -20,7 +20,7 @@ struct Hidden {
 
 /// What `which` finds for one path.
 struct Explained {
-    node: Option<Node>,
+    node: Option<MergedEntry>,
     /// Why the path is missing, when it is.
     missing: Option<String>,
     hidden: Vec<Hidden>,

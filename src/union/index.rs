@@ -28,7 +28,7 @@ use log::debug;
 
 use crate::error::Result;
 use crate::model::layer::{Layer, INDEX};
-use crate::model::layer_reach::Tree;
+use crate::model::layer_reach::LayerReach;
 use crate::sys;
 
 /// The xattr (after the metadata prefix) holding the count of lower names.
@@ -74,7 +74,7 @@ pub struct Index<'a> {
 
 /// The mount reaches its index as one of its layers; here, not in
 /// `layer_reach.rs`, so the model never names a union rule.
-impl Tree {
+impl LayerReach {
     /// The hard-link index (mounts with an upper only).
     pub fn index(&self) -> Result<Index<'_>> {
         Ok(Index {

@@ -160,7 +160,7 @@ fn redirected(at: &LowerAt, redirect: &OsStr) -> LowerAt {
 }
 
 /// Which lower layers' listings of a directory hold a name (as an object,
-/// not a whiteout), learnt by a listing of it (`readdir.rs`): a lookup of
+/// not a whiteout), learnt by a listing of it (`union/readdir.rs`): a lookup of
 /// the name then skips the lowers that lack it instead of asking each.
 /// Lowers never change, so what a listing saw stays true.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

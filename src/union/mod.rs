@@ -2,8 +2,8 @@
 //! top-down lookup with its stop rules and redirects ([`lookup`]) and the
 //! merged listing ([`readdir`]), over [`Layers`], the one thing that
 //! differs between them: how a merged directory's layer directories are
-//! reached. The mount reaches them through its fd cache (`tree.rs`), the
-//! tools through the directories their walk holds (`tools/tree.rs`).
+//! reached. The mount reaches them through its fd cache (`model/layer_reach.rs`), the
+//! tools through the directories their walk holds (`tools/offline.rs`).
 //!
 //! Both are generic parameters, not trait objects: the mount's lookup runs
 //! per request, and monomorphised it costs what a hand-written one would.

@@ -1,6 +1,8 @@
 //! The daemon's life: mount (the FUSE handshake, then fork, so `unionfs
 //! mount` returns exactly when the mount is live), signals that unmount,
-//! and `unionfs umount`.
+//! and `unionfs umount`. Beside it, the glue between the kernel and
+//! [`ops`](crate::ops): [`fuse`] (requests in, replies out), [`splice`]
+//! (READ replies), [`passthrough`], [`fuse_conn`] and [`logging`].
 
 pub(crate) mod fuse;
 pub mod fuse_conn;

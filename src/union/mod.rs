@@ -2,11 +2,18 @@
 //! top-down lookup with its stop rules and redirects ([`lookup`]) and the
 //! merged listing ([`readdir`]), over [`Layers`], the one thing that
 //! differs between them: how a merged directory's layer directories are
-//! reached. The mount reaches them through its fd cache (`model/layer_reach.rs`), the
-//! tools through the directories their walk holds (`tools/offline.rs`).
+//! reached. The mount reaches them through its fd cache
+//! (`model/layer_reach.rs`), the tools through the directories their walk
+//! holds (`tools/offline.rs`).
 //!
 //! Both are generic parameters, not trait objects: the mount's lookup runs
 //! per request, and monomorphised it costs what a hand-written one would.
+//!
+//! The mount's own side of the rules lives here too, beneath `ops`: its
+//! numbered lookups ([`mount_lookup`]) and listings ([`dir_snapshot`]),
+//! open handles ([`handles`]), copy-up ([`copy_up`]), every change to the
+//! upper ([`upper`]), the work dir ([`workdir`]) and the hard-link index
+//! ([`index`]).
 
 pub(crate) mod copy_up;
 pub(crate) mod dir_snapshot;

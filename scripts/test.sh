@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what it needs, checks formatting and lints,
-# runs every test (in-process and through real mounts), then the public
-# conformance suites (pjdfstest, unionmount-testsuite) on the release binary.
+# The whole test suite: installs what it needs, checks the import graph,
+# formatting and lints, runs every test (in-process and through real
+# mounts), then the public conformance suites (pjdfstest,
+# unionmount-testsuite) on the release binary.
 # Mount tests need root and /dev/fuse; with CI=true they fail rather than skip.
 # CONFORMANCE=0 skips the conformance suites (e.g. for a quick local run).
 # Then xfstests' generic tests on unionfs, root and rootless, a fixed subset
@@ -19,6 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+# The import graph is a DAG, top to bottom by docs/design.md §4: no cycle,
+# no upward edge (seconds, so it runs before any build).
+python3 scripts/module_graph.py --strict
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets 2>&1

@@ -29,7 +29,7 @@ fn run() -> Result<(), (String, u8)> {
                 // narrated mount is the info level of our own events.
                 std::env::set_var("RUST_LOG", "warn,fuser=error,unionfs=info");
             }
-            unionfs::logging::init(config.log_file.as_deref())
+            unionfs::daemon::logging::init(config.log_file.as_deref())
                 .map_err(|m| (format!("unionfs: {m}"), 1))?;
             for w in &config.warnings {
                 eprintln!("unionfs: warning: {w}");

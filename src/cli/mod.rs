@@ -29,11 +29,11 @@ use tools::{
     parse_tool, ApplyArgs, CheckArgs, CommitArgs, LayersArgs, LsArgs, SquashArgs, WhichArgs,
 };
 
-pub use crate::idmap::Owners;
+pub use crate::model::idmap::Owners;
+pub use crate::model::whiteout::WriteFormat;
 pub use crate::mount_line::{
     default_work_dir, split_layer_list, CliError, MountConfig, Remount, MAX_LOWERS,
 };
-pub use crate::whiteout::WriteFormat;
 
 /// What the command line asks for.
 // Made once per run: boxing the large variant would save nothing.

@@ -10,11 +10,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::model::whiteout::WriteFormat;
 use crate::mount_line::{
     default_work_dir, invalid, only_once, split_layer_list, usage_error, utf8, CliError,
     MountConfig, MountOptions, RawMount, MAX_LOWERS,
 };
-use crate::whiteout::WriteFormat;
 
 /// Merges flags and `-o`, resolves every path, and checks the layout.
 pub(super) fn resolve(raw: RawMount) -> Result<MountConfig, CliError> {

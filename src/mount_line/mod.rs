@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::idmap::Owners;
-use crate::whiteout::WriteFormat;
+use crate::model::idmap::Owners;
+use crate::model::whiteout::WriteFormat;
 
 pub(crate) use compat::{scan_compat, utf8, Compat};
 pub use options::split_layer_list;

@@ -6,8 +6,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::compat::{bad_value, os, utf8};
 use super::{parse_format, parse_threads, usage_error, CliError, TestHooks};
-use crate::idmap::{self, IdMap, Owners, Range};
-use crate::whiteout::WriteFormat;
+use crate::model::idmap::{self, IdMap, Owners, Range};
+use crate::model::whiteout::WriteFormat;
 
 /// What the `-o` strings ask for.
 #[derive(Debug, Default)]

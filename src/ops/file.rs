@@ -6,11 +6,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use super::{is_upper_copy, UnionFs};
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::handles;
-use crate::layer::UPPER;
+use crate::model::layer::UPPER;
 use crate::sys;
+use crate::union::copy_up::Data;
+use crate::union::handles;
 
 /// Open flags that ask to change the file.
 pub(super) const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_APPEND;
@@ -53,7 +53,7 @@ fn direct_or_buffered<T>(fd: BorrowedFd, mut io: impl FnMut() -> Result<T>) -> R
 impl UnionFs {
     /// Opens a regular file; returns the handle number.
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if node.kind != libc::S_IFREG {
             // As in opendir: a newer object with a removed file's number.
             return fail(libc::ENOENT);
@@ -77,9 +77,9 @@ impl UnionFs {
             .stack()
             .data()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
-        let fd = self.tree.open(&node, layer, real_open_flags(flags))?;
+        let fd = self.reach.open(&node, layer, real_open_flags(flags))?;
         if flags & libc::O_TRUNC != 0 && is_upper_copy(layer) {
-            // Through the fd, once it is surely this file's (see Tree::at),
+            // Through the fd, once it is surely this file's (see LayerReach::at),
             // with the times O_TRUNC sets.
             let fd = fd.as_fd();
             sys::truncate_via_proc(fd, 0)?;
@@ -180,11 +180,11 @@ impl UnionFs {
     }
 
     pub fn fsyncdir(&self, ino: u64, data_only: bool) -> Result<()> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if self.volatile || !node.stack().upper || self.upper.is_none() {
             return Ok(());
         }
-        let dir = self.tree.dir(&node, UPPER)?;
+        let dir = self.reach.dir(&node, UPPER)?;
         sys::fsync(dir.fd(), data_only)
     }
 

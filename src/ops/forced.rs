@@ -1,4 +1,4 @@
-//! Forced permissions (`xattr_permissions=`, see [`crate::override_stat`]):
+//! Forced permissions (`xattr_permissions=`, see [`crate::model::override_stat`]):
 //! reading a layer object's override into its attributes, writing the
 //! upper's. Off (no syscall at all) unless the option is given or a layer
 //! root carries an override xattr.
@@ -7,11 +7,11 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::UnionFs;
-use crate::acl;
 use crate::error::Result;
-use crate::layer::{LayerId, UPPER};
-use crate::node::Node;
-use crate::override_stat::{self, may_carry, Forced};
+use crate::model::acl;
+use crate::model::layer::{LayerId, UPPER};
+use crate::model::node::Node;
+use crate::model::override_stat::{self, may_carry, Forced};
 use crate::sys::{self, Stat};
 
 impl UnionFs {
@@ -40,7 +40,7 @@ impl UnionFs {
         {
             return;
         }
-        let f = self.tree.at(node, layer, |dir, name| {
+        let f = self.reach.at(node, layer, |dir, name| {
             let fd = sys::openat(dir.fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
             Ok(self.forced_of_fd(layer, fd.as_fd()))
         });

@@ -5,18 +5,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use super::{is_upper_copy, Attr, UnionFs};
-use crate::acl;
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::handles;
-use crate::idmap::Way;
-use crate::layer::UPPER;
-use crate::lookup;
-use crate::node::{Node, ROOT_INO};
-use crate::override_stat;
+use crate::model::acl;
+use crate::model::idmap::Way;
+use crate::model::layer::UPPER;
+use crate::model::node::{Node, ROOT_INO};
+use crate::model::override_stat;
+use crate::model::whiteout;
 use crate::sys;
-use crate::upper::SetAttr;
-use crate::whiteout;
+use crate::union::copy_up::Data;
+use crate::union::handles;
+use crate::union::mount_lookup;
+use crate::union::upper::SetAttr;
 
 impl UnionFs {
     /// Resolves `name` in `parent` and records one kernel lookup of it.
@@ -30,13 +30,13 @@ impl UnionFs {
         &self,
         parent: u64,
         name: &OsStr,
-        listed: Option<lookup::Listed>,
+        listed: Option<mount_lookup::Listed>,
     ) -> Result<Attr> {
-        let pnode = self.tree.nodes.get(parent)?;
+        let pnode = self.reach.nodes.get(parent)?;
         if !pnode.is_dir() {
             return fail(libc::ENOTDIR);
         }
-        let found = lookup::resolve_listed(&self.tree, &pnode, name, listed)?
+        let found = mount_lookup::resolve_listed(&self.reach, &pnode, name, listed)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let mut st = found.stat;
         if let Some(layer) = found.stack.top() {
@@ -45,7 +45,7 @@ impl UnionFs {
         }
         let mut attr = self.finish_attr(found.ino, &found.stack, &mut st);
         let node = self
-            .tree
+            .reach
             .nodes
             .remember(found.ino, found.kind, found.stack, parent, name);
         attr.generation = node.generation;
@@ -57,7 +57,7 @@ impl UnionFs {
         }
         if node.is_dir() {
             for (layer, dir) in found.dirs {
-                self.tree.dirs.put(node.ino, layer, dir);
+                self.reach.dirs.put(node.ino, layer, dir);
             }
         }
         Ok(attr)
@@ -65,13 +65,13 @@ impl UnionFs {
 
     /// The kernel dropped `n` lookups of `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.tree.forget(ino, n);
+        self.reach.forget(ino, n);
     }
 
     /// Attributes of `ino`; through the open file `fh` when given, so an
     /// open file that was unlinked still answers fstat(2).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         // A metacopy read through the data file: its metadata is the top's.
         let metacopy = node.stack().metacopy && !node.is_dead();
         if let Some(h) = fh
@@ -87,7 +87,7 @@ impl UnionFs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<OsString> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if node.kind != libc::S_IFLNK {
             return fail(libc::EINVAL);
         }
@@ -95,14 +95,14 @@ impl UnionFs {
             .stack()
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
-        self.tree
+        self.reach
             .at(&node, layer, |dir, name| sys::readlinkat(dir.fd(), name))
     }
 
     /// Checks `access(2)` modes. The kernel checks permission bits itself
     /// (`default_permissions`); this adds what only the union knows.
     pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
-        self.tree.nodes.get(ino)?;
+        self.reach.nodes.get(ino)?;
         if mask & libc::W_OK != 0 {
             self.check_writable()?;
         }
@@ -111,9 +111,9 @@ impl UnionFs {
 
     pub fn statfs(&self) -> Result<libc::statvfs> {
         // The upper takes the writes, so its free space is what matters.
-        let layer = match self.tree.layers.upper() {
+        let layer = match self.reach.layers.upper() {
             Some(u) => u,
-            None => self.tree.layers.get(1)?,
+            None => self.reach.layers.get(1)?,
         };
         sys::fstatvfs(layer.root())
     }
@@ -122,7 +122,7 @@ impl UnionFs {
     fn xattr_names(&self, node: &Node) -> Result<Vec<OsString>> {
         let mut names = match node.stack().top() {
             Some(layer) if !node.is_dead() => self
-                .tree
+                .reach
                 .at(node, layer, |dir, name| sys::listxattrat(dir.fd(), name))?,
             _ => sys::flistxattr(self.top_fd(node)?.as_fd())?,
         };
@@ -162,7 +162,7 @@ impl UnionFs {
     /// One xattr of a node's top object; `None` when absent.
     fn top_xattr(&self, node: &Node, attr: &OsStr) -> Result<Option<Vec<u8>>> {
         match node.stack().top() {
-            Some(layer) if !node.is_dead() => self.tree.at(node, layer, |dir, name| {
+            Some(layer) if !node.is_dead() => self.reach.at(node, layer, |dir, name| {
                 sys::getxattrat(dir.fd(), name, attr)
             }),
             _ => sys::getxattr_via_proc(self.top_fd(node)?.as_fd(), attr),
@@ -174,11 +174,11 @@ impl UnionFs {
         if node.is_dead() {
             return Ok(self.fd_of_dead(node, libc::O_RDONLY)?.1);
         }
-        self.tree.open_top(node)
+        self.reach.open_top(node)
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if whiteout::is_private_xattr(name) || node.has_no_xattrs() {
             return fail(libc::ENODATA);
         }
@@ -208,7 +208,7 @@ impl UnionFs {
 
     /// The node's xattr names, NUL-terminated each, private ones left out.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if node.has_no_xattrs() {
             return Ok(Vec::new());
         }
@@ -249,7 +249,7 @@ impl UnionFs {
         } else {
             value
         };
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if name == acl::ACCESS_XATTR && self.upper_forced_name().is_some() {
             if let Some(bits) = acl::minimal_mode(value) {
                 return self.acl_as_forced_mode(ino, bits, in_group);
@@ -328,9 +328,9 @@ impl UnionFs {
         node.xattrs_changed();
         let real = override_stat::real_perm(mode, node.is_dir());
         if node.ino == ROOT_INO {
-            return sys::fchmod(self.tree.root_dir(UPPER)?.fd(), real);
+            return sys::fchmod(self.reach.root_dir(UPPER)?.fd(), real);
         }
-        self.tree
+        self.reach
             .at_locked(node, UPPER, |dir, name| sys::fchmodat(dir.fd(), name, real))
     }
 
@@ -346,7 +346,7 @@ impl UnionFs {
         bits: u32,
         in_group: &dyn Fn(u32) -> bool,
     ) -> Result<()> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         let shown = self.attr_of(&node)?.st;
         let mode = setgid_for_caller((shown.st_mode & 0o7000) | bits, shown.st_gid, in_group);
         self.setattr(
@@ -397,7 +397,7 @@ impl UnionFs {
         if mode == st.st_mode & 0o7777 {
             return Ok(());
         }
-        self.tree
+        self.reach
             .at_locked(node, UPPER, |dir, name| sys::fchmodat(dir.fd(), name, mode))
     }
 
@@ -406,7 +406,7 @@ impl UnionFs {
         if whiteout::is_private_xattr(name) {
             return Err(Error::errno(libc::EPERM).context("private xattr"));
         }
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         let private_acl = name == acl::ACCESS_XATTR && self.upper_acl_name_for(&node).is_some();
         // Nothing to copy up for an attribute that is not there.
         let there = match private_acl {
@@ -443,13 +443,13 @@ impl UnionFs {
         if let Some(gid) = set.gid {
             set.gid = Some(self.owners.gid.to_disk(gid).ok_or_else(unmapped)?);
         }
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if node.is_dead() {
             return self.setattr_dead(&node, set);
         }
         if node.ino == ROOT_INO {
             // The root has no parent to name it by: change it through its fd.
-            let root = self.tree.root_dir(UPPER)?;
+            let root = self.reach.root_dir(UPPER)?;
             let set = self.set_forced(root.fd(), set)?;
             upper.set_attr_fd(root.fd(), set)?;
             return self.attr_of(&node);
@@ -482,7 +482,7 @@ impl UnionFs {
             .stack()
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
-        self.tree.at_locked(&node, layer, |dir, name| {
+        self.reach.at_locked(&node, layer, |dir, name| {
             let set = match self.upper_forced_name() {
                 None => set,
                 Some(_) => {

@@ -1,7 +1,7 @@
 //! Each filesystem operation as a short script over the union modules, in
 //! plain Rust types (no FUSE): `fuse.rs` converts and replies, tests call
 //! these directly. By concern: [`inode`] (lookup, attributes, xattrs),
-//! [`file`] (open files), [`dir`] (listings, create, link, remove) and
+//! [`file`] (open files), [`names`] (listings, create, link, remove) and
 //! [`rename`].
 //!
 //! No lock covers the whole mount. A change of names in a directory holds
@@ -9,10 +9,10 @@
 //! copy-up holds the object's node lock, and every layer object is reached
 //! through held directory fds, so a request never sees a path caught midway.
 
-mod dir;
 mod file;
 mod forced;
 mod inode;
+mod names;
 mod rename;
 
 use std::ffi::{OsStr, OsString};
@@ -20,24 +20,24 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::copy_up::{CopyUp, Data};
-use crate::dirs::Changes;
 use crate::error::{fail, Error, Result};
-use crate::handles::Handles;
-use crate::idmap::Owners;
-use crate::index;
-use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
-use crate::node::{Node, Stack};
-use crate::override_stat::ForcedNames;
+use crate::model::dir_cache::Changes;
+use crate::model::idmap::Owners;
+use crate::model::layer::{LayerId, LayerStack, INDEX, UPPER};
+use crate::model::layer_reach::LayerReach;
+use crate::model::node::{Node, Stack};
+use crate::model::override_stat::ForcedNames;
+use crate::model::whiteout::{self, UpperFormat, WriteFormat};
 use crate::sys::{self, Stat};
-use crate::tree::Tree;
-use crate::upper::Upper;
-use crate::whiteout::{self, UpperFormat, WriteFormat};
-use crate::workdir::WorkDir;
+use crate::union::copy_up::{CopyUp, Data};
+use crate::union::handles::Handles;
+use crate::union::index;
+use crate::union::upper::Upper;
+use crate::union::workdir::WorkDir;
 
-pub use crate::readdir::DirEntry;
 pub use crate::sys::SetTime;
-pub use crate::upper::SetAttr;
+pub use crate::union::dir_snapshot::DirEntry;
+pub use crate::union::upper::SetAttr;
 
 /// Attributes of a merged object: the top layer's `lstat` with the union's
 /// inode number.
@@ -60,7 +60,7 @@ pub struct Options {
 
 /// A mounted union: layers, the inode table and the open handles.
 pub struct UnionFs {
-    tree: Tree,
+    reach: LayerReach,
     handles: Handles,
     opts: Options,
     /// The work dir and write format; `None` for a lowers-only mount.
@@ -157,7 +157,7 @@ impl UnionFs {
             _ => Changes::NoOciNames,
         };
         Ok(UnionFs {
-            tree: Tree::new(layers, meta_prefix, upper_changes)?,
+            reach: LayerReach::new(layers, meta_prefix, upper_changes)?,
             handles: Handles::default(),
             opts,
             upper,
@@ -170,11 +170,11 @@ impl UnionFs {
     /// Keeps owners and modes in override xattrs where a layer root says so
     /// or, in the upper, where `xattr_permissions=option` (1 or 2) asks.
     pub fn with_forced_permissions(mut self, option: u8) -> UnionFs {
-        self.forced = ForcedNames::probe(&self.tree.layers, option);
+        self.forced = ForcedNames::probe(&self.reach.layers, option);
         self
     }
 
-    /// Maps owners between the layers and the view (see [`crate::idmap`]).
+    /// Maps owners between the layers and the view (see [`crate::model::idmap`]).
     pub fn with_owners(mut self, owners: Owners) -> UnionFs {
         self.owners = owners;
         self
@@ -248,13 +248,13 @@ impl UnionFs {
             MayCopy::Open { ino, flags } => (ino, flags),
             MayCopy::Change { ino } => (ino, libc::O_WRONLY),
             MayCopy::Rename { parent, name } => {
-                let Ok(dir) = self.tree.nodes.get(parent) else {
+                let Ok(dir) = self.reach.nodes.get(parent) else {
                     return false;
                 };
                 if dir.stack().lowers.is_empty() {
                     return false; // only upper objects: a rename moves a name
                 }
-                return match crate::lookup::resolve(&self.tree, &dir, name) {
+                return match crate::union::mount_lookup::resolve(&self.reach, &dir, name) {
                     Ok(Some(f)) if f.kind == libc::S_IFDIR => {
                         !f.stack.lowers.is_empty() && upper.format.redirect_xattr().is_none()
                     }
@@ -268,7 +268,7 @@ impl UnionFs {
         if flags & file::WRITE_FLAGS == 0 || flags & libc::O_TRUNC != 0 {
             return false;
         }
-        let Ok(node) = self.tree.nodes.get(ino) else {
+        let Ok(node) = self.reach.nodes.get(ino) else {
             return false;
         };
         let stack = node.stack();
@@ -276,7 +276,7 @@ impl UnionFs {
             return false;
         }
         stack.data().is_some_and(|layer| {
-            self.tree
+            self.reach
                 .stat(&node, layer)
                 .is_ok_and(|st| st.st_size >= LONG_COPY)
         })
@@ -285,7 +285,7 @@ impl UnionFs {
     /// Copy-up over this mount's upper; EROFS for a read-only mount.
     fn copier(&self) -> Result<CopyUp<'_>> {
         Ok(CopyUp {
-            tree: &self.tree,
+            reach: &self.reach,
             upper: self.upper()?,
             handles: &self.handles,
             forced: &self.forced,
@@ -316,11 +316,11 @@ impl UnionFs {
             let layer = stack
                 .top()
                 .ok_or_else(|| Error::errno(libc::ESTALE).context("node with no layer"))?;
-            let mut st = self.tree.stat(node, layer)?;
+            let mut st = self.reach.stat(node, layer)?;
             self.force_at(node, layer, &mut st);
             if let Some(data) = stack.data().filter(|_| stack.metacopy) {
                 // A metacopy's size and blocks are its data file's.
-                let dst = self.tree.stat(node, data)?;
+                let dst = self.reach.stat(node, data)?;
                 st.st_size = dst.st_size;
                 st.st_blocks = dst.st_blocks;
             }
@@ -336,7 +336,7 @@ impl UnionFs {
     fn finish_attr(&self, ino: u64, stack: &Stack, st: &mut Stat) -> Attr {
         // A hard-linked object answers from its index entry, which every
         // name shares, and counts its names across layers.
-        if let (Some(key), Ok(index)) = (&stack.index, self.tree.index()) {
+        if let (Some(key), Ok(index)) = (&stack.index, self.reach.index()) {
             if let Ok(ist) = sys::statat(index.layer.root(), key) {
                 // A metacopy entry's bytes are the data's, given in `st`.
                 let data = (st.st_size, st.st_blocks);
@@ -369,7 +369,7 @@ impl UnionFs {
 
     /// The parent directory of a change: a directory, copied up.
     fn dir_for_change(&self, parent: u64) -> Result<Arc<Node>> {
-        let pnode = self.tree.nodes.get(parent)?;
+        let pnode = self.reach.nodes.get(parent)?;
         if !pnode.is_dir() {
             return fail(libc::ENOTDIR);
         }

@@ -16,13 +16,13 @@ use parking_lot::MutexGuard;
 
 use super::UnionFs;
 
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::layer::UPPER;
-use crate::lookup::{self, Found};
-use crate::node::{Lower, LowerAt, Node};
+use crate::model::layer::UPPER;
+use crate::model::node::{Lower, LowerAt, Node};
 use crate::sys;
-use crate::upper::{keep_times, Leave};
+use crate::union::copy_up::Data;
+use crate::union::mount_lookup::{self, Resolved};
+use crate::union::upper::{keep_times, Leave};
 
 /// What readying one side of a rename changed, for its node to follow.
 #[derive(Default)]
@@ -67,9 +67,9 @@ impl UnionFs {
         }
         let pnode = self.dir_for_change(parent)?;
         let npnode = self.dir_for_change(newparent)?;
-        let src =
-            lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
-        let dst = lookup::resolve(&self.tree, &npnode, newname)?;
+        let src = mount_lookup::resolve(&self.reach, &pnode, name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let dst = mount_lookup::resolve(&self.reach, &npnode, newname)?;
         match &dst {
             None if exchange => return fail(libc::ENOENT),
             Some(_) if noreplace => return fail(libc::EEXIST),
@@ -99,18 +99,19 @@ impl UnionFs {
             self.link_goes(&npnode, newname, d)?;
         }
 
-        let pdir = self.tree.dir(&pnode, UPPER)?;
-        let npdir = self.tree.dir(&npnode, UPPER)?;
+        let pdir = self.reach.dir(&pnode, UPPER)?;
+        let npdir = self.reach.dir(&npnode, UPPER)?;
         let _locks = lock_pair(&pnode, &npnode);
         // Again under the locks: the names must still show what was readied.
-        let now = lookup::resolve(&self.tree, &pnode, name)?
+        let now = mount_lookup::resolve(&self.reach, &pnode, name)?
             .filter(|f| f.ino == src.ino && f.stack.upper)
             .ok_or_else(|| Error::errno(libc::ENOENT).context("source changed during rename"))?;
-        let at_target = lookup::resolve(&self.tree, &npnode, newname)?;
+        let at_target = mount_lookup::resolve(&self.reach, &npnode, newname)?;
         if at_target.as_ref().map(|f| f.ino) != dst.as_ref().map(|f| f.ino) {
             return Err(Error::errno(libc::EBUSY).context("target changed during rename"));
         }
-        let leave = if !exchange && lookup::found_in_lowers(&self.tree, &pnode, name, &src)? {
+        let leave = if !exchange && mount_lookup::found_in_lowers(&self.reach, &pnode, name, &src)?
+        {
             Leave::Whiteout
         } else {
             Leave::Nothing
@@ -121,8 +122,8 @@ impl UnionFs {
                 (npnode.ino != pnode.ino).then(|| npnode.changing()),
             );
             let (from, to) = (
-                self.tree.shown(&pnode, name),
-                self.tree.shown(&npnode, newname),
+                self.reach.shown(&pnode, name),
+                self.reach.shown(&npnode, newname),
             );
             let paths: (&dyn std::fmt::Display, &dyn std::fmt::Display) = (&from, &to);
             upper.rename(&pdir, name, &npdir, newname, exchange, leave, paths)?;
@@ -138,10 +139,10 @@ impl UnionFs {
         // Under an opaque directory whiteouts hide nothing: drop them, once
         // the rename is done (so they cannot free the room it needed).
         if src_ready.opaque {
-            upper.drop_stray_whiteouts(npdir.fd(), newname, &self.tree.shown(&npnode, newname))?;
+            upper.drop_stray_whiteouts(npdir.fd(), newname, &self.reach.shown(&npnode, newname))?;
         }
         if dst_ready.as_ref().is_some_and(|r| r.opaque) {
-            upper.drop_stray_whiteouts(pdir.fd(), name, &self.tree.shown(&pnode, name))?;
+            upper.drop_stray_whiteouts(pdir.fd(), name, &self.reach.shown(&pnode, name))?;
         }
         Ok(())
     }
@@ -153,7 +154,7 @@ impl UnionFs {
         &self,
         parent: &Node,
         name: &OsStr,
-        found: &Found,
+        found: &Resolved,
         to_parent: &Node,
         to_name: &OsStr,
     ) -> Result<Ready> {
@@ -167,7 +168,7 @@ impl UnionFs {
             }
             // A metacopy lands where its lowers do not hold it: its data is
             // found by path from now on.
-            let Some(now) = lookup::resolve(&self.tree, parent, name)? else {
+            let Some(now) = mount_lookup::resolve(&self.reach, parent, name)? else {
                 return fail(libc::ENOENT);
             };
             if !now.stack.needs_data() {
@@ -179,7 +180,7 @@ impl UnionFs {
                 ..Ready::default()
             });
         }
-        let node = match self.tree.nodes.get(found.ino) {
+        let node = match self.reach.nodes.get(found.ino) {
             Ok(n) if n.is_at(parent.ino, name) => n,
             _ => Arc::new(Node::detached(
                 found.ino,
@@ -189,13 +190,13 @@ impl UnionFs {
                 name,
             )),
         };
-        let to = self.tree.shown(to_parent, to_name);
+        let to = self.reach.shown(to_parent, to_name);
         if found.stack.lowers.is_empty() {
             // Only the upper has it: nothing to copy. Landing where a lower
             // has the name, it must not merge with that.
             let udir = self.upper_dir(parent, name)?;
-            let opaque = lookup::in_lowers(&self.tree, to_parent, to_name)?
-                && !crate::whiteout::dir_marks(udir.as_fd())?.0.opaque;
+            let opaque = mount_lookup::in_lowers(&self.reach, to_parent, to_name)?
+                && !crate::model::whiteout::dir_marks(udir.as_fd())?.0.opaque;
             if opaque {
                 let why =
                     "renamed onto a name a lower has: opaque so the lower's entries stay hidden";
@@ -217,7 +218,7 @@ impl UnionFs {
 
     /// The upper directory `name` of `parent`, opened to mark it.
     fn upper_dir(&self, parent: &Node, name: &OsStr) -> Result<std::os::fd::OwnedFd> {
-        let pdir = self.tree.dir(parent, UPPER)?;
+        let pdir = self.reach.dir(parent, UPPER)?;
         sys::openat(pdir.fd(), name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
     }
 
@@ -227,7 +228,7 @@ impl UnionFs {
         &self,
         parent: &Node,
         name: &OsStr,
-        found: &Found,
+        found: &Resolved,
         node: &Node,
         to: &dyn std::fmt::Display,
     ) -> Result<Ready> {
@@ -235,7 +236,7 @@ impl UnionFs {
         // Where each lower holds it, worked out before anything moves.
         let mut lowers = Vec::new();
         for l in &found.stack.lowers {
-            let path = self.tree.lower_path(node, l.layer)?;
+            let path = self.reach.lower_path(node, l.layer)?;
             lowers.push(Lower {
                 layer: l.layer,
                 at: LowerAt::Root(path),
@@ -265,7 +266,7 @@ impl UnionFs {
         &self,
         parent: &Node,
         name: &OsStr,
-        found: &Found,
+        found: &Resolved,
         node: &Node,
         to: &dyn std::fmt::Display,
     ) -> Result<Ready> {
@@ -274,10 +275,10 @@ impl UnionFs {
         let udir = self.upper_dir(parent, name)?;
         // Opaque, it no longer takes its number from the lowers: record the
         // number it had (an upper dir we did not copy up lacks it).
-        if self.tree.nodes.read_origin(udir.as_fd()).is_none() {
+        if self.reach.nodes.read_origin(udir.as_fd()).is_none() {
             copier
                 .upper
-                .write_origin(udir.as_fd(), self.tree.nodes.origin_xattr(), found.ino)?;
+                .write_origin(udir.as_fd(), self.reach.nodes.origin_xattr(), found.ino)?;
         }
         let why = "its tree copied up whole (the OCI format has no redirect): \
                    opaque so the lower's entries do not merge again where it lands";
@@ -297,13 +298,13 @@ impl UnionFs {
     /// made opaque, which merge with no lower any more.
     fn moved(
         &self,
-        found: &Found,
+        found: &Resolved,
         parent: u64,
         name: &OsStr,
         lowers: Option<Vec<Lower>>,
         below: Vec<Arc<Node>>,
     ) {
-        if let Ok(node) = self.tree.nodes.get(found.ino) {
+        if let Ok(node) = self.reach.nodes.get(found.ino) {
             let old = node.stack();
             node.set_place(parent, name.to_os_string());
             node.update_stack(|s| {
@@ -313,7 +314,7 @@ impl UnionFs {
                 }
             });
             if lowers.as_ref().is_some_and(|l| l.is_empty()) {
-                self.tree
+                self.reach
                     .dirs
                     .forget(node.ino, old.lowers.iter().map(|l| l.layer));
             }
@@ -322,7 +323,7 @@ impl UnionFs {
             let old = n.stack();
             n.update_stack(|s| s.lowers.clear());
             if n.is_dir() {
-                self.tree
+                self.reach
                     .dirs
                     .forget(n.ino, old.lowers.iter().map(|l| l.layer));
             }

@@ -15,12 +15,12 @@ use std::rc::Rc;
 use flate2::read::GzDecoder;
 use tar::{Archive, EntryType};
 
+use super::offline::show_path;
 use super::stage::{Meta, Stage};
-use super::tree::show_path;
 use super::{ApplyFormat, ToolError};
-use crate::layer::{join_path, split_path};
+use crate::model::layer::{join_path, split_path};
+use crate::model::whiteout::{self, UpperFormat};
 use crate::sys;
-use crate::whiteout::{self, UpperFormat};
 
 /// An entry path made relative and plain: `./` and empty components
 /// dropped; absolute paths and `..` refused.

@@ -1,6 +1,6 @@
 //! `unionfs check [--repair]`: the fsck of an unmounted union (as
 //! `fsck.overlay` of overlayfs-progs). It reads every layer, the merged view
-//! (with the rules of [`super::tree`], hence of [`crate::whiteout`]) and the
+//! (with the rules of [`super::offline`], hence of [`crate::model::whiteout`]) and the
 //! work dir, prints one line per problem, and with `--repair` fixes what
 //! cannot change the merged view: orphan whiteouts and ignored markers in
 //! the upper, leftovers in `WORK/tmp` (a `.place` link undone as the next
@@ -18,14 +18,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
-use crate::layer::{join_path, LayerId, INDEX, UPPER};
-use crate::node::NodeTable;
+use crate::model::dir_cache::LayerDir;
+use crate::model::layer::{join_path, LayerId, INDEX, UPPER};
+use crate::model::node::NodeTable;
+use crate::model::whiteout::{self, DirMarks, EntryRole};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, DirMarks, EntryRole};
 
-use super::tree::{label, show_name, show_path, Node, Union};
+use super::offline::{label, show_name, show_path, MergedEntry, Union};
 use super::{LayerArgs, ToolError};
 
 /// The work dir's lock file (`workdir.rs`).
@@ -162,7 +162,7 @@ fn report(
 fn apply(fix: &Fix, work: Option<&Work>) -> Result<String> {
     match fix {
         Fix::Unlink { dir, name } => {
-            crate::upper::keep_times(dir.as_fd(), || sys::unlinkat(dir.as_fd(), name, 0))?;
+            crate::union::upper::keep_times(dir.as_fd(), || sys::unlinkat(dir.as_fd(), name, 0))?;
             Ok("removed the orphan whiteout".into())
         }
         Fix::RemoveXattr { dir, name, xattr } => {
@@ -175,9 +175,9 @@ fn apply(fix: &Fix, work: Option<&Work>) -> Result<String> {
                 .and_then(|w| w.tmp.as_ref())
                 .ok_or_else(|| Error::errno(libc::ENOENT))?;
             if *placing {
-                crate::index::undo_placing(tmp.as_fd(), name)?;
+                crate::union::index::undo_placing(tmp.as_fd(), name)?;
             }
-            crate::workdir::remove_tree(tmp.as_fd(), name)?;
+            crate::union::workdir::remove_tree(tmp.as_fd(), name)?;
             Ok(if *placing {
                 "put back the index entry's count from before and removed the link".into()
             } else {
@@ -482,9 +482,9 @@ impl Checker<'_> {
             if id != UPPER
                 && whiteout::is_private_xattr(x)
                 && !is_marker_xattr(x)
-                && !crate::override_stat::is_override_name(x.as_bytes())
+                && !crate::model::override_stat::is_override_name(x.as_bytes())
                 // read from a lower with forced permissions, as the override
-                && !crate::override_stat::is_acl_name(x.as_bytes())
+                && !crate::model::override_stat::is_acl_name(x.as_bytes())
             {
                 self.problem(
                     &at,
@@ -500,7 +500,7 @@ impl Checker<'_> {
 
     /// The merged view from `dir` down: whiteouts that hide nothing,
     /// redirects that lead nowhere, and which index entry serves what.
-    fn merged(&mut self, dir: &Node) -> Result<()> {
+    fn merged(&mut self, dir: &MergedEntry) -> Result<()> {
         for i in 0..dir.parts.len() {
             let Some(fd) = dir.parts[i].dir.clone() else {
                 continue;
@@ -527,7 +527,7 @@ impl Checker<'_> {
     /// when a lookup of `hidden` in the layers below it finds nothing.
     fn whiteout(
         &mut self,
-        dir: &Node,
+        dir: &MergedEntry,
         i: usize,
         fd: &Arc<LayerDir>,
         name: &OsStr,
@@ -545,7 +545,7 @@ impl Checker<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let below = Node {
+        let below = MergedEntry {
             path: dir.path.clone(),
             parts: dir.parts[i + 1..].to_vec(),
             data: None,
@@ -592,7 +592,7 @@ impl Checker<'_> {
 
     /// A redirect of one of the directories merging into `node` leads to
     /// no directory below it.
-    fn redirects(&mut self, node: &Node) {
+    fn redirects(&mut self, node: &MergedEntry) {
         for (i, part) in node.parts.iter().enumerate() {
             let Some(r) = &part.redirect else { continue };
             let at = format!("{} {}", label(part.layer), show_path(&part.path));
@@ -693,8 +693,8 @@ impl Checker<'_> {
             self.problem(&at, "a directory, not a link of an upper copy".into(), None);
             return Ok(());
         }
-        let stored = crate::index::stored(dir, name, crate::index::LOWER_LINKS)?;
-        let Some((now, old)) = stored.as_deref().and_then(crate::index::counts) else {
+        let stored = crate::union::index::stored(dir, name, crate::union::index::LOWER_LINKS)?;
+        let Some((now, old)) = stored.as_deref().and_then(crate::union::index::counts) else {
             let what = match &stored {
                 Some(v) => format!(
                     "an unreadable lower_links '{}'",
@@ -732,7 +732,7 @@ impl Checker<'_> {
                 None,
             );
         }
-        let origin = crate::index::stored(dir, name, crate::node::ORIGIN)?;
+        let origin = crate::union::index::stored(dir, name, crate::model::node::ORIGIN)?;
         match origin.as_deref().map(|v| {
             std::str::from_utf8(v)
                 .ok()

@@ -17,10 +17,10 @@ use flate2::Compression;
 use tar::{Builder, EntryType, Header};
 
 use super::diff::{self, Change};
-use super::tree::{portable_xattrs, show_path, Node, Union};
+use super::offline::{portable_xattrs, show_path, MergedEntry, Union};
 use super::ToolError;
-use crate::layer::{join_path, split_path};
-use crate::whiteout;
+use crate::model::layer::{join_path, split_path};
+use crate::model::whiteout;
 
 /// Where the archive goes: plain or gzip.
 enum Sink<W: Write> {
@@ -105,7 +105,7 @@ impl<W: Write> Archive<W> {
             .map_err(|e| ToolError(format!("{}: {e}", show_path(path))))
     }
 
-    fn xattrs(&mut self, node: &Node) -> Result<(), ToolError> {
+    fn xattrs(&mut self, node: &MergedEntry) -> Result<(), ToolError> {
         let mut records: Vec<(String, Vec<u8>)> = Vec::new();
         for (k, v) in portable_xattrs(node.top())? {
             match k.to_str() {
@@ -126,7 +126,7 @@ impl<W: Write> Archive<W> {
 
     fn object(
         &mut self,
-        node: &Node,
+        node: &MergedEntry,
         links: &mut HashMap<(u64, u64), OsString>,
     ) -> Result<(), ToolError> {
         let top = node.top();

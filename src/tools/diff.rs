@@ -7,9 +7,9 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use super::tree::{Node, Union};
+use super::offline::{MergedEntry, Union};
 use super::ToolError;
-use crate::layer::{LayerId, INDEX, UPPER};
+use crate::model::layer::{LayerId, INDEX, UPPER};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -35,13 +35,13 @@ pub struct Entry {
     /// Relative to the union root.
     pub path: OsString,
     /// The merged object, for A and C.
-    pub merged: Option<Node>,
+    pub merged: Option<MergedEntry>,
     /// The lowers-only object, for C and D.
-    pub lower: Option<Node>,
+    pub lower: Option<MergedEntry>,
 }
 
 /// The lower copies a node is made of: (layer, path in layer).
-fn lower_parts(n: &Node) -> Vec<(LayerId, &OsStr)> {
+fn lower_parts(n: &MergedEntry) -> Vec<(LayerId, &OsStr)> {
     n.parts
         .iter()
         .filter(|p| p.layer != UPPER && p.layer != INDEX)
@@ -51,11 +51,11 @@ fn lower_parts(n: &Node) -> Vec<(LayerId, &OsStr)> {
 
 /// True when the merged object is not simply the lowers' own: the upper
 /// holds it, or it is read from other lower copies (a redirect).
-pub fn differs(merged: &Node, lower: &Node) -> bool {
+pub fn differs(merged: &MergedEntry, lower: &MergedEntry) -> bool {
     merged.in_upper() || lower_parts(merged) != lower_parts(lower)
 }
 
-fn added_tree(merged: &Union, node: &Node, out: &mut Vec<Entry>) -> Result<(), ToolError> {
+fn added_tree(merged: &Union, node: &MergedEntry, out: &mut Vec<Entry>) -> Result<(), ToolError> {
     out.push(Entry {
         change: Change::Added,
         path: node.path.clone(),
@@ -73,8 +73,8 @@ fn added_tree(merged: &Union, node: &Node, out: &mut Vec<Entry>) -> Result<(), T
 fn compare(
     merged: &Union,
     lowers: &Union,
-    m: &Node,
-    l: Option<&Node>,
+    m: &MergedEntry,
+    l: Option<&MergedEntry>,
     out: &mut Vec<Entry>,
 ) -> Result<(), ToolError> {
     let mut names = merged.names(m)?;

@@ -7,11 +7,11 @@ use std::ffi::OsStr;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use super::tree::{label, Union};
+use super::offline::{label, Union};
 use super::ToolError;
-use crate::layer::LayerId;
+use crate::model::layer::LayerId;
+use crate::model::whiteout::{self, EntryRole};
 use crate::sys;
-use crate::whiteout::{self, EntryRole};
 
 /// What one layer holds, read from its directory alone.
 #[derive(Debug, Default, Clone)]

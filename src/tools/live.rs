@@ -11,7 +11,7 @@ use super::{LayerArgs, ToolError};
 use crate::{mount_line, mountinfo};
 
 /// A path of a live mount, as layers and a path relative to the union root.
-pub struct Found {
+pub struct LivePath {
     pub layers: LayerArgs,
     pub rel: OsString,
 }
@@ -85,7 +85,7 @@ fn resolve_in(cwd: &Path, p: &OsStr) -> PathBuf {
 }
 
 /// Finds the live mount holding `path` and the layers its daemon serves.
-pub fn find(path: &Path) -> Result<Found, ToolError> {
+pub fn find(path: &Path) -> Result<LivePath, ToolError> {
     let at = place(path)?;
     let mount = mountinfo::mounts()
         .map_err(|e| ToolError(format!("cannot read /proc/self/mountinfo: {e}")))?
@@ -111,7 +111,7 @@ pub fn find(path: &Path) -> Result<Found, ToolError> {
         if resolve_in(&cwd, &typed.mountpoint) != mount {
             continue;
         }
-        return Ok(Found {
+        return Ok(LivePath {
             layers: LayerArgs {
                 lowers: typed.lowers.iter().map(|l| resolve_in(&cwd, l)).collect(),
                 upper: typed.upper.as_deref().map(|u| resolve_in(&cwd, u)),

@@ -5,9 +5,9 @@
 use std::ffi::OsStr;
 use std::io::Write;
 
-use super::tree::{label, show_name, show_path, Node, Union};
+use super::offline::{label, show_name, show_path, MergedEntry, Union};
 use super::ToolError;
-use crate::layer::{INDEX, UPPER};
+use crate::model::layer::{INDEX, UPPER};
 
 /// `ls -l`-style type letter and permission bits.
 pub fn mode_string(mode: u32) -> String {
@@ -44,7 +44,7 @@ const LEGEND: &str = "+ merges with lower directories   * hides lower copies";
 /// The mark of an entry: `+` for a directory whose contents merge with
 /// lower ones, `*` for an entry that hides lower copies (shadows them, or
 /// an opaque directory), else blank.
-fn mark(union: &Union, dir: &Node, child: &Node) -> Result<char, ToolError> {
+fn mark(union: &Union, dir: &MergedEntry, child: &MergedEntry) -> Result<char, ToolError> {
     if child.parts.len() > 1 {
         return Ok('+');
     }
@@ -54,8 +54,8 @@ fn mark(union: &Union, dir: &Node, child: &Node) -> Result<char, ToolError> {
 
 fn entry_line(
     union: &Union,
-    dir: &Node,
-    child: &Node,
+    dir: &MergedEntry,
+    child: &MergedEntry,
     colour: bool,
     marked: &mut bool,
 ) -> Result<String, ToolError> {
@@ -89,7 +89,7 @@ fn entry_line(
 
 fn list(
     union: &Union,
-    dir: &Node,
+    dir: &MergedEntry,
     recursive: bool,
     colour: bool,
     marked: &mut bool,
@@ -130,7 +130,7 @@ pub fn run(
         list(union, &node, recursive, colour, &mut marked, out)?;
     } else {
         let root = union.root()?;
-        let parent = match crate::layer::split_path(&node.path).0 {
+        let parent = match crate::model::layer::split_path(&node.path).0 {
             p if p.is_empty() => root,
             p => union.resolve(p)?.unwrap_or(root),
         };

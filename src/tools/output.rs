@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{live, tree, LayerArgs, ToolError};
+use super::{live, offline, LayerArgs, ToolError};
 
 impl LayerArgs {
     /// Refuses an output path inside any of the layers (or the work dir),
@@ -78,7 +78,7 @@ pub fn output_in_union(output: &OsStr, seen: &OsStr) -> ToolError {
         "{}: inside one of the layers (its temporary showed in the union at {}); \
          write it outside every layer (nothing written)",
         Path::new(output).display(),
-        tree::show_path(seen)
+        offline::show_path(seen)
     ))
 }
 

@@ -6,10 +6,10 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsFd;
 
+use super::offline::{portable_xattrs, show_path, MergedEntry, Part, Union};
 use super::stage::{Meta, Stage};
-use super::tree::{portable_xattrs, show_path, Node, Part, Union};
 use super::ToolError;
-use crate::layer::split_path;
+use crate::model::layer::split_path;
 use crate::sys;
 
 /// The metadata of a layer object, as a squash or an archive carries it.
@@ -33,7 +33,7 @@ pub fn copy_data(from: &Part, to: &mut File) -> Result<(), ToolError> {
 fn write_node(
     stage: &mut Stage,
     links: &mut HashMap<(u64, u64), std::ffi::OsString>,
-    node: &Node,
+    node: &MergedEntry,
 ) -> Result<(), ToolError> {
     let top = node.top();
     let (parent, name) = split_path(&node.path);

@@ -9,11 +9,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::tree::show_path;
+use super::offline::show_path;
 use super::ToolError;
-use crate::layer::{join_path, split_path};
+use crate::model::layer::{join_path, split_path};
+use crate::model::whiteout;
 use crate::sys::{self, SetTime};
-use crate::whiteout;
 
 /// Owner, permissions, times and xattrs to give an object.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +103,7 @@ impl Stage {
             0,
         )?;
         let mut walked = OsString::new();
-        for comp in super::tree::components(rel) {
+        for comp in super::offline::components(rel) {
             if comp == ".." {
                 return Err(ToolError(format!(
                     "{}: escapes the directory",

@@ -6,9 +6,9 @@ use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::fd::AsFd;
 
-use super::tree::{components, label, show_path, Lookup, Node, Stop, Union};
+use super::offline::{components, label, show_path, Lookup, MergedEntry, Stop, Union};
 use super::ToolError;
-use crate::layer::{join_path, split_path, LayerId};
+use crate::model::layer::{join_path, split_path, LayerId};
 use crate::sys;
 
 /// A copy of the path in some layer that the merged view does not show.
@@ -20,7 +20,7 @@ struct Hidden {
 
 /// What `which` finds for one path.
 struct Explained {
-    node: Option<Node>,
+    node: Option<MergedEntry>,
     /// Why the path is missing, when it is.
     missing: Option<String>,
     hidden: Vec<Hidden>,
@@ -31,7 +31,7 @@ fn describe_stop(stop: &Stop, at: &OsStr) -> String {
         Stop::Whiteout { layer, how, oci } => {
             let (dir, name) = split_path(at);
             let marker = match oci {
-                true => join_path(dir, &crate::whiteout::oci_whiteout_name(name)),
+                true => join_path(dir, &crate::model::whiteout::oci_whiteout_name(name)),
                 false => at.to_os_string(),
             };
             format!(
@@ -59,7 +59,7 @@ fn exists_below(union: &Union, layer: LayerId, dir: &OsStr, rest: &OsStr) -> boo
     let (d, name) = split_path(&full);
     match sys::open_beneath(l.root(), d, libc::O_PATH | libc::O_DIRECTORY, 0) {
         Ok(fd) => sys::statat(fd.as_fd(), name)
-            .map(|st| !crate::whiteout::is_whiteout_stat(&st))
+            .map(|st| !crate::model::whiteout::is_whiteout_stat(&st))
             .unwrap_or(false),
         Err(_) => false,
     }
@@ -173,7 +173,7 @@ pub fn run(
                     writeln!(
                         out,
                         "  redirect   lower contents at {}",
-                        super::tree::show_name(r)
+                        super::offline::show_name(r)
                     )?;
                 }
                 if let Some(d) = &node.data {

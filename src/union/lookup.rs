@@ -18,12 +18,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::{Layers, Obj, OpaqueWhy, Sink, Stop, WhiteoutKind};
-use crate::dirs::LayerDir;
 use crate::error::Result;
-use crate::layer::{split_path, LayerId, UPPER};
-use crate::node::{Lower, LowerAt, Stack};
+use crate::model::dir_cache::LayerDir;
+use crate::model::layer::{split_path, LayerId, UPPER};
+use crate::model::node::{Lower, LowerAt, Stack};
+use crate::model::whiteout::{self, FileXattrs};
 use crate::sys::{self, Stat};
-use crate::whiteout::{self, FileXattrs};
 
 /// What one layer holds at a name.
 pub enum InLayer {
@@ -153,14 +153,14 @@ fn redirected(at: &LowerAt, redirect: &OsStr) -> LowerAt {
         // A relative redirect replaces the last component of the path.
         LowerAt::Root(path) => {
             let (dir, _) = split_path(path);
-            LowerAt::Root(crate::layer::join_path(dir, redirect))
+            LowerAt::Root(crate::model::layer::join_path(dir, redirect))
         }
         _ => LowerAt::Named(redirect.to_os_string()),
     }
 }
 
 /// Which lower layers' listings of a directory hold a name (as an object,
-/// not a whiteout), learnt by a listing of it (`readdir.rs`): a lookup of
+/// not a whiteout), learnt by a listing of it (`union/readdir.rs`): a lookup of
 /// the name then skips the lowers that lack it instead of asking each.
 /// Lowers never change, so what a listing saw stays true.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

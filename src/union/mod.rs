@@ -2,21 +2,35 @@
 //! top-down lookup with its stop rules and redirects ([`lookup`]) and the
 //! merged listing ([`readdir`]), over [`Layers`], the one thing that
 //! differs between them: how a merged directory's layer directories are
-//! reached. The mount reaches them through its fd cache (`tree.rs`), the
-//! tools through the directories their walk holds (`tools/tree.rs`).
+//! reached. The mount reaches them through its fd cache
+//! (`model/layer_reach.rs`), the tools through the directories their walk
+//! holds (`tools/offline.rs`).
 //!
 //! Both are generic parameters, not trait objects: the mount's lookup runs
 //! per request, and monomorphised it costs what a hand-written one would.
+//!
+//! The mount's own side of the rules lives here too, beneath `ops`: its
+//! numbered lookups ([`mount_lookup`]) and listings ([`dir_snapshot`]),
+//! open handles ([`handles`]), copy-up ([`copy_up`]), every change to the
+//! upper ([`upper`]), the work dir ([`workdir`]) and the hard-link index
+//! ([`index`]).
 
+pub(crate) mod copy_up;
+pub(crate) mod dir_snapshot;
+pub(crate) mod handles;
+pub(crate) mod index;
 pub mod lookup;
+pub(crate) mod mount_lookup;
 pub mod readdir;
+pub(crate) mod upper;
+pub(crate) mod workdir;
 
 use std::sync::Arc;
 
-use crate::dirs::{Changes, LayerDir};
 use crate::error::Result;
-use crate::layer::LayerId;
-use crate::node::LowerAt;
+use crate::model::dir_cache::{Changes, LayerDir};
+use crate::model::layer::LayerId;
+use crate::model::node::LowerAt;
 use crate::sys::Stat;
 
 /// How a reader of a union reaches its layers' directories.

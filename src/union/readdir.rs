@@ -9,9 +9,9 @@ use std::ffi::OsString;
 use super::lookup::Listed;
 use super::Layers;
 use crate::error::Result;
-use crate::layer::LayerId;
+use crate::model::layer::LayerId;
+use crate::model::whiteout;
 use crate::sys;
-use crate::whiteout;
 
 /// One visible name of a merged directory.
 #[derive(Debug)]

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use log::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::layer::Layer;
+use crate::model::layer::Layer;
+use crate::model::whiteout::UpperFormat;
+use crate::model::whiteout::WriteFormat;
 use crate::sys;
-use crate::whiteout::UpperFormat;
-use crate::whiteout::WriteFormat;
 
 const TMP: &str = "tmp";
 const LOCK: &str = "unionfs.lock";
@@ -161,7 +161,7 @@ impl WorkDir {
         }
         for e in entries {
             if e.name.as_bytes().ends_with(PLACING.as_bytes()) {
-                crate::index::undo_placing(self.tmp(), &e.name)?;
+                crate::union::index::undo_placing(self.tmp(), &e.name)?;
             }
             remove_tree(self.tmp(), &e.name)?;
         }

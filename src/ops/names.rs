@@ -9,18 +9,18 @@ use std::sync::atomic::Ordering;
 
 use super::file::real_open_flags;
 use super::{Attr, Caller, NewObject, UnionFs};
-use crate::acl;
-use crate::copy_up::Data;
 use crate::error::{fail, Error, Result};
-use crate::index;
-use crate::layer::UPPER;
-use crate::lookup::{self, Found};
-use crate::node::{Node, Stack};
-use crate::override_stat;
-use crate::readdir::{self, DirEntry};
+use crate::model::acl;
+use crate::model::layer::UPPER;
+use crate::model::node::{Node, Stack};
+use crate::model::override_stat;
+use crate::model::whiteout;
 use crate::sys;
-use crate::upper::{Leave, Shape, Temp};
-use crate::whiteout;
+use crate::union::copy_up::Data;
+use crate::union::dir_snapshot::{self, DirEntry};
+use crate::union::index;
+use crate::union::mount_lookup::{self, Resolved};
+use crate::union::upper::{Leave, Shape, Temp};
 
 impl UnionFs {
     /// Opens a directory: its handle number, and whether the kernel may
@@ -29,7 +29,7 @@ impl UnionFs {
     /// then drops its copy), whereas the kernel's cached offsets would mix
     /// the snapshots of a directory that changes while it is listed.
     pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if !node.is_dir() || node.is_dead() {
             // Removed while the caller was opening it; or the kernel holds a
             // directory by this number and this node is a newer object that
@@ -57,12 +57,12 @@ impl UnionFs {
         mut add: impl FnMut(u64, &DirEntry) -> bool,
     ) -> Result<()> {
         let h = self.handles.dir(fh)?;
-        let node = self.tree.nodes.get(h.ino)?;
+        let node = self.reach.nodes.get(h.ino)?;
         let mut guard = h.entries.lock();
         let rewound = offset == 0 && h.served.swap(false, Ordering::Relaxed);
         if rewound || guard.is_none() {
             // rewinddir(3): show the directory as it is now.
-            *guard = Some(readdir::snapshot(&self.tree, &node)?);
+            *guard = Some(dir_snapshot::snapshot(&self.reach, &node)?);
         }
         let Some(entries) = guard.as_mut() else {
             return Ok(());
@@ -70,7 +70,7 @@ impl UnionFs {
         let start = (offset as usize).min(entries.len());
         for (i, e) in entries.iter_mut().enumerate().skip(start) {
             if inos {
-                readdir::settle_ino(&self.tree, &node, e)?;
+                dir_snapshot::settle_ino(&self.reach, &node, e)?;
             }
             h.served.store(true, Ordering::Relaxed);
             if add((i + 1) as u64, e) {
@@ -140,7 +140,7 @@ impl UnionFs {
             }
         }
         let pnode = self.dir_for_change(parent)?;
-        let pdir = self.tree.dir(&pnode, UPPER)?;
+        let pdir = self.reach.dir(&pnode, UPPER)?;
         let mut pst = sys::fstat(pdir.fd())?;
         self.force_fd(UPPER, pdir.fd(), &mut pst);
         // A setgid directory hands its group down (and, to directories, the bit).
@@ -214,10 +214,10 @@ impl UnionFs {
             // Over a name a lower still has, the new directory must not
             // merge with it: it starts empty. (Lowers never change: what
             // they hold is settled before the lock.)
-            let in_lowers = lookup::in_lowers(&self.tree, &pnode, name)?;
+            let in_lowers = mount_lookup::in_lowers(&self.reach, &pnode, name)?;
             if is_dir && in_lowers {
                 let why = "made over a name a lower has: opaque so the lower's entries stay hidden";
-                upper.make_opaque(temp.fd.as_fd(), &self.tree.shown(&pnode, name), why)?;
+                upper.make_opaque(temp.fd.as_fd(), &self.reach.shown(&pnode, name), why)?;
             }
             let _names = pnode.names.lock();
             // The name shows something unless the upper hides the lowers'
@@ -236,16 +236,16 @@ impl UnionFs {
         let mut st = sys::fstat(temp.fd.as_fd())?;
         self.force_fd(UPPER, temp.fd.as_fd(), &mut st);
         let ino = self
-            .tree
+            .reach
             .nodes
-            .ino_for(self.tree.layers.get(UPPER)?, st.st_ino);
+            .ino_for(self.reach.layers.get(UPPER)?, st.st_ino);
         let stack = Stack {
             upper: true,
             ..Stack::default()
         };
         let mut attr = self.finish_attr(ino, &stack, &mut st);
         let kind = st.st_mode & libc::S_IFMT;
-        let node = self.tree.nodes.remember(ino, kind, stack, parent, name);
+        let node = self.reach.nodes.remember(ino, kind, stack, parent, name);
         attr.generation = node.generation;
         let fh = match what {
             NewObject::File { flags, .. } => {
@@ -255,7 +255,7 @@ impl UnionFs {
                 let fd = if flags & special == 0 {
                     temp.fd
                 } else {
-                    self.tree
+                    self.reach
                         .open(&node, UPPER, real_open_flags(flags) & !libc::O_TRUNC)?
                 };
                 Some(self.handles.open_file(ino, UPPER, fd))
@@ -269,7 +269,7 @@ impl UnionFs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<Attr> {
         let upper = self.upper()?;
         Self::check_new_name(newname)?;
-        let node = self.tree.nodes.get(ino)?;
+        let node = self.reach.nodes.get(ino)?;
         if node.is_dir() {
             return fail(libc::EPERM);
         }
@@ -288,12 +288,12 @@ impl UnionFs {
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
         let tmp = self
-            .tree
+            .reach
             .at_locked(&node, layer, |dir, name| upper.link_temp(dir.fd(), name))?;
-        let pdir = self.tree.dir(&pnode, UPPER)?;
+        let pdir = self.reach.dir(&pnode, UPPER)?;
         let placed = (|| -> Result<()> {
             let _names = pnode.names.lock();
-            if lookup::resolve(&self.tree, &pnode, newname)?.is_some() {
+            if mount_lookup::resolve(&self.reach, &pnode, newname)?.is_some() {
                 return fail(libc::EEXIST);
             }
             upper.place(&tmp, &pdir, newname, false).map(|_| ())
@@ -304,7 +304,7 @@ impl UnionFs {
         }
         let mut attr = self.attr_of(&node)?;
         let node = self
-            .tree
+            .reach
             .nodes
             .remember(ino, node.kind, node.stack(), newparent, newname);
         attr.generation = node.generation;
@@ -314,9 +314,9 @@ impl UnionFs {
     /// unlink(2) (`dir` false) or rmdir(2) (`dir` true).
     pub fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
         let upper = self.upper()?;
-        let pnode = self.tree.nodes.get(parent)?;
-        let found =
-            lookup::resolve(&self.tree, &pnode, name)?.ok_or_else(|| Error::errno(libc::ENOENT))?;
+        let pnode = self.reach.nodes.get(parent)?;
+        let found = mount_lookup::resolve(&self.reach, &pnode, name)?
+            .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let is_dir = found.kind == libc::S_IFDIR;
         match (dir, is_dir) {
             (true, false) => return fail(libc::ENOTDIR),
@@ -328,9 +328,9 @@ impl UnionFs {
         }
         let why = "an entry in it removed";
         self.copier()?
-            .node(&pnode, crate::copy_up::Data::All, why)?;
-        let pdir = self.tree.dir(&pnode, UPPER)?;
-        let leave = if lookup::found_in_lowers(&self.tree, &pnode, name, &found)? {
+            .node(&pnode, crate::union::copy_up::Data::All, why)?;
+        let pdir = self.reach.dir(&pnode, UPPER)?;
+        let leave = if mount_lookup::found_in_lowers(&self.reach, &pnode, name, &found)? {
             Leave::Whiteout
         } else {
             Leave::Nothing
@@ -338,31 +338,36 @@ impl UnionFs {
         self.link_goes(&pnode, name, &found)?;
         let _names = pnode.names.lock();
         // Again under the lock: a copy-up may have given it an upper copy.
-        let now = lookup::recheck(&self.tree, &pnode, name, found)?
+        let now = mount_lookup::recheck(&self.reach, &pnode, name, found)?
             .ok_or_else(|| Error::errno(libc::ENOENT))?;
         let _changing = pnode.changing();
         if now.stack.upper {
-            upper.remove(&pdir, name, is_dir, leave, &self.tree.shown(&pnode, name))?;
+            upper.remove(&pdir, name, is_dir, leave, &self.reach.shown(&pnode, name))?;
         } else {
-            upper.whiteout(&pdir, name, &self.tree.shown(&pnode, name))?;
+            upper.whiteout(&pdir, name, &self.reach.shown(&pnode, name))?;
         }
         self.gone(&pnode, name, &now);
         Ok(())
     }
 
     /// True when the directory `found` (at `name` in `parent`) shows nothing.
-    pub(super) fn is_empty_dir(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<bool> {
+    pub(super) fn is_empty_dir(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        found: &Resolved,
+    ) -> Result<bool> {
         let probe = Node::detached(found.ino, found.kind, found.stack.clone(), parent.ino, name);
-        Ok(readdir::snapshot(&self.tree, &probe)?.len() <= 2)
+        Ok(dir_snapshot::snapshot(&self.reach, &probe)?.len() <= 2)
     }
 
     /// The name `found` was reached by is gone. If it was the object's
     /// last, the node is marked dead: an open file of it must not be copied
     /// up to a name again, and a new object given its number (a filesystem
     /// reuses numbers) gets a new node.
-    pub(super) fn gone(&self, parent: &Node, name: &OsStr, found: &Found) {
+    pub(super) fn gone(&self, parent: &Node, name: &OsStr, found: &Resolved) {
         let last_name = found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1;
-        if let Ok(node) = self.tree.nodes.get(found.ino) {
+        if let Ok(node) = self.reach.nodes.get(found.ino) {
             // The node of an object with one name sits at that name: one
             // sitting elsewhere is another object that took the number.
             if found.stack.index.is_none() && last_name && node.is_at(parent.ino, name) {
@@ -370,10 +375,10 @@ impl UnionFs {
             }
         }
         // After the mark: a walk that holds the directory open again drops
-        // it once it sees the mark (`Tree::dir`), so no fd of the removed
+        // it once it sees the mark (`LayerReach::dir`), so no fd of the removed
         // directory stays cached for a new one that reuses its number.
         if found.kind == libc::S_IFDIR {
-            self.tree.forget_dirs(found.ino, &found.stack);
+            self.reach.forget_dirs(found.ino, &found.stack);
         }
     }
 
@@ -383,7 +388,7 @@ impl UnionFs {
     /// once it goes like any upper name (see `index.rs`). An upper name by
     /// which the node reaches its copy gives it an index entry to reach it
     /// by from now on.
-    pub(super) fn link_goes(&self, parent: &Node, name: &OsStr, found: &Found) -> Result<()> {
+    pub(super) fn link_goes(&self, parent: &Node, name: &OsStr, found: &Resolved) -> Result<()> {
         if found.kind == libc::S_IFDIR || found.stat.st_nlink <= 1 {
             return Ok(());
         }
@@ -392,15 +397,15 @@ impl UnionFs {
             // Whole: the copy is the index entry other names will share.
             return self.copier()?.entry(parent, name, found, Data::All, why);
         }
-        let Ok(node) = self.tree.nodes.get(found.ino) else {
+        let Ok(node) = self.reach.nodes.get(found.ino) else {
             return Ok(());
         };
         let _guard = node.lock.lock();
         if node.stack().index.is_some() || !node.is_at(parent.ino, name) {
             return Ok(());
         }
-        let pdir = self.tree.dir(parent, UPPER)?;
-        self.tree.index()?.add(pdir.fd(), name, found.ino, 0)?;
+        let pdir = self.reach.dir(parent, UPPER)?;
+        self.reach.index()?.add(pdir.fd(), name, found.ino, 0)?;
         node.update_stack(|s| s.index = Some(index::key(found.ino)));
         Ok(())
     }

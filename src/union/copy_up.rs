@@ -20,20 +20,20 @@ use std::time::Instant;
 
 use log::{debug, info};
 
-use crate::acl;
-use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
-use crate::handles::Handles;
-use crate::index;
-use crate::layer::UPPER;
-use crate::lookup::{self, Found};
-use crate::node::{Lower, LowerAt, Node, Stack, ROOT_INO};
-use crate::override_stat::{self, ForcedNames};
-use crate::readdir;
+use crate::model::acl;
+use crate::model::dir_cache::LayerDir;
+use crate::model::layer::UPPER;
+use crate::model::layer_reach::LayerReach;
+use crate::model::node::{Lower, LowerAt, Node, Stack, ROOT_INO};
+use crate::model::override_stat::{self, ForcedNames};
+use crate::model::whiteout;
 use crate::sys::{self, SetTime, Stat};
-use crate::tree::Tree;
-use crate::upper::{keep_times, Shape, Temp, Upper};
-use crate::whiteout;
+use crate::union::dir_snapshot;
+use crate::union::handles::Handles;
+use crate::union::index;
+use crate::union::mount_lookup::{self, Resolved};
+use crate::union::upper::{keep_times, Shape, Temp, Upper};
 
 /// Whether the file's bytes come along.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ const CAPABILITY: &str = "security.capability";
 /// What copy-up needs: the tree, the upper it writes, and the open files
 /// to point at the copy.
 pub struct CopyUp<'a> {
-    pub tree: &'a Tree,
+    pub reach: &'a LayerReach,
     pub upper: &'a Upper,
     pub handles: &'a Handles,
     /// Which override xattr each layer keeps forced permissions in.
@@ -95,7 +95,7 @@ impl CopyUp<'_> {
         // Parents first, each under its own lock: no thread ever holds two
         // node locks here, so copy-ups cannot deadlock each other.
         let (parent_ino, name) = node.place();
-        let parent = self.tree.nodes.get(parent_ino)?;
+        let parent = self.reach.nodes.get(parent_ino)?;
         self.meta(&parent, Data::All, "to hold the copy below it")?;
 
         let _guard = node.lock.lock();
@@ -104,7 +104,7 @@ impl CopyUp<'_> {
         }
         // Re-check on disk too: another name of the object, or a directory
         // rename's tree copy, may have made the copy without this node.
-        if let Some(now) = lookup::resolve(self.tree, &parent, &name)? {
+        if let Some(now) = mount_lookup::resolve(self.reach, &parent, &name)? {
             if now.ino == node.ino && now.stack.has_upper_copy() {
                 node.set_stack(now.stack.clone());
                 return self.follow(node.ino, node);
@@ -129,12 +129,12 @@ impl CopyUp<'_> {
                 return Ok(()); // another writer did it while we waited
             }
             let started = Instant::now();
-            let before = self.tree.stat(node, top)?;
-            let to = match self.tree.open(node, top, libc::O_WRONLY) {
+            let before = self.reach.stat(node, top)?;
+            let to = match self.reach.open(node, top, libc::O_WRONLY) {
                 // A daemon without CAP_DAC_OVERRIDE (rootless) may not
                 // write a file whose mode says read-only: writable for the
                 // copy, its mode put back below.
-                Err(e) if e.is(libc::EACCES) => self.tree.at_locked(node, top, |dir, name| {
+                Err(e) if e.is(libc::EACCES) => self.reach.at_locked(node, top, |dir, name| {
                     sys::fchmodat(dir.fd(), name, (before.st_mode | 0o200) & 0o7777)?;
                     sys::openat(dir.fd(), name, libc::O_WRONLY, 0)
                 })?,
@@ -158,7 +158,7 @@ impl CopyUp<'_> {
             if data != Data::All {
                 sys::ftruncate(to, 0)?;
             } else {
-                let src = self.tree.open(node, from, libc::O_RDONLY)?;
+                let src = self.reach.open(node, from, libc::O_RDONLY)?;
                 let st = sys::fstat(src.as_fd())?;
                 method = match self.upper.copy_delay {
                     None => copy_data(src.as_fd(), to, &st)?,
@@ -188,7 +188,7 @@ impl CopyUp<'_> {
                 target: "unionfs",
                 "copy-up {} data from lower {from}: {why} (a metacopy gets its bytes: \
                  {bytes} bytes, {method}, {} ms)",
-                self.tree.path_of(node),
+                self.reach.path_of(node),
                 started.elapsed().as_millis()
             );
         }
@@ -214,7 +214,7 @@ impl CopyUp<'_> {
         for l in &stack.lowers {
             lowers.push(Lower {
                 layer: l.layer,
-                at: LowerAt::Root(self.tree.lower_path(node, l.layer)?),
+                at: LowerAt::Root(self.reach.lower_path(node, l.layer)?),
             });
         }
         let Some(Lower {
@@ -226,8 +226,8 @@ impl CopyUp<'_> {
         };
         let mut value = b"/".to_vec();
         value.extend_from_slice(path.as_encoded_bytes());
-        let fd = self.tree.open(node, top, libc::O_PATH)?;
-        debug!("metacopy redirect {}", crate::layer::show_path(path));
+        let fd = self.reach.open(node, top, libc::O_PATH)?;
+        debug!("metacopy redirect {}", crate::model::layer::show_path(path));
         sys::fsetxattr(fd.as_fd(), OsStr::new(xattr), &value, 0)?;
         node.update_stack(|s| s.lowers = lowers.clone());
         Ok(Some(lowers))
@@ -242,7 +242,7 @@ impl CopyUp<'_> {
         };
         for h in self.handles.files_of(ino) {
             if h.real().0 != layer {
-                h.set_real(layer, self.tree.open(copied, layer, libc::O_RDONLY)?);
+                h.set_real(layer, self.reach.open(copied, layer, libc::O_RDONLY)?);
             }
         }
         Ok(())
@@ -263,7 +263,7 @@ impl CopyUp<'_> {
                 dir.set_stack(new);
             }
         }
-        let udir = self.tree.dir(dir, UPPER)?;
+        let udir = self.reach.dir(dir, UPPER)?;
         let mut live = Vec::new();
         keep_times(udir.fd(), || self.children(dir, &mut live))?;
         Ok(live)
@@ -271,12 +271,12 @@ impl CopyUp<'_> {
 
     /// Copies up everything shown in `dir` (whose upper copy exists).
     fn children(&self, dir: &Node, live: &mut Vec<Arc<Node>>) -> Result<()> {
-        for entry in readdir::snapshot(self.tree, dir)?.iter().skip(2) {
-            let Some(found) = lookup::resolve(self.tree, dir, &entry.name)? else {
+        for entry in dir_snapshot::snapshot(self.reach, dir)?.iter().skip(2) {
+            let Some(found) = mount_lookup::resolve(self.reach, dir, &entry.name)? else {
                 continue;
             };
             let held = self
-                .tree
+                .reach
                 .nodes
                 .get(found.ino)
                 .ok()
@@ -286,7 +286,7 @@ impl CopyUp<'_> {
             }
             if found.kind == libc::S_IFDIR {
                 for (layer, d) in &found.dirs {
-                    self.tree.dirs.put(found.ino, *layer, d.clone());
+                    self.reach.dirs.put(found.ino, *layer, d.clone());
                 }
                 let child = held.unwrap_or_else(|| {
                     Arc::new(Node::detached(
@@ -319,19 +319,19 @@ impl CopyUp<'_> {
         &self,
         parent: &Node,
         name: &OsStr,
-        found: &Found,
+        found: &Resolved,
         data: Data,
         why: &str,
     ) -> Result<()> {
         if found.stack.upper {
             return Ok(());
         }
-        let live = self.tree.nodes.get(found.ino).ok();
+        let live = self.reach.nodes.get(found.ino).ok();
         let _guard = live.as_ref().map(|n| n.lock.lock());
         // A node the kernel holds may have been copied up by a racing writer
         // while we waited for its lock: look again.
         let stack = match &live {
-            Some(_) => match lookup::resolve(self.tree, parent, name)? {
+            Some(_) => match mount_lookup::resolve(self.reach, parent, name)? {
                 Some(now) if now.stack.upper => return Ok(()),
                 Some(now) => now.stack,
                 None => return Err(Error::errno(libc::ENOENT)),
@@ -365,7 +365,7 @@ impl CopyUp<'_> {
     ) -> Result<Stack> {
         let upper = self.upper;
         let stack = src.stack();
-        let pdir = self.tree.dir(parent, UPPER)?;
+        let pdir = self.reach.dir(parent, UPPER)?;
         let mut new = stack.clone();
         new.upper = true;
 
@@ -378,7 +378,7 @@ impl CopyUp<'_> {
                 target: "unionfs",
                 "link {}: {why}: a hard link of a file copied up through another name \
                  becomes a link of that copy (its index entry), no data copied",
-                self.tree.shown(parent, name)
+                self.reach.shown(parent, name)
             );
             return Ok(new);
         }
@@ -423,7 +423,7 @@ impl CopyUp<'_> {
             info!(
                 target: "unionfs",
                 "copy-up {} from lower {}: {why} ({what}){links}",
-                self.tree.shown(parent, name),
+                self.reach.shown(parent, name),
                 built.from
             );
         }
@@ -440,7 +440,7 @@ impl CopyUp<'_> {
         name: &OsStr,
         ino: u64,
     ) -> Result<()> {
-        let index = self.tree.index()?;
+        let index = self.reach.index()?;
         let work = &self.upper.work;
         let link = index.link_for_placing(work.tmp(), work.placing_name(), ino)?;
         match self.place(parent, pdir, name, &link.tmp, false) {
@@ -485,7 +485,7 @@ impl CopyUp<'_> {
             .stack()
             .top()
             .ok_or_else(|| Error::errno(libc::ESTALE))?;
-        let (sdir, sname) = self.tree.locate(src, layer)?;
+        let (sdir, sname) = self.reach.locate(src, layer)?;
         let st = sys::statat(sdir.fd(), &sname)?;
         debug!("copy_up {} from layer {layer} ({data:?})", show(&sname));
         let mut method = "metadata only";
@@ -493,7 +493,7 @@ impl CopyUp<'_> {
         let stack = src.stack();
         let data_file = match stack.data().filter(|_| stack.metacopy) {
             Some(l) => {
-                let fd = self.tree.open(src, l, libc::O_RDONLY)?;
+                let fd = self.reach.open(src, l, libc::O_RDONLY)?;
                 let st = sys::fstat(fd.as_fd())?;
                 Some((fd, st))
             }
@@ -523,14 +523,15 @@ impl CopyUp<'_> {
                     .map(|()| temp)
             })
             .map_err(|e| e.context(format!("copy-up of {}", show(&sname))))?;
-        let recorded = upper.write_origin(temp.fd.as_fd(), self.tree.nodes.origin_xattr(), src.ino);
+        let recorded =
+            upper.write_origin(temp.fd.as_fd(), self.reach.nodes.origin_xattr(), src.ino);
         let links = st.st_nlink;
         let hardlinked = st.st_mode & libc::S_IFMT != libc::S_IFDIR && links > 1;
         let indexed = recorded.and_then(|()| {
             if hardlinked {
                 // Every lower name still shows: each leaves the count as it
                 // becomes a link of the entry.
-                self.tree
+                self.reach
                     .index()?
                     .add(upper.work.tmp(), &temp.name, src.ino, links)?;
             }
@@ -560,7 +561,7 @@ impl CopyUp<'_> {
     /// the upper's private ACL xattr and not on the inode.
     fn carry_override(
         &self,
-        layer: crate::layer::LayerId,
+        layer: crate::model::layer::LayerId,
         dir: BorrowedFd,
         name: &OsStr,
         temp: &Temp,
@@ -630,7 +631,7 @@ struct Source<'a> {
 }
 
 fn show(name: &OsStr) -> String {
-    crate::layer::show_name(name)
+    crate::model::layer::show_name(name)
 }
 
 /// Builds the copy of `src` (the object `name` in `dir`, whose lstat is

@@ -16,11 +16,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use log::{debug, info};
 
-use crate::dirs::LayerDir;
 use crate::error::Result;
+use crate::model::dir_cache::LayerDir;
+use crate::model::whiteout::{self, UpperFormat};
 use crate::sys::{self, SetTime};
-use crate::whiteout::{self, UpperFormat};
-use crate::workdir::WorkDir;
+use crate::union::workdir::WorkDir;
 
 /// The attribute changes of a setattr.
 #[derive(Debug, Clone, Copy, Default)]
@@ -77,7 +77,7 @@ pub enum Leave {
 }
 
 fn show(name: &OsStr) -> String {
-    crate::layer::show_name(name)
+    crate::model::layer::show_name(name)
 }
 
 impl Upper {
@@ -281,7 +281,7 @@ impl Upper {
             .ok_or_else(|| crate::error::Error::errno(libc::EXDEV))?;
         let mut value = b"/".to_vec();
         value.extend_from_slice(lower_path.as_encoded_bytes());
-        let lower = crate::layer::show_path(lower_path);
+        let lower = crate::model::layer::show_path(lower_path);
         info!(
             target: "unionfs",
             "redirect {at}: {xattr}={lower}, a directory moved without copying its tree: \
@@ -615,7 +615,7 @@ fn drop_whiteouts_below(dir: BorrowedFd, marks: whiteout::DirMarks, at: &str) ->
                 let sub = sys::openat(dir, &e.name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
                 let (sub_marks, redirect) = whiteout::dir_marks(sub.as_fd())?;
                 if redirect.is_none() {
-                    let sub_at = format!("{at}/{}", crate::layer::show_name(&e.name));
+                    let sub_at = format!("{at}/{}", crate::model::layer::show_name(&e.name));
                     drop_whiteouts_below(sub.as_fd(), sub_marks, &sub_at)?;
                 }
                 continue;
@@ -630,7 +630,7 @@ fn drop_whiteouts_below(dir: BorrowedFd, marks: whiteout::DirMarks, at: &str) ->
                 info!(
                     target: "unionfs",
                     "whiteout {at}/{} dropped: below an opaque directory it hides nothing",
-                    crate::layer::show_name(&e.name)
+                    crate::model::layer::show_name(&e.name)
                 );
                 sys::unlinkat(dir, &e.name, 0)?;
             }

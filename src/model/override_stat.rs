@@ -17,7 +17,7 @@
 
 use std::ffi::OsStr;
 
-use crate::layer::{LayerId, LayerStack, INDEX, UPPER};
+use crate::model::layer::{LayerId, LayerStack, INDEX, UPPER};
 use crate::sys;
 
 /// `xattr_permissions=1`: only root may write it.

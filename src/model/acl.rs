@@ -4,7 +4,7 @@
 //! (`posix_acl_create`) is done here: the parent's default ACL, masked by
 //! the create mode, becomes the object's access ACL, and a new directory
 //! inherits the default ACL itself. Also, for forced permissions (where
-//! the access ACL is kept in a private xattr, see [`crate::override_stat`]):
+//! the access ACL is kept in a private xattr, see [`crate::model::override_stat`]):
 //! the mode an access ACL stands for, and what a chmod does to one.
 
 /// The xattr of a directory's default ACL.

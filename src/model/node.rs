@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
+use crate::model::layer::{Layer, LayerId, LayerStack, INDEX, UPPER};
 use crate::sys::Stat;
 
 /// The xattr (after the metadata prefix) naming an upper copy's origin.
@@ -54,7 +54,7 @@ pub struct Lower {
 
 /// Where an object's bytes live. Which layers hold it, not where: each
 /// layer's copy is reached from the parent's directory in that layer (see
-/// `tree.rs`), so a rename changes one node and no path goes stale.
+/// `layer_reach.rs`), so a rename changes one node and no path goes stale.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stack {
     /// The upper holds the object at its name in the parent.

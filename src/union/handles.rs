@@ -8,8 +8,8 @@ use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::layer::LayerId;
-use crate::readdir::DirEntry;
+use crate::model::layer::LayerId;
+use crate::union::dir_snapshot::DirEntry;
 
 /// An open regular file.
 #[derive(Debug)]

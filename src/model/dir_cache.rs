@@ -13,9 +13,9 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use crate::error::Result;
-use crate::layer::LayerId;
+use crate::model::layer::LayerId;
+use crate::model::whiteout::{self, DirMarks};
 use crate::sys;
-use crate::whiteout::{self, DirMarks};
 
 /// A directory of one layer, held open, with its markers read once.
 #[derive(Debug)]

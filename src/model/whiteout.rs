@@ -61,7 +61,7 @@ pub fn is_private_xattr(name: &OsStr) -> bool {
     // Forced permissions' overrides are the union's too: setting one would
     // forge an owner.
     PRIVATE_XATTR_PREFIXES.iter().any(|p| n.starts_with(p))
-        || crate::override_stat::is_override_name(n)
+        || crate::model::override_stat::is_override_name(n)
 }
 
 /// True for names that are format markers and never appear in the merged
@@ -237,7 +237,7 @@ pub fn file_xattrs(dir: BorrowedFd, name: &OsStr) -> Result<FileXattrs> {
     // A private access ACL shows, as system.posix_acl_access.
     let none_shown = names
         .iter()
-        .all(|n| is_private_xattr(n) && !crate::override_stat::is_acl_name(n.as_bytes()));
+        .all(|n| is_private_xattr(n) && !crate::model::override_stat::is_acl_name(n.as_bytes()));
     let metacopy = metacopy_in(dir, name, &names)?;
     Ok(FileXattrs {
         metacopy,

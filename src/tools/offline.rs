@@ -12,13 +12,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::dirs::{Changes, LayerDir};
 use crate::error::{Error, Result};
-use crate::layer::{join_path, split_path, LayerId, LayerStack, INDEX, UPPER};
-use crate::node::{LowerAt, NodeTable};
+use crate::model::dir_cache::{Changes, LayerDir};
+use crate::model::layer::{join_path, split_path, LayerId, LayerStack, INDEX, UPPER};
+use crate::model::node::{LowerAt, NodeTable};
+use crate::model::whiteout::{self, DirMarks};
 use crate::sys::{self, Stat};
 use crate::union::{self, Layers, Obj, OpaqueWhy, WhiteoutKind};
-use crate::whiteout::{self, DirMarks};
 
 /// "upper" or "lower N", as every tool names a layer.
 pub fn label(layer: LayerId) -> String {
@@ -31,7 +31,7 @@ pub fn label(layer: LayerId) -> String {
     }
 }
 
-pub use crate::layer::{show_name, show_path};
+pub use crate::model::layer::{show_name, show_path};
 
 /// One layer's copy of a merged object.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ impl Part {
 /// An object of the merged view with its stack: for a directory every layer
 /// directory that merges into it (top first), else the one serving copy.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct MergedEntry {
     /// Relative to the union root; empty for the root.
     pub path: OsString,
     pub parts: Vec<Part>,
@@ -94,7 +94,7 @@ pub struct Node {
     pub data: Option<Part>,
 }
 
-impl Node {
+impl MergedEntry {
     /// The serving copy.
     pub fn top(&self) -> &Part {
         // A node is only ever built with at least one part.
@@ -145,7 +145,7 @@ pub enum Stop {
 /// The result of resolving one name in a merged directory.
 #[derive(Debug)]
 pub struct Lookup {
-    pub node: Option<Node>,
+    pub node: Option<MergedEntry>,
     pub stop: Option<Stop>,
     /// With `explain`: the objects of that name below the stop, which the
     /// merged view does not show (layer, path in the layer, `S_IFMT`).
@@ -227,7 +227,7 @@ impl Union {
         let ino = index
             .numbers
             .ino_for(self.stack.get(lower.layer)?, lower.stat.st_ino);
-        let key = crate::index::key(ino);
+        let key = crate::union::index::key(ino);
         match sys::statat(index.dir.fd(), &key) {
             Ok(stat) => Ok(Some(Part {
                 layer: INDEX,
@@ -264,7 +264,7 @@ impl Union {
     }
 
     /// The root of the union: every layer's root directory.
-    pub fn root(&self) -> Result<Node> {
+    pub fn root(&self) -> Result<MergedEntry> {
         let mut parts = Vec::new();
         for &id in &self.ids {
             let dir = Layers::root_dir(self, id)?;
@@ -278,7 +278,7 @@ impl Union {
                 redirect: None,
             });
         }
-        Ok(Node {
+        Ok(MergedEntry {
             path: OsString::new(),
             parts,
             data: None,
@@ -288,7 +288,7 @@ impl Union {
     /// Resolves `name` in the merged directory `parent` with the mount's
     /// stop rules. With `explain`, goes on below the stop to list what the
     /// stop hides.
-    pub fn lookup(&self, parent: &Node, name: &OsStr, explain: bool) -> Result<Lookup> {
+    pub fn lookup(&self, parent: &MergedEntry, name: &OsStr, explain: bool) -> Result<Lookup> {
         let mut out = Lookup {
             node: None,
             stop: None,
@@ -350,7 +350,7 @@ impl Union {
             )));
         }
         if !parts.is_empty() {
-            out.node = Some(Node {
+            out.node = Some(MergedEntry {
                 path: join_path(&parent.path, name),
                 parts,
                 data,
@@ -361,7 +361,7 @@ impl Union {
 
     /// Resolves a relative path from the root; `None` when the union does
     /// not show it.
-    pub fn resolve(&self, rel: &OsStr) -> Result<Option<Node>> {
+    pub fn resolve(&self, rel: &OsStr) -> Result<Option<MergedEntry>> {
         let mut node = self.root()?;
         for comp in components(rel) {
             if !node.is_dir() {
@@ -376,7 +376,7 @@ impl Union {
     }
 
     /// The visible names of a merged directory, sorted by bytes.
-    pub fn names(&self, dir: &Node) -> Result<Vec<OsString>> {
+    pub fn names(&self, dir: &MergedEntry) -> Result<Vec<OsString>> {
         let mut names: Vec<OsString> = union::readdir::names(self, dir)?
             .into_iter()
             .map(|n| n.name)
@@ -386,7 +386,7 @@ impl Union {
     }
 
     /// The children of a merged directory, sorted by name.
-    pub fn children(&self, dir: &Node) -> Result<Vec<Node>> {
+    pub fn children(&self, dir: &MergedEntry) -> Result<Vec<MergedEntry>> {
         let mut out = Vec::new();
         for name in self.names(dir)? {
             if let Some(n) = self.lookup(dir, &name, false)?.node {
@@ -400,8 +400,8 @@ impl Union {
     /// children, in path order.
     pub fn walk<E: From<crate::Error>>(
         &self,
-        dir: &Node,
-        f: &mut dyn FnMut(&Node) -> std::result::Result<(), E>,
+        dir: &MergedEntry,
+        f: &mut dyn FnMut(&MergedEntry) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         for child in self.children(dir)? {
             f(&child)?;
@@ -418,9 +418,9 @@ impl Union {
 /// union, but the tools do not cache what a listing settles either (see
 /// [`Changes::Any`]): one read is all they make of most directories.
 impl Layers for Union {
-    type Dir = Node;
+    type Dir = MergedEntry;
 
-    fn layers_of(&self, dir: &Node) -> Vec<LayerId> {
+    fn layers_of(&self, dir: &MergedEntry) -> Vec<LayerId> {
         dir.parts
             .iter()
             .filter(|p| p.dir.is_some())
@@ -428,7 +428,7 @@ impl Layers for Union {
             .collect()
     }
 
-    fn dir(&self, dir: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
+    fn dir(&self, dir: &MergedEntry, layer: LayerId) -> Result<Arc<LayerDir>> {
         dir.parts
             .iter()
             .find(|p| p.layer == layer)
@@ -459,7 +459,7 @@ impl Layers for Union {
 /// What one lookup met, as the tools show it: the parts of the object, the
 /// data file of a metacopy and, when explaining, what the stop hid.
 struct Collect<'a> {
-    parent: &'a Node,
+    parent: &'a MergedEntry,
     name: &'a OsStr,
     explain: bool,
     parts: Vec<Part>,

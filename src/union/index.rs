@@ -27,7 +27,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use log::debug;
 
 use crate::error::Result;
-use crate::layer::{Layer, INDEX};
+use crate::model::layer::{Layer, INDEX};
+use crate::model::layer_reach::LayerReach;
 use crate::sys;
 
 /// The xattr (after the metadata prefix) holding the count of lower names.
@@ -69,6 +70,18 @@ pub struct Index<'a> {
     pub layer: &'a Layer,
     /// `trusted.unionfs.` or `user.unionfs.`.
     pub meta_prefix: &'static str,
+}
+
+/// The mount reaches its index as one of its layers; here, not in
+/// `layer_reach.rs`, so the model never names a union rule.
+impl LayerReach {
+    /// The hard-link index (mounts with an upper only).
+    pub fn index(&self) -> Result<Index<'_>> {
+        Ok(Index {
+            layer: self.layers.get(INDEX)?,
+            meta_prefix: self.nodes.meta_prefix,
+        })
+    }
 }
 
 impl Index<'_> {
@@ -228,7 +241,7 @@ pub fn stored(dir: BorrowedFd, name: &OsStr, what: &str) -> Result<Option<Vec<u8
         match sys::getxattrat(dir, name, OsStr::new(&x)) {
             Ok(Some(v)) => return Ok(Some(v)),
             Ok(None) => {}
-            Err(e) if crate::whiteout::is_xattr_unsupported(e.raw()) => {}
+            Err(e) if crate::model::whiteout::is_xattr_unsupported(e.raw()) => {}
             Err(e) => return Err(e),
         }
     }

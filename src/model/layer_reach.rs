@@ -9,15 +9,16 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use crate::dirs::{Changes, DirCache, LayerDir};
 use crate::error::{Error, Result};
-use crate::index::Index;
-use crate::layer::{show_name, show_path, split_path, LayerId, LayerStack, INDEX, UPPER};
-use crate::node::{LowerAt, Node, NodeTable, Stack, ROOT_INO};
+use crate::model::dir_cache::{Changes, DirCache, LayerDir};
+use crate::model::layer::{show_name, show_path, split_path, LayerId, LayerStack, INDEX, UPPER};
+use crate::model::node::{LowerAt, Node, NodeTable, Stack, ROOT_INO};
 use crate::sys::{self, Stat};
 
-/// The layers, the nodes, and the layer directories held open.
-pub struct Tree {
+/// The mount's reach into its layers: the layers, the nodes, and the
+/// layer directories held open, through which every node's objects are
+/// found. (Not a tree: a node table and an fd cache.)
+pub struct LayerReach {
     pub layers: LayerStack,
     pub nodes: NodeTable,
     pub dirs: DirCache,
@@ -40,14 +41,14 @@ enum Step {
     Root(OsString),
 }
 
-impl Tree {
+impl LayerReach {
     /// `upper_changes`: [`Changes::NoOciNames`] when the upper is written
     /// in the overlay format, else [`Changes::Any`].
     pub fn new(
         layers: LayerStack,
         meta_prefix: &'static str,
         upper_changes: Changes,
-    ) -> Result<Tree> {
+    ) -> Result<LayerReach> {
         let root_of = |id: LayerId, changes: Changes| -> Result<Arc<LayerDir>> {
             let fd = sys::openat(
                 layers.get(id)?.root(),
@@ -70,7 +71,7 @@ impl Tree {
             .ok()
             .map(|_| root_of(INDEX, Changes::Any))
             .transpose()?;
-        Ok(Tree {
+        Ok(LayerReach {
             nodes: NodeTable::new(&layers, meta_prefix),
             layers,
             dirs: DirCache::default(),
@@ -87,14 +88,6 @@ impl Tree {
         } else {
             Changes::Never
         }
-    }
-
-    /// The hard-link index (mounts with an upper only).
-    pub fn index(&self) -> Result<Index<'_>> {
-        Ok(Index {
-            layer: self.layers.get(INDEX)?,
-            meta_prefix: self.nodes.meta_prefix,
-        })
     }
 
     /// The root directory of a layer.
@@ -140,7 +133,7 @@ impl Tree {
         Err(Error::errno(libc::EAGAIN).context("directory kept moving"))
     }
 
-    /// One try of [`Tree::dir`]; `None` when a change of names in the
+    /// One try of [`LayerReach::dir`]; `None` when a change of names in the
     /// upper raced with the walk, which then starts again.
     fn walk_down(&self, node: &Node, layer: LayerId) -> Result<Option<Arc<LayerDir>>> {
         let immutable = layer != UPPER;
@@ -316,7 +309,7 @@ impl Tree {
     }
 
     /// Opens `node`'s object in `layer` (never following a symlink; no
-    /// O_TRUNC, see [`Tree::at`]).
+    /// O_TRUNC, see [`LayerReach::at`]).
     pub fn open(&self, node: &Node, layer: LayerId, flags: i32) -> Result<OwnedFd> {
         let flags = flags & !libc::O_TRUNC;
         self.at(node, layer, |dir, name| {
@@ -405,7 +398,7 @@ impl Tree {
     /// if the line is written.
     pub fn shown<'a>(&'a self, parent: &'a Node, name: &'a OsStr) -> PathIn<'a> {
         PathIn {
-            tree: self,
+            reach: self,
             parent,
             name,
         }
@@ -439,48 +432,6 @@ impl Tree {
     }
 }
 
-/// The mount reaches a merged directory's layer directories through its
-/// fd cache.
-impl crate::union::Layers for Tree {
-    type Dir = Node;
-
-    fn layers_of(&self, dir: &Node) -> Vec<LayerId> {
-        dir.stack().layers().collect()
-    }
-
-    fn dir(&self, dir: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
-        Tree::dir(self, dir, layer)
-    }
-
-    fn root_dir(&self, layer: LayerId) -> Result<Arc<LayerDir>> {
-        Tree::root_dir(self, layer)
-    }
-
-    fn changes(&self, layer: LayerId) -> Changes {
-        Tree::changes(self, layer)
-    }
-
-    fn n_lowers(&self) -> LayerId {
-        self.layers.lowers().len() as LayerId
-    }
-
-    fn n_with_data(&self) -> LayerId {
-        self.layers.lowers_with_data().len() as LayerId
-    }
-
-    fn held(
-        &self,
-        origin: (LayerId, &Stat),
-        layer: LayerId,
-        real_ino: u64,
-    ) -> Option<Arc<LayerDir>> {
-        let ino = self
-            .nodes
-            .ino_for(self.layers.get(origin.0).ok()?, origin.1.st_ino);
-        self.dirs.get(ino, layer).filter(|d| d.real_ino == real_ino)
-    }
-}
-
 /// Joins path components given bottom first into "a/b/c".
 fn join_parts(parts: Vec<OsString>) -> OsString {
     let mut out = OsString::new();
@@ -493,15 +444,15 @@ fn join_parts(parts: Vec<OsString>) -> OsString {
     out
 }
 
-/// See [`Tree::shown`].
+/// See [`LayerReach::shown`].
 pub struct PathIn<'a> {
-    tree: &'a Tree,
+    reach: &'a LayerReach,
     parent: &'a Node,
     name: &'a OsStr,
 }
 
 impl std::fmt::Display for PathIn<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.tree.path_in(self.parent, self.name))
+        f.write_str(&self.reach.path_in(self.parent, self.name))
     }
 }

@@ -7,19 +7,20 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use crate::dirs::LayerDir;
 use crate::error::{Error, Result};
-use crate::layer::{LayerId, INDEX, UPPER};
-use crate::node::{LowerAt, Node, Stack};
+use crate::model::dir_cache::{Changes, LayerDir};
+use crate::model::layer::{LayerId, INDEX, UPPER};
+use crate::model::layer_reach::LayerReach;
+use crate::model::node::{LowerAt, Node, Stack};
+use crate::model::whiteout;
 use crate::sys::Stat;
-use crate::tree::Tree;
+use crate::union;
 use crate::union::lookup::InLayer;
 pub use crate::union::lookup::Listed;
-use crate::{union, whiteout};
 
 /// What a name resolves to.
 #[derive(Debug)]
-pub struct Found {
+pub struct Resolved {
     pub ino: u64,
     /// `S_IFMT` bits.
     pub kind: u32,
@@ -34,18 +35,18 @@ pub struct Found {
 
 /// Resolves `name` in the merged directory `parent`. `None`: not in the
 /// merged view (absent everywhere, or whited out).
-pub fn resolve(tree: &Tree, parent: &Node, name: &OsStr) -> Result<Option<Found>> {
-    resolve_listed(tree, parent, name, None)
+pub fn resolve(reach: &LayerReach, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+    resolve_listed(reach, parent, name, None)
 }
 
 /// [`resolve`], knowing which lowers list the name in `parent` (readdirplus
 /// looks up every name it has just listed).
 pub fn resolve_listed(
-    tree: &Tree,
+    reach: &LayerReach,
     parent: &Node,
     name: &OsStr,
     listed: Option<Listed>,
-) -> Result<Option<Found>> {
+) -> Result<Option<Resolved>> {
     let union::lookup::Walk {
         top,
         mut stack,
@@ -54,20 +55,20 @@ pub fn resolve_listed(
         dirs,
         top_xattrs,
         data_missing,
-    } = union::lookup::walk(tree, parent, name, listed, &mut union::Quiet)?;
+    } = union::lookup::walk(reach, parent, name, listed, &mut union::Quiet)?;
     // The top object's xattrs, listed to look for a metacopy, show none.
     let top_shows_no_xattrs = top_xattrs.as_ref().is_some_and(|x| x.none_shown);
     // That listing has no origin xattr: the top records no origin.
     let top_lacks_origin = top_xattrs
         .and_then(|x| x.names)
-        .is_some_and(|names| !names.iter().any(|n| n == tree.nodes.origin_xattr()));
+        .is_some_and(|names| !names.iter().any(|n| n == reach.nodes.origin_xattr()));
     let Some(mut stat) = top else {
         return Ok(None);
     };
     if data_missing {
         return Err(Error::errno(libc::EIO).context(format!(
             "metacopy file {} has no data file below it",
-            crate::layer::show_name(name)
+            crate::model::layer::show_name(name)
         )));
     }
     if let Some(d) = data {
@@ -78,40 +79,41 @@ pub fn resolve_listed(
     }
     let kind = stat.st_mode & libc::S_IFMT;
     let own_number =
-        || -> Result<u64> { Ok(tree.nodes.ino_for(tree.layers.get(UPPER)?, stat.st_ino)) };
+        || -> Result<u64> { Ok(reach.nodes.ino_for(reach.layers.get(UPPER)?, stat.st_ino)) };
     let ino = match (origin, dirs.first()) {
-        (Some((layer, st)), _) => tree.nodes.ino_for(tree.layers.get(layer)?, st.st_ino),
+        (Some((layer, st)), _) => reach.nodes.ino_for(reach.layers.get(layer)?, st.st_ino),
         // Upper only, and its listed xattrs hold no origin: its own number.
         (None, _) if top_lacks_origin => own_number()?,
         // An upper-only directory is open already: its origin is read there.
-        (None, Some((UPPER, d))) => match tree.nodes.read_origin(d.fd()) {
+        (None, Some((UPPER, d))) => match reach.nodes.read_origin(d.fd()) {
             Some(ino) => ino,
             None => own_number()?,
         },
         (None, _) => {
-            let pdir = tree.dir(parent, UPPER)?;
-            tree.nodes
-                .upper_ino(&tree.layers, pdir.fd(), name, stat.st_ino)?
+            let pdir = reach.dir(parent, UPPER)?;
+            reach
+                .nodes
+                .upper_ino(&reach.layers, pdir.fd(), name, stat.st_ino)?
         }
     };
     // An object with several names may have its upper copy in the index.
     if kind != libc::S_IFDIR
         && stat.st_nlink > 1
-        && tree.layers.get(INDEX).is_ok()
-        && tree.index()?.has(ino)?
+        && reach.layers.get(INDEX).is_ok()
+        && reach.index()?.has(ino)?
     {
-        stack.index = Some(crate::index::key(ino));
+        stack.index = Some(crate::union::index::key(ino));
         // A name only a lower shows, of an object whose copy (shared by
         // every name) is a metacopy: that lower file is its data.
         if !stack.metacopy && !stack.lowers.is_empty() {
-            let key = crate::index::key(ino);
-            let root = tree.root_dir(INDEX)?;
+            let key = crate::union::index::key(ino);
+            let root = reach.root_dir(INDEX)?;
             stack.metacopy = whiteout::metacopy_of(root.fd(), &key)?.is_some();
         }
     }
     // (An indexed object's xattrs are its index entry's, not listed here.)
     let no_xattrs = top_shows_no_xattrs && stack.index.is_none();
-    Ok(Some(Found {
+    Ok(Some(Resolved {
         ino,
         kind,
         stack,
@@ -127,23 +129,28 @@ pub fn resolve_listed(
 /// has no upper copy, cannot have gained one through the index (it has one
 /// name), and the upper still holds nothing at the name, `found` stands:
 /// one `fstatat` of the upper instead of a walk down every layer.
-pub fn recheck(tree: &Tree, parent: &Node, name: &OsStr, found: Found) -> Result<Option<Found>> {
+pub fn recheck(
+    reach: &LayerReach,
+    parent: &Node,
+    name: &OsStr,
+    found: Resolved,
+) -> Result<Option<Resolved>> {
     let may_be_indexed = found.kind != libc::S_IFDIR && found.stat.st_nlink > 1;
     if !found.stack.upper && !may_be_indexed {
-        let slot = tree.dir(parent, UPPER)?.upper_slot(name)?;
+        let slot = reach.dir(parent, UPPER)?.upper_slot(name)?;
         if !slot.object && !slot.is_whiteout() {
             return Ok(Some(found));
         }
     }
-    Ok(resolve(tree, parent, name)?.filter(|f| f.ino == found.ino))
+    Ok(resolve(reach, parent, name)?.filter(|f| f.ino == found.ino))
 }
 
 /// True when a lower layer of `parent` still has `name` (what the upper
 /// hides): removing or renaming it away then needs a whiteout, and a new
 /// directory there must be opaque.
-pub fn in_lowers(tree: &Tree, parent: &Node, name: &OsStr) -> Result<bool> {
+pub fn in_lowers(reach: &LayerReach, parent: &Node, name: &OsStr) -> Result<bool> {
     for lower in parent.stack().lowers {
-        let dir = tree.dir(parent, lower.layer)?;
+        let dir = reach.dir(parent, lower.layer)?;
         match union::lookup::probe(&dir, name)? {
             InLayer::Absent => continue,
             InLayer::WhiteOut(_) => return Ok(false),
@@ -157,9 +164,57 @@ pub fn in_lowers(tree: &Tree, parent: &Node, name: &OsStr) -> Result<bool> {
 /// stack holds it at this name (not through a redirect), that settles it
 /// without asking the lowers again; an upper object may still hide a lower
 /// one of the name.
-pub fn found_in_lowers(tree: &Tree, parent: &Node, name: &OsStr, found: &Found) -> Result<bool> {
+pub fn found_in_lowers(
+    reach: &LayerReach,
+    parent: &Node,
+    name: &OsStr,
+    found: &Resolved,
+) -> Result<bool> {
     if found.stack.lowers.iter().any(|l| l.at == LowerAt::Parent) {
         return Ok(true);
     }
-    in_lowers(tree, parent, name)
+    in_lowers(reach, parent, name)
+}
+
+/// The mount reaches a merged directory's layer directories through its
+/// fd cache. (Here, not in `layer_reach.rs`, so the model never names a
+/// union rule.)
+impl crate::union::Layers for LayerReach {
+    type Dir = Node;
+
+    fn layers_of(&self, dir: &Node) -> Vec<LayerId> {
+        dir.stack().layers().collect()
+    }
+
+    fn dir(&self, dir: &Node, layer: LayerId) -> Result<Arc<LayerDir>> {
+        LayerReach::dir(self, dir, layer)
+    }
+
+    fn root_dir(&self, layer: LayerId) -> Result<Arc<LayerDir>> {
+        LayerReach::root_dir(self, layer)
+    }
+
+    fn changes(&self, layer: LayerId) -> Changes {
+        LayerReach::changes(self, layer)
+    }
+
+    fn n_lowers(&self) -> LayerId {
+        self.layers.lowers().len() as LayerId
+    }
+
+    fn n_with_data(&self) -> LayerId {
+        self.layers.lowers_with_data().len() as LayerId
+    }
+
+    fn held(
+        &self,
+        origin: (LayerId, &Stat),
+        layer: LayerId,
+        real_ino: u64,
+    ) -> Option<Arc<LayerDir>> {
+        let ino = self
+            .nodes
+            .ino_for(self.layers.get(origin.0).ok()?, origin.1.st_ino);
+        self.dirs.get(ino, layer).filter(|d| d.real_ino == real_ino)
+    }
 }

@@ -1,6 +1,14 @@
 //! The daemon's life: mount (the FUSE handshake, then fork, so `unionfs
 //! mount` returns exactly when the mount is live), signals that unmount,
-//! and `unionfs umount`.
+//! and `unionfs umount`. Beside it, the glue between the kernel and
+//! [`ops`](crate::ops): [`fuse`] (requests in, replies out), [`splice`]
+//! (READ replies), [`passthrough`], [`fuse_conn`] and [`logging`].
+
+pub(crate) mod fuse;
+pub mod fuse_conn;
+pub mod logging;
+pub(crate) mod passthrough;
+pub(crate) mod splice;
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -11,18 +19,17 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use log::{debug, error, info};
 
 use crate::error::Error;
-use crate::fuse::{FuseFs, Transport};
-use crate::fuse_conn;
-use crate::layer::LayerStack;
+use crate::model::layer::LayerStack;
 use crate::mount_line::{MountConfig, Remount};
 use crate::ops::{Options, UnionFs};
 use crate::sys;
+use fuse::{FuseFs, Transport};
 
 /// Mounts per `config` and serves until unmounted. Returns the process exit
 /// code; errors were already reported (stderr before detaching, the log after).
 pub fn mount(config: &MountConfig) -> Result<(), String> {
     sys::raise_nofile_limit();
-    crate::splice::configure_from_env();
+    crate::daemon::splice::configure_from_env();
     let layers =
         LayerStack::open_with_data(config.upper.as_deref(), &config.lowers, &config.data_lowers)
             .map_err(|e| format!("cannot open layers: {e}"))?;
@@ -55,13 +62,13 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
         MountOption::CUSTOM("subtype=unionfs".into()),
         MountOption::DefaultPermissions,
     ];
-    if crate::splice::enabled() {
+    if crate::daemon::splice::enabled() {
         // READ replies are spliced through pipes the daemon may not grow
         // past 1 MiB without CAP_SYS_RESOURCE (fs.pipe-max-size); a 1 MiB
         // request with its header would not fit, and go through a buffer.
         options.push(MountOption::CUSTOM(format!(
             "max_read={}",
-            crate::splice::MAX_READ
+            crate::daemon::splice::MAX_READ
         )));
     }
     if opts.read_only {
@@ -103,10 +110,10 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
     fuse_config.n_threads = Some(threads);
     fuse_config.clone_fd = true;
     // A big WRITE's data spliced from /dev/fuse into the upper file
-    // (src/splice.rs), as READ replies are spliced the other way.
+    // (src/daemon/splice.rs), as READ replies are spliced the other way.
     let transport = Transport {
         io_uring: config.io_uring,
-        splice_write: config.splice_write && crate::splice::enabled(),
+        splice_write: config.splice_write && crate::daemon::splice::enabled(),
     };
     fuse_config.splice_writes = transport.splice_write;
 
@@ -126,8 +133,8 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
             Ok(sys::Forked::Child) => {}
             Err(e) => return Err(format!("cannot fork the daemon: {e}")),
         }
-        crate::logging::detached(config.log_file.is_some());
-        if let Err(e) = sys::detach_stdio(crate::logging::file_fd()) {
+        crate::daemon::logging::detached(config.log_file.is_some());
+        if let Err(e) = sys::detach_stdio(crate::daemon::logging::file_fd()) {
             error!("detaching: {e}");
         }
     }
@@ -171,7 +178,7 @@ pub fn mount(config: &MountConfig) -> Result<(), String> {
             target: "unionfs",
             "unmounted {}; read replies: {}; requests through io_uring: {}",
             config.mountpoint.display(),
-            crate::splice::summary(),
+            crate::daemon::splice::summary(),
             fuser::ring_requests()
         ),
         Err(e) => error!("the FUSE session ended with an error: {e}"),
@@ -218,7 +225,7 @@ fn overflow_id(kind: &str) -> u32 {
     std::fs::read_to_string(format!("/proc/sys/kernel/overflow{kind}"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(crate::idmap::DEFAULT_OVERFLOW)
+        .unwrap_or(crate::model::idmap::DEFAULT_OVERFLOW)
 }
 
 fn kernel_option(o: &str) -> MountOption {

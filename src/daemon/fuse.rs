@@ -19,10 +19,10 @@ use fuser::{
 };
 use log::{debug, info, warn};
 
+use crate::daemon::passthrough::Passthrough;
+use crate::daemon::splice;
 use crate::error::Error;
 use crate::ops::{Attr, Caller, MayCopy, NewObject, SetAttr, UnionFs};
-use crate::passthrough::Passthrough;
-use crate::splice;
 use crate::sys;
 use crate::sys::SetTime;
 
@@ -104,7 +104,7 @@ impl FuseFs {
         }
     }
 
-    /// Answers a READ by splicing from the file (src/splice.rs); the reply
+    /// Answers a READ by splicing from the file (src/daemon/splice.rs); the reply
     /// comes back when that cannot be done or the READ is too small to
     /// gain by it, to be answered from a buffer.
     fn splice_read(&self, fh: u64, offset: u64, size: u32, reply: ReplyData) -> Option<ReplyData> {

@@ -6,11 +6,11 @@
 use std::ffi::OsString;
 
 use crate::error::Result;
-use crate::layer::UPPER;
-use crate::lookup::{self, Listed};
-use crate::node::Node;
-use crate::tree::Tree;
+use crate::model::layer::UPPER;
+use crate::model::layer_reach::LayerReach;
+use crate::model::node::Node;
 use crate::union;
+use crate::union::mount_lookup::{self, Listed};
 
 /// One name of a merged directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +38,9 @@ pub struct Pending {
 }
 
 /// Lists the merged directory `dir`: "." and "..", then every visible name.
-pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
+pub fn snapshot(reach: &LayerReach, dir: &Node) -> Result<Vec<DirEntry>> {
     let (parent_ino, _) = dir.place();
-    let names = union::readdir::names(tree, dir)?;
+    let names = union::readdir::names(reach, dir)?;
     let mut out = Vec::with_capacity(names.len() + 2);
     out.push(DirEntry {
         name: ".".into(),
@@ -65,7 +65,7 @@ pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
             (0, Some(pending))
         } else {
             (
-                tree.nodes.ino_for(tree.layers.get(s.layer)?, s.real_ino),
+                reach.nodes.ino_for(reach.layers.get(s.layer)?, s.real_ino),
                 None,
             )
         };
@@ -84,21 +84,22 @@ pub fn snapshot(tree: &Tree, dir: &Node) -> Result<Vec<DirEntry>> {
 /// is still pending: a copied-up object keeps its origin's number, and an
 /// upper directory that may merge with a lower one needs a real lookup to
 /// tell whether it is opaque.
-pub fn settle_ino(tree: &Tree, dir: &Node, e: &mut DirEntry) -> Result<()> {
+pub fn settle_ino(reach: &LayerReach, dir: &Node, e: &mut DirEntry) -> Result<()> {
     let Some(p) = e.pending.take() else {
         return Ok(());
     };
     let merged = if p.dir_below {
-        lookup::resolve(tree, dir, &e.name)?.map(|f| f.ino)
+        mount_lookup::resolve(reach, dir, &e.name)?.map(|f| f.ino)
     } else {
         None
     };
     e.ino = match merged {
         Some(ino) => ino,
         None => {
-            let udir = tree.dir(dir, UPPER)?;
-            tree.nodes
-                .upper_ino(&tree.layers, udir.fd(), &e.name, p.real_ino)?
+            let udir = reach.dir(dir, UPPER)?;
+            reach
+                .nodes
+                .upper_ino(&reach.layers, udir.fd(), &e.name, p.real_ino)?
         }
     };
     Ok(())

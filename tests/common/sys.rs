@@ -1,0 +1,313 @@
+//! Safe wrappers over libc calls that std lacks. Every `unsafe` of the test
+//! suite is here; each passes valid NUL-terminated strings and buffers of the
+//! stated length.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+fn cstr(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    cstr(p.as_os_str().as_bytes())
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// flock(fd, LOCK_EX): waits for an exclusive lock on the open file
+/// (std's File::lock is newer than the crate's MSRV).
+pub fn flock_exclusive(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock takes a live fd (borrowed from `file`) and a flag.
+    check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) })
+}
+
+/// renameat2(2) with AT_FDCWD on both sides (std has no RENAME_* flags).
+pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    let (f, t) = (cpath(from)?, cpath(to)?);
+    // SAFETY: two valid NUL-terminated paths that outlive the call.
+    check(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
+    })
+}
+
+/// lgetxattr(2): the value of `name` (no symlink following).
+pub fn lgetxattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
+    let p = cpath(path)?;
+    let n = cstr(name)?;
+    loop {
+        // SAFETY: valid C strings; a null buffer of size 0 asks for the size.
+        let size = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize + 1];
+        // SAFETY: buf is valid for buf.len() bytes.
+        let got =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf.truncate(got as usize);
+        return Ok(buf);
+    }
+}
+
+/// llistxattr(2): every xattr name, in the order the fs lists them.
+pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let p = cpath(path)?;
+    loop {
+        // SAFETY: valid C string; null buffer of size 0 asks for the size.
+        let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize + 1];
+        // SAFETY: buf is valid for buf.len() bytes.
+        let got = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf.truncate(got as usize);
+        return Ok(buf
+            .split(|&c| c == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_vec())
+            .collect());
+    }
+}
+
+/// lsetxattr(2) with flags 0 (create or replace).
+pub fn lsetxattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let p = cpath(path)?;
+    let n = cstr(name)?;
+    // SAFETY: valid C strings; value valid for value.len() bytes.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// lremovexattr(2).
+pub fn lremovexattr(path: &Path, name: &[u8]) -> io::Result<()> {
+    let p = cpath(path)?;
+    let n = cstr(name)?;
+    // SAFETY: valid C strings.
+    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+}
+
+/// mknod(2): `mode` includes the type bits (S_IFCHR, S_IFIFO, S_IFREG...).
+pub fn mknod(path: &Path, mode: u32, dev: u64) -> io::Result<()> {
+    let p = cpath(path)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::mknod(p.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) })
+}
+
+/// makedev(3).
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor)
+}
+
+/// truncate(2). Follows symlinks: only call it on regular files.
+pub fn truncate(path: &Path, len: i64) -> io::Result<()> {
+    let p = cpath(path)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::truncate(p.as_ptr(), len as libc::off_t) })
+}
+
+/// utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW); `None` sets
+/// both times to now. Times are ((atime s, ns), (mtime s, ns)).
+pub fn utimens_nofollow(path: &Path, times: Option<((i64, i64), (i64, i64))>) -> io::Result<()> {
+    let p = cpath(path)?;
+    let ts = |(s, ns): (i64, i64)| libc::timespec {
+        tv_sec: s as libc::time_t,
+        tv_nsec: ns as _,
+    };
+    let now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_NOW,
+    };
+    let arr = match times {
+        Some((a, m)) => [ts(a), ts(m)],
+        None => [now, now],
+    };
+    // SAFETY: valid C string and a 2-element timespec array.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            arr.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// access(2) (`libc::R_OK`, `W_OK`, `X_OK`, `F_OK`).
+pub fn access(path: &Path, mode: i32) -> io::Result<()> {
+    let p = cpath(path)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::access(p.as_ptr(), mode) })
+}
+
+/// The interesting fields of statvfs(3).
+#[derive(Clone, Copy, Debug)]
+pub struct StatVfs {
+    pub bsize: u64,
+    pub frsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub flag: u64,
+    pub namemax: u64,
+}
+
+pub fn statvfs(path: &Path) -> io::Result<StatVfs> {
+    let p = cpath(path)?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a valid out pointer.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut s) })?;
+    Ok(StatVfs {
+        bsize: s.f_bsize as u64,
+        frsize: s.f_frsize as u64,
+        blocks: s.f_blocks as u64,
+        bfree: s.f_bfree as u64,
+        bavail: s.f_bavail as u64,
+        files: s.f_files as u64,
+        ffree: s.f_ffree as u64,
+        flag: s.f_flag as u64,
+        namemax: s.f_namemax as u64,
+    })
+}
+
+/// One entry from readdir(3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawDirEntry {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub d_type: u8,
+    /// d_off: the position after this entry.
+    pub off: i64,
+}
+
+/// A `DIR*` stream (opendir/readdir/telldir/seekdir/rewinddir/closedir),
+/// for tests of stable directory offsets. Not Send.
+pub struct DirStream {
+    dir: *mut libc::DIR,
+    path: PathBuf,
+}
+
+impl DirStream {
+    pub fn open(path: &Path) -> io::Result<DirStream> {
+        let p = cpath(path)?;
+        // SAFETY: valid C string.
+        let dir = unsafe { libc::opendir(p.as_ptr()) };
+        if dir.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DirStream {
+            dir,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next entry (`.` and `..` included), `Ok(None)` at the end.
+    pub fn read(&mut self) -> io::Result<Option<RawDirEntry>> {
+        // SAFETY: errno is thread-local; resetting it distinguishes end
+        // of stream from error after readdir returns null.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: self.dir is a live DIR* from opendir.
+        let ent = unsafe { libc::readdir(self.dir) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(0) | None => Ok(None),
+                Some(_) => Err(e),
+            };
+        }
+        // SAFETY: readdir returned a valid dirent, valid until the next
+        // call on this stream; d_name is NUL-terminated.
+        let (name, ino, d_type, off) = unsafe {
+            let e = &*ent;
+            let name = std::ffi::CStr::from_ptr(e.d_name.as_ptr())
+                .to_bytes()
+                .to_vec();
+            (name, e.d_ino, e.d_type, e.d_off)
+        };
+        Ok(Some(RawDirEntry {
+            name,
+            ino,
+            d_type,
+            off,
+        }))
+    }
+
+    /// telldir(3).
+    pub fn tell(&mut self) -> i64 {
+        // SAFETY: live DIR*.
+        unsafe { libc::telldir(self.dir) as i64 }
+    }
+
+    /// seekdir(3) to a value returned by `tell` on this stream.
+    pub fn seek(&mut self, pos: i64) {
+        // SAFETY: live DIR*.
+        unsafe { libc::seekdir(self.dir, pos as libc::c_long) }
+    }
+
+    /// rewinddir(3).
+    pub fn rewind(&mut self) {
+        // SAFETY: live DIR*.
+        unsafe { libc::rewinddir(self.dir) }
+    }
+
+    /// Reads to the end; each entry with the `tell` taken right after it.
+    pub fn read_all_with_tell(&mut self) -> io::Result<Vec<(RawDirEntry, i64)>> {
+        let mut v = Vec::new();
+        while let Some(e) = self.read()? {
+            let t = self.tell();
+            v.push((e, t));
+        }
+        Ok(v)
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: live DIR*, closed exactly once.
+        unsafe { libc::closedir(self.dir) };
+    }
+}

@@ -18,6 +18,7 @@
 
 mod common;
 
+use common::sys::Time;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{Debug, Display};
@@ -220,171 +221,6 @@ fn walk(root: &Path) -> BTreeMap<String, fs::Metadata> {
     }
     out
 }
-
-// ---------------------------------------------------------------------------
-// Syscalls std lacks (the only unsafe code of this file)
-// ---------------------------------------------------------------------------
-
-mod xsys {
-    use std::ffi::CString;
-    use std::fs::File;
-    use std::io;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Path;
-
-    fn cpath(p: &Path) -> io::Result<CString> {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-    }
-
-    fn check(r: libc::c_int) -> io::Result<()> {
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// A time for utimensat(2).
-    #[derive(Clone, Copy, Debug)]
-    pub enum Time {
-        Now,
-        Omit,
-        At(i64, i64),
-    }
-
-    /// utimensat(AT_FDCWD, path, [atime, mtime], AT_SYMLINK_NOFOLLOW).
-    pub fn utimensat(path: &Path, atime: Time, mtime: Time) -> io::Result<()> {
-        let p = cpath(path)?;
-        let ts = |t: Time| match t {
-            Time::Now => libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW,
-            },
-            Time::Omit => libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            Time::At(s, ns) => libc::timespec {
-                tv_sec: s as libc::time_t,
-                tv_nsec: ns as _,
-            },
-        };
-        let arr = [ts(atime), ts(mtime)];
-        // SAFETY: a valid path and a two-element timespec array.
-        check(unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                p.as_ptr(),
-                arr.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })
-    }
-
-    pub fn fallocate(f: &File, mode: i32, off: i64, len: i64) -> io::Result<()> {
-        // SAFETY: a live fd.
-        check(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) })
-    }
-
-    pub fn lseek(f: &File, off: i64, whence: i32) -> io::Result<i64> {
-        // SAFETY: a live fd.
-        let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r)
-        }
-    }
-
-    pub fn flock(f: &File, op: i32) -> io::Result<()> {
-        // SAFETY: a live fd.
-        check(unsafe { libc::flock(f.as_raw_fd(), op) })
-    }
-
-    fn lock_struct(ltype: i32, start: i64, len: i64) -> libc::flock {
-        // SAFETY: struct flock is plain data; zero is valid (and l_pid must
-        // be 0 for OFD locks).
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = ltype as libc::c_short;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = start;
-        fl.l_len = len;
-        fl
-    }
-
-    /// fcntl(fd, cmd, &flock) for F_SETLK / F_GETLK / F_OFD_*; returns the
-    /// struct as the kernel left it (for the GETLK commands).
-    pub fn fcntl_lock(
-        f: &File,
-        cmd: i32,
-        ltype: i32,
-        start: i64,
-        len: i64,
-    ) -> io::Result<libc::flock> {
-        let mut fl = lock_struct(ltype, start, len);
-        // SAFETY: a live fd and a valid flock struct.
-        check(unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) })?;
-        Ok(fl)
-    }
-
-    /// In a forked child process: open `path` O_RDWR and try a POSIX write
-    /// lock (F_SETLK) on [start, start+len). Ok(None) when the child got the
-    /// lock, Ok(Some(errno)) when it was refused.
-    pub fn posix_lock_in_child(path: &Path, start: i64, len: i64) -> io::Result<Option<i32>> {
-        let p = cpath(path)?;
-        let fl = lock_struct(libc::F_WRLCK, start, len);
-        // SAFETY: the child only makes async-signal-safe calls (open, fcntl,
-        // _exit) on data prepared before the fork.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: see above.
-            unsafe {
-                let fd = libc::open(p.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-                if fd < 0 {
-                    libc::_exit(200);
-                }
-                let mut fl = fl;
-                if libc::fcntl(fd, libc::F_SETLK, &mut fl) == 0 {
-                    libc::_exit(0);
-                }
-                let e = *libc::__errno_location();
-                libc::_exit(if e > 0 && e < 200 { e } else { 201 });
-            }
-        }
-        let mut status = 0;
-        // SAFETY: our own child.
-        if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if !libc::WIFEXITED(status) {
-            return Err(io::Error::other(format!("child died: status {status}")));
-        }
-        match libc::WEXITSTATUS(status) {
-            0 => Ok(None),
-            200 => Err(io::Error::other("child could not open the file")),
-            201 => Err(io::Error::other("child: odd errno")),
-            e => Ok(Some(e)),
-        }
-    }
-
-    /// posix_fadvise(POSIX_FADV_DONTNEED): drops the file's clean cached pages.
-    pub fn fadvise_dontneed(f: &File) -> io::Result<()> {
-        // SAFETY: a live fd.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if r != 0 {
-            Err(io::Error::from_raw_os_error(r))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-use xsys::Time;
 
 // ---------------------------------------------------------------------------
 // The fixture: lowers rendered, upper empty, mounted
@@ -1525,7 +1361,7 @@ fn chmod_chown_and_utimes_with_now_and_omit() {
         for l in lowers {
             for e in fs::read_dir(l).expect("readdir lower").flatten() {
                 if e.file_type().is_ok_and(|t| t.is_file()) {
-                    xsys::utimensat(
+                    sys::utimensat(
                         &e.path(),
                         Time::At(now - 60, 123_456_789),
                         Time::At(now - 86_400 * 10, 987_654_321),
@@ -1600,7 +1436,7 @@ fn chmod_chown_and_utimes_with_now_and_omit() {
     for (kind, rel, body) in fx.trio(&mut c, "ut") {
         if c.ok(
             format!("utimensat {rel} ({kind})"),
-            xsys::utimensat(&fx.m(&rel), Time::At(at.0, at.1), Time::At(mt.0, mt.1)),
+            sys::utimensat(&fx.m(&rel), Time::At(at.0, at.1), Time::At(mt.0, mt.1)),
         )
         .is_some()
         {
@@ -1619,7 +1455,7 @@ fn chmod_chown_and_utimes_with_now_and_omit() {
     }
     if c.ok(
         "utimensat symlink uts (AT_SYMLINK_NOFOLLOW)",
-        xsys::utimensat(&fx.m("uts"), Time::At(at.0, at.1), Time::At(mt.0, mt.1)),
+        sys::utimensat(&fx.m("uts"), Time::At(at.0, at.1), Time::At(mt.0, mt.1)),
     )
     .is_some()
     {
@@ -1636,7 +1472,7 @@ fn chmod_chown_and_utimes_with_now_and_omit() {
             let t0 = now_secs();
             if c.ok(
                 format!("utimensat {rel} ({kind}) {a:?} {m:?}"),
-                xsys::utimensat(&fx.m(&rel), a, m),
+                sys::utimensat(&fx.m(&rel), a, m),
             )
             .is_none()
             {
@@ -1684,7 +1520,7 @@ fn fallocate_fsync_fdatasync_and_fsyncdir() {
         // Allocate 1 MiB: the size grows, the bytes stay.
         if c.ok(
             format!("fallocate {rel} 0..1MiB"),
-            xsys::fallocate(&f, 0, 0, MIB),
+            sys::fallocate(&f, 0, 0, MIB),
         )
         .is_some()
         {
@@ -1705,7 +1541,7 @@ fn fallocate_fsync_fdatasync_and_fsyncdir() {
         // KEEP_SIZE beyond EOF: size unchanged, blocks allocated.
         if c.ok(
             format!("fallocate KEEP_SIZE {rel}"),
-            xsys::fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, MIB, MIB),
+            sys::fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, MIB, MIB),
         )
         .is_some()
         {
@@ -1722,7 +1558,7 @@ fn fallocate_fsync_fdatasync_and_fsyncdir() {
         // Punch the first 4 KiB: zeros there.
         if c.ok(
             format!("fallocate PUNCH_HOLE {rel}"),
-            xsys::fallocate(
+            sys::fallocate(
                 &f,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 0,
@@ -1938,8 +1774,8 @@ fn seek_map(f: &File, offsets: &[i64]) -> Vec<SeekRow> {
             let e = |r: io::Result<i64>| r.map_err(|e| e.raw_os_error().unwrap_or(-1));
             (
                 o,
-                e(xsys::lseek(f, o, libc::SEEK_DATA)),
-                e(xsys::lseek(f, o, libc::SEEK_HOLE)),
+                e(sys::lseek(f, o, libc::SEEK_DATA)),
+                e(sys::lseek(f, o, libc::SEEK_HOLE)),
             )
         })
         .collect()
@@ -2029,11 +1865,11 @@ fn flock_and_posix_locks_between_two_fds() {
     ) {
         c.ok(
             "flock #1 LOCK_EX",
-            xsys::flock(&a, libc::LOCK_EX | libc::LOCK_NB),
+            sys::flock(&a, libc::LOCK_EX | libc::LOCK_NB),
         );
         c.errno(
             "flock #2 LOCK_SH while #1 holds LOCK_EX",
-            xsys::flock(&b, libc::LOCK_SH | libc::LOCK_NB),
+            sys::flock(&b, libc::LOCK_SH | libc::LOCK_NB),
             libc::EWOULDBLOCK,
         );
         let other = run(
@@ -2048,12 +1884,12 @@ fn flock_and_posix_locks_between_two_fds() {
             other.code(),
             Some(42),
         );
-        c.ok("flock #1 LOCK_UN", xsys::flock(&a, libc::LOCK_UN));
+        c.ok("flock #1 LOCK_UN", sys::flock(&a, libc::LOCK_UN));
         c.ok(
             "flock #2 LOCK_EX after unlock",
-            xsys::flock(&b, libc::LOCK_EX | libc::LOCK_NB),
+            sys::flock(&b, libc::LOCK_EX | libc::LOCK_NB),
         );
-        c.ok("flock #2 LOCK_UN", xsys::flock(&b, libc::LOCK_UN));
+        c.ok("flock #2 LOCK_UN", sys::flock(&b, libc::LOCK_UN));
     }
     c.r(fx.upper_absent("fl"));
     // fcntl locks: OFD locks conflict between two fds of one process; classic
@@ -2062,18 +1898,18 @@ fn flock_and_posix_locks_between_two_fds() {
     if let (Some(a), Some(b)) = (c.ok("open pl #1", rw()), c.ok("open pl #2", rw())) {
         c.ok(
             "F_OFD_SETLK #1 write 0..10",
-            xsys::fcntl_lock(&a, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 10),
+            sys::fcntl_lock(&a, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 10),
         );
         c.errno(
             "F_OFD_SETLK #2 write 5..15 (overlaps)",
-            xsys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_WRLCK, 5, 10),
+            sys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_WRLCK, 5, 10),
             libc::EAGAIN,
         );
         c.ok(
             "F_OFD_SETLK #2 read 20..30 (disjoint)",
-            xsys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_RDLCK, 20, 10),
+            sys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_RDLCK, 20, 10),
         );
-        match xsys::fcntl_lock(&b, libc::F_OFD_GETLK, libc::F_WRLCK, 0, 10) {
+        match sys::fcntl_lock(&b, libc::F_OFD_GETLK, libc::F_WRLCK, 0, 10) {
             Ok(fl) => c.eq(
                 "F_OFD_GETLK #2 sees #1's lock",
                 i32::from(fl.l_type),
@@ -2083,22 +1919,22 @@ fn flock_and_posix_locks_between_two_fds() {
         }
         c.ok(
             "F_OFD_SETLK #1 unlock",
-            xsys::fcntl_lock(&a, libc::F_OFD_SETLK, libc::F_UNLCK, 0, 10),
+            sys::fcntl_lock(&a, libc::F_OFD_SETLK, libc::F_UNLCK, 0, 10),
         );
         c.ok(
             "F_OFD_SETLK #2 write 5..15 after unlock",
-            xsys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_WRLCK, 5, 10),
+            sys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_WRLCK, 5, 10),
         );
         c.ok(
             "F_OFD_SETLK #2 unlock",
-            xsys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_UNLCK, 0, 0),
+            sys::fcntl_lock(&b, libc::F_OFD_SETLK, libc::F_UNLCK, 0, 0),
         );
 
         c.ok(
             "F_SETLK (process) write 0..100",
-            xsys::fcntl_lock(&a, libc::F_SETLK, libc::F_WRLCK, 0, 100),
+            sys::fcntl_lock(&a, libc::F_SETLK, libc::F_WRLCK, 0, 100),
         );
-        match xsys::posix_lock_in_child(&fx.m("pl"), 50, 10) {
+        match sys::posix_lock_in_child(&fx.m("pl"), 50, 10) {
             Ok(Some(e)) if e == libc::EAGAIN || e == libc::EACCES => {}
             r => c.fail(format!(
                 "F_SETLK in a child while the parent holds it: {r:?}, expected EAGAIN"
@@ -2106,9 +1942,9 @@ fn flock_and_posix_locks_between_two_fds() {
         }
         c.ok(
             "F_SETLK unlock",
-            xsys::fcntl_lock(&a, libc::F_SETLK, libc::F_UNLCK, 0, 0),
+            sys::fcntl_lock(&a, libc::F_SETLK, libc::F_UNLCK, 0, 0),
         );
-        match xsys::posix_lock_in_child(&fx.m("pl"), 50, 10) {
+        match sys::posix_lock_in_child(&fx.m("pl"), 50, 10) {
             Ok(None) => {}
             r => c.fail(format!(
                 "F_SETLK in a child after unlock: {r:?}, expected success"
@@ -2411,7 +2247,7 @@ fn copy_up_of_every_file_type_keeps_owner_mode_times_xattrs_acls_and_caps() {
         sys::lsetxattr(&p("reg"), b"security.capability", &capability_v2_blob())
             .expect("security.capability");
         for n in ["reg", "reg2", "dir", "sym", "fifo", "sock", "chr", "blk"] {
-            xsys::utimensat(&p(n), Time::At(at.0, at.1), Time::At(mt.0, mt.1)).expect("times");
+            sys::utimensat(&p(n), Time::At(at.0, at.1), Time::At(mt.0, mt.1)).expect("times");
         }
     });
     let mut c = Checks::default();
@@ -2450,7 +2286,7 @@ fn copy_up_of_every_file_type_keeps_owner_mode_times_xattrs_acls_and_caps() {
     );
     c.ok(
         "utimes sock to its times",
-        xsys::utimensat(&fx.m("sock"), Time::At(at.0, at.1), Time::At(mt.0, mt.1)),
+        sys::utimensat(&fx.m("sock"), Time::At(at.0, at.1), Time::At(mt.0, mt.1)),
     );
     c.ok(
         "chown chr to its owner",
@@ -2537,10 +2373,10 @@ fn sparse_fingerprint(p: &Path) -> String {
     let mut off = 0i64;
     let mut h = 0u64;
     while off < m.len() as i64 {
-        let Ok(start) = xsys::lseek(&f, off, libc::SEEK_DATA) else {
+        let Ok(start) = sys::lseek(&f, off, libc::SEEK_DATA) else {
             break;
         };
-        let end = xsys::lseek(&f, start, libc::SEEK_HOLE).expect("SEEK_HOLE");
+        let end = sys::lseek(&f, start, libc::SEEK_HOLE).expect("SEEK_HOLE");
         let mut buf = vec![0u8; (end - start) as usize];
         f.read_exact_at(&mut buf, start as u64)
             .expect("read extent");
@@ -2823,7 +2659,7 @@ fn reader_opened_before_copy_up_reads_the_new_bytes() {
         c.eq("reader after copy-up (page cache)", s(&buf), s(&want));
         // Drop the cached pages: the read now goes to the daemon through the
         // reader's own handle, which must follow the copy-up.
-        c.ok("fadvise DONTNEED", xsys::fadvise_dontneed(&reader));
+        c.ok("fadvise DONTNEED", sys::fadvise_dontneed(&reader));
         let mut buf = vec![0u8; want.len()];
         c.ok(
             "read f after dropping the cache",
@@ -2833,7 +2669,7 @@ fn reader_opened_before_copy_up_reads_the_new_bytes() {
         // A later write, growing the file, shows to the reader as well.
         c.ok("append", append(&fx.m("f"), b"TAIL"));
         want.extend_from_slice(b"TAIL");
-        c.ok("fadvise DONTNEED", xsys::fadvise_dontneed(&reader));
+        c.ok("fadvise DONTNEED", sys::fadvise_dontneed(&reader));
         let mut v = Vec::new();
         let mut r2 = &reader;
         c.ok(

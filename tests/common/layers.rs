@@ -202,7 +202,7 @@ enum OpaqueStyle {
 }
 
 fn pick(seed: u64, layer: &str, path: &[u8], n: u64) -> u64 {
-    splitmix(seed ^ fnv(path) ^ fnv(layer.as_bytes()).rotate_left(17)) % n
+    mix(seed ^ fnv(path) ^ fnv(layer.as_bytes()).rotate_left(17)) % n
 }
 
 /// Renders `layer` into the (new or empty) directory `dir`.
@@ -418,7 +418,7 @@ pub fn render_stack(layers: &[Layer], base: &Path, format: Format) -> Vec<PathBu
         .map(|(i, l)| {
             let d = base.join(&l.name);
             let f = match format {
-                Format::Mixed(s) => Format::Mixed(splitmix(s.wrapping_add(i as u64))),
+                Format::Mixed(s) => Format::Mixed(mix(s.wrapping_add(i as u64))),
                 f => f,
             };
             render(l, &d, f);

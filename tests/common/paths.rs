@@ -51,13 +51,6 @@ pub fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
-pub(crate) fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 /// The content of a fixture file: it names the layer it sits in, so a read
 /// through the mount shows which layer served it.
 pub fn tag(layer: &str, path: impl AsRef<[u8]>) -> Vec<u8> {

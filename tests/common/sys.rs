@@ -3,7 +3,9 @@
 //! stated length.
 
 use std::ffi::CString;
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -21,14 +23,6 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-/// flock(fd, LOCK_EX): waits for an exclusive lock on the open file
-/// (std's File::lock is newer than the crate's MSRV).
-pub fn flock_exclusive(file: &std::fs::File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock takes a live fd (borrowed from `file`) and a flag.
-    check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) })
 }
 
 /// renameat2(2) with AT_FDCWD on both sides (std has no RENAME_* flags).
@@ -146,28 +140,10 @@ pub fn truncate(path: &Path, len: i64) -> io::Result<()> {
 /// utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW); `None` sets
 /// both times to now. Times are ((atime s, ns), (mtime s, ns)).
 pub fn utimens_nofollow(path: &Path, times: Option<((i64, i64), (i64, i64))>) -> io::Result<()> {
-    let p = cpath(path)?;
-    let ts = |(s, ns): (i64, i64)| libc::timespec {
-        tv_sec: s as libc::time_t,
-        tv_nsec: ns as _,
-    };
-    let now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: libc::UTIME_NOW,
-    };
-    let arr = match times {
-        Some((a, m)) => [ts(a), ts(m)],
-        None => [now, now],
-    };
-    // SAFETY: valid C string and a 2-element timespec array.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            arr.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    match times {
+        Some(((a, an), (m, mn))) => utimensat(path, Time::At(a, an), Time::At(m, mn)),
+        None => utimensat(path, Time::Now, Time::Now),
+    }
 }
 
 /// access(2) (`libc::R_OK`, `W_OK`, `X_OK`, `F_OK`).
@@ -309,5 +285,136 @@ impl Drop for DirStream {
     fn drop(&mut self) {
         // SAFETY: live DIR*, closed exactly once.
         unsafe { libc::closedir(self.dir) };
+    }
+}
+
+/// A time for utimensat(2).
+#[derive(Clone, Copy, Debug)]
+pub enum Time {
+    Now,
+    Omit,
+    At(i64, i64),
+}
+
+/// utimensat(AT_FDCWD, path, [atime, mtime], AT_SYMLINK_NOFOLLOW).
+pub fn utimensat(path: &Path, atime: Time, mtime: Time) -> io::Result<()> {
+    let p = cpath(path)?;
+    let ts = |t: Time| match t {
+        Time::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Time::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Time::At(s, ns) => libc::timespec {
+            tv_sec: s as libc::time_t,
+            tv_nsec: ns as _,
+        },
+    };
+    let arr = [ts(atime), ts(mtime)];
+    // SAFETY: a valid path and a two-element timespec array.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            arr.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+pub fn fallocate(f: &File, mode: i32, off: i64, len: i64) -> io::Result<()> {
+    // SAFETY: a live fd.
+    check(unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) })
+}
+
+pub fn lseek(f: &File, off: i64, whence: i32) -> io::Result<i64> {
+    // SAFETY: a live fd.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn flock(f: &File, op: i32) -> io::Result<()> {
+    // SAFETY: a live fd.
+    check(unsafe { libc::flock(f.as_raw_fd(), op) })
+}
+
+fn lock_struct(ltype: i32, start: i64, len: i64) -> libc::flock {
+    // SAFETY: struct flock is plain data; zero is valid (and l_pid must
+    // be 0 for OFD locks).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ltype as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    fl
+}
+
+/// fcntl(fd, cmd, &flock) for F_SETLK / F_GETLK / F_OFD_*; returns the
+/// struct as the kernel left it (for the GETLK commands).
+pub fn fcntl_lock(f: &File, cmd: i32, ltype: i32, start: i64, len: i64) -> io::Result<libc::flock> {
+    let mut fl = lock_struct(ltype, start, len);
+    // SAFETY: a live fd and a valid flock struct.
+    check(unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) })?;
+    Ok(fl)
+}
+
+/// In a forked child process: open `path` O_RDWR and try a POSIX write
+/// lock (F_SETLK) on [start, start+len). Ok(None) when the child got the
+/// lock, Ok(Some(errno)) when it was refused.
+pub fn posix_lock_in_child(path: &Path, start: i64, len: i64) -> io::Result<Option<i32>> {
+    let p = cpath(path)?;
+    let fl = lock_struct(libc::F_WRLCK, start, len);
+    // SAFETY: the child only makes async-signal-safe calls (open, fcntl,
+    // _exit) on data prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            let fd = libc::open(p.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if fd < 0 {
+                libc::_exit(200);
+            }
+            let mut fl = fl;
+            if libc::fcntl(fd, libc::F_SETLK, &mut fl) == 0 {
+                libc::_exit(0);
+            }
+            let e = *libc::__errno_location();
+            libc::_exit(if e > 0 && e < 200 { e } else { 201 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: our own child.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) {
+        return Err(io::Error::other(format!("child died: status {status}")));
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(None),
+        200 => Err(io::Error::other("child could not open the file")),
+        201 => Err(io::Error::other("child: odd errno")),
+        e => Ok(Some(e)),
+    }
+}
+
+/// posix_fadvise(POSIX_FADV_DONTNEED): drops the file's clean cached pages.
+pub fn fadvise_dontneed(f: &File) -> io::Result<()> {
+    // SAFETY: a live fd.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        Err(io::Error::from_raw_os_error(r))
+    } else {
+        Ok(())
     }
 }

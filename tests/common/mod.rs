@@ -24,12 +24,17 @@
 //! * [`rng`]: [`Rng`], the one seeded generator of the tests.
 //! * [`paths`]: byte/path helpers, errno helpers, file operations that panic
 //!   with context.
+//! * [`fixture_fx`] and [`fixture_env`]: the mounted-union fixtures of the
+//!   write tests (copy_up, whiteouts, rename, hard_links, ...), not
+//!   re-exported (their helper names are short): `use common::fixture_fx::*;`.
 //!
 //! Every test file includes this module (`mod common;`) and uses only part of
 //! it, hence the `dead_code` allowance (and `unused_imports` on the re-exports).
 #![allow(dead_code)]
 
 pub mod env;
+pub mod fixture_env;
+pub mod fixture_fx;
 pub mod layers;
 pub mod model;
 pub mod mounting;

@@ -319,13 +319,7 @@ fn dir_rename_lower_only_and_merged(format: &'static str) {
 
     // Remount: identical, inode numbers and times included.
     let m = env.mount();
-    let again = snapshot(&env.mnt);
-    fails.extend(
-        after
-            .diff(&again, Fields::NONE)
-            .into_iter()
-            .map(|l| format!("after remount: {l}")),
-    );
+    fails.extend(remount_diff(&after, &env.mnt));
     m.umount();
     sums.assert_unchanged();
     assert_no_failures(&format!("directory rename ({format} format)"), &fails);
@@ -476,13 +470,7 @@ fn dir_rename_targets(format: &'static str) {
     sums.assert_unchanged();
 
     let m = env.mount();
-    let again = snapshot(&env.mnt);
-    fails.extend(
-        after
-            .diff(&again, Fields::NONE)
-            .into_iter()
-            .map(|l| format!("after remount: {l}")),
-    );
+    fails.extend(remount_diff(&after, &env.mnt));
     m.umount();
     sums.assert_unchanged();
     assert_no_failures(&format!("rename over targets ({format} format)"), &fails);
@@ -817,13 +805,7 @@ fn renamed_dir_survives_remount_identically() {
     m.umount();
     for _ in 0..2 {
         let m = env.mount();
-        let again = snapshot(&env.mnt);
-        fails.extend(
-            after
-                .diff(&again, Fields::NONE)
-                .into_iter()
-                .map(|l| format!("after remount: {l}")),
-        );
+        fails.extend(remount_diff(&after, &env.mnt));
         gone(&mut fails, &env.m("t"));
         m.umount();
     }

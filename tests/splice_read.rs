@@ -180,17 +180,7 @@ fn check_copy_up_under_open_handle(l: &Layers, m: &Mount) -> Vec<String> {
 /// The numbers of the daemon's unmount line "read replies: N spliced, M
 /// from a buffer".
 fn replies(log: &Path) -> (u64, u64) {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let counts = text
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("read replies:"))
-        .unwrap_or_else(|| panic!("no 'read replies' line in the daemon log:\n{text}"))
-        .1;
-    let nums: Vec<u64> = counts
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let nums = log_numbers(log, "read replies:");
     (nums[0], nums[1])
 }
 

@@ -24,17 +24,7 @@ const DATA: usize = 5 * MIB + 1234;
 /// The numbers of the daemon's unmount line "writes from a pipe: N
 /// spliced, M through a buffer".
 fn writes(log: &Path) -> (u64, u64) {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let counts = text
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("writes from a pipe:"))
-        .unwrap_or_else(|| panic!("no 'writes from a pipe' line in the daemon log:\n{text}"))
-        .1;
-    let nums: Vec<u64> = counts
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let nums = log_numbers(log, "writes from a pipe:");
     (nums[0], nums[1])
 }
 

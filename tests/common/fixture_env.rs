@@ -97,6 +97,16 @@ impl Env {
     }
 }
 
+/// What differs between `before` and the view at `mnt` now, inode numbers
+/// and times included, each line prefixed "after remount: ".
+pub fn remount_diff(before: &Tree, mnt: &Path) -> Vec<String> {
+    before
+        .diff(&snapshot(mnt), Fields::NONE)
+        .into_iter()
+        .map(|l| format!("after remount: {l}"))
+        .collect()
+}
+
 pub fn ino(p: &Path) -> u64 {
     lstat(p).ino()
 }

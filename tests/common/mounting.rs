@@ -427,6 +427,16 @@ pub fn try_mount_unionfs_args(args: &[OsString], mnt: &Path) -> Result<Mount, St
     try_mount_unionfs_args_env(args, mnt, &[])
 }
 
+/// Ids of what is mounted at `mnt` now, to tell a new mount there from an
+/// old one.
+pub fn mount_ids_at(mnt: &Path) -> BTreeSet<u32> {
+    mountinfo()
+        .iter()
+        .filter(|m| m.mount_point == mnt)
+        .map(|m| m.mount_id)
+        .collect()
+}
+
 /// [`try_mount_unionfs_args`] with `env` in the daemon's environment.
 pub fn try_mount_unionfs_args_env(
     args: &[OsString],
@@ -435,11 +445,7 @@ pub fn try_mount_unionfs_args_env(
 ) -> Result<Mount, String> {
     // Ids of what is already mounted at `mnt` (ids are recycled, so only
     // compare them for this mount point).
-    let before: BTreeSet<u32> = mountinfo()
-        .iter()
-        .filter(|m| m.mount_point == mnt)
-        .map(|m| m.mount_id)
-        .collect();
+    let before = mount_ids_at(mnt);
     let out = unionfs_env(args, env);
     let new = mount_at(mnt).filter(|m| !before.contains(&m.mount_id));
     match (out.success(), new) {
@@ -746,6 +752,22 @@ fn lock_child(child: &Mutex<Child>) -> std::sync::MutexGuard<'_, Child> {
     child.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The numbers on the last line of a daemon log that contains `key` (e.g.
+/// the unmount line "read replies: N spliced, M from a buffer"), in order.
+pub fn log_numbers(log: &Path, key: &str) -> Vec<u64> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let counts = text
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(key))
+        .unwrap_or_else(|| panic!("no '{key}' line in the daemon log:\n{text}"))
+        .1;
+    counts
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
 pub fn log_tail(log: &Path) -> String {
     let s = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = s.lines().collect();
@@ -765,11 +787,7 @@ impl Daemon {
         log: &Path,
         log_env: &str,
     ) -> Result<Daemon, String> {
-        let before: BTreeSet<u32> = mountinfo()
-            .iter()
-            .filter(|m| m.mount_point == mnt)
-            .map(|m| m.mount_id)
-            .collect();
+        let before = mount_ids_at(mnt);
         let mut args: Vec<&str> = vec!["-f"];
         args.extend_from_slice(extra);
         let argv = mount_args(Form::Mount, lowers, Some(upper), Some(work), mnt, &args);

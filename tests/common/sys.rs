@@ -40,20 +40,19 @@ pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     })
 }
 
-/// lgetxattr(2): the value of `name` (no symlink following).
-pub fn lgetxattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
-    let p = cpath(path)?;
-    let n = cstr(name)?;
+/// The size-then-fetch protocol of the xattr calls: `call(buf, len)` with a
+/// null buffer of length 0 returns the size needed; the fetch is retried on
+/// ERANGE (the value grew in between).
+fn read_sized(
+    mut call: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t,
+) -> io::Result<Vec<u8>> {
     loop {
-        // SAFETY: valid C strings; a null buffer of size 0 asks for the size.
-        let size = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        let size = call(std::ptr::null_mut(), 0);
         if size < 0 {
             return Err(io::Error::last_os_error());
         }
         let mut buf = vec![0u8; size as usize + 1];
-        // SAFETY: buf is valid for buf.len() bytes.
-        let got =
-            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let got = call(buf.as_mut_ptr().cast(), buf.len());
         if got < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ERANGE) {
@@ -66,32 +65,26 @@ pub fn lgetxattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
+/// lgetxattr(2): the value of `name` (no symlink following).
+pub fn lgetxattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
+    let p = cpath(path)?;
+    let n = cstr(name)?;
+    // SAFETY: valid C strings; read_sized passes a null buffer of length 0
+    // or a buffer valid for `len` bytes.
+    read_sized(|buf, len| unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf, len) })
+}
+
 /// llistxattr(2): every xattr name, in the order the fs lists them.
 pub fn llistxattr(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let p = cpath(path)?;
-    loop {
-        // SAFETY: valid C string; null buffer of size 0 asks for the size.
-        let size = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; size as usize + 1];
-        // SAFETY: buf is valid for buf.len() bytes.
-        let got = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                continue;
-            }
-            return Err(e);
-        }
-        buf.truncate(got as usize);
-        return Ok(buf
-            .split(|&c| c == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.to_vec())
-            .collect());
-    }
+    // SAFETY: a valid C string; read_sized passes a null buffer of length 0
+    // or a buffer valid for `len` bytes.
+    let buf = read_sized(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) })?;
+    Ok(buf
+        .split(|&c| c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_vec())
+        .collect())
 }
 
 /// lsetxattr(2) with flags 0 (create or replace).

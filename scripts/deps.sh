@@ -21,26 +21,26 @@ need fusermount3 fuse3
 # Commands the tests run (tests/**/*.rs).
 need mount mount                   # kernel overlayfs, tmpfs, fusectl, remount
 need umount mount
-need sh dash                       # hard_cases.rs, write_mount.rs shell strings
-need find findutils                # hard_cases.rs: find | wc -l
-need du coreutils                  # hard_cases.rs: du -a | wc -l
+need sh dash                       # create.rs, inode_numbers.rs, hard_links.rs shell strings
+need find findutils                # inode_numbers.rs: find | wc -l
+need du coreutils                  # inode_numbers.rs: du -a | wc -l
 need wc coreutils
 need cp coreutils                  # crash.rs: cp -a
-need truncate coreutils            # write_mount.rs as_user scripts
+need truncate coreutils            # create.rs as_user scripts
 need mkfifo coreutils
-need tar tar                       # hard_cases.rs: tar of the mount
-need rsync rsync                   # hard_cases.rs: rsync -aH of the mount
-need setfacl acl                   # write_mount.rs: ACLs
-need flock util-linux              # write_mount.rs: a lock held by another process
+need tar tar                       # hard_links.rs: tar of the mount
+need rsync rsync                   # hard_links.rs: rsync -aH of the mount
+need setfacl acl                   # copy_up.rs: ACLs
+need flock util-linux              # file_io.rs: a lock held by another process
 need setfattr attr                 # differential repro scripts
 need strace strace                 # volatile_mount.rs: which syncs the daemon makes
 need sync coreutils                # volatile_mount.rs: fsync/fdatasync/fsyncdir through the mount
 need kill procps                   # volatile_mount.rs: stops strace
 need xfs_io xfsprogs               # mmap_times.rs: mmap writes as xfstests makes them
-# write_mount.rs reads an oci-format upper back through an independent
+# upper_formats.rs reads an oci-format upper back through an independent
 # implementation (oci_format_upper_holds_exactly_the_whiteouts_of_an_image_layer_diff).
 need fuse-overlayfs fuse-overlayfs
-# write_mount.rs runs commands as another uid. Newer Debian ships setpriv in
+# create.rs runs commands as another uid. Newer Debian ships setpriv in
 # its own package; bookworm and older in util-linux.
 if ! command -v setpriv >/dev/null 2>&1; then
   if command -v apt-cache >/dev/null 2>&1 &&

@@ -487,8 +487,8 @@ fn rename_unlink_write_race_on_same_names() {
         race(6, |t| {
             let mut rng = Rng::new(t as u64 + 1);
             while Instant::now() < deadline {
-                let a = u.at(&format!("r/{}", rng.choose(&NAMES)));
-                let b = u.at(&format!("r/{}", rng.choose(&NAMES)));
+                let a = u.at(&format!("r/{}", rng.pick(&NAMES)));
+                let b = u.at(&format!("r/{}", rng.pick(&NAMES)));
                 let enoent = [libc::ENOENT];
                 match rng.below(10) {
                     0..=2 => {
@@ -602,8 +602,8 @@ fn readdir_while_the_dir_changes() {
             while Instant::now() < deadline {
                 if t < 3 {
                     // Churn.
-                    let a = u.at(&format!("d/{}", rng.choose(&churn)));
-                    let b = u.at(&format!("d/{}", rng.choose(&churn)));
+                    let a = u.at(&format!("d/{}", rng.pick(&churn)));
+                    let b = u.at(&format!("d/{}", rng.pick(&churn)));
                     // A churn name may be a file or (between mkdir and
                     // rmdir) a directory.
                     let ok = [libc::ENOENT, libc::EEXIST, libc::EISDIR, libc::ENOTDIR];
@@ -650,7 +650,7 @@ fn readdir_while_the_dir_changes() {
                             bad.push(format!("stable {n} missing"));
                         }
                     }
-                    let n = rng.choose(&stable);
+                    let n = rng.pick(&stable);
                     if let Err(e) = fs::symlink_metadata(u.at(&format!("d/{n}"))) {
                         bad.push(format!("lstat of stable {n}: {e}"));
                     }
@@ -696,8 +696,8 @@ fn mkdir_rmdir_races() {
         race(6, |t| {
             let mut rng = Rng::new(t as u64 + 1000);
             while Instant::now() < deadline {
-                let a = u.at(&format!("m/{}", rng.choose(&DIRS)));
-                let b = u.at(&format!("m/{}", rng.choose(&DIRS)));
+                let a = u.at(&format!("m/{}", rng.pick(&DIRS)));
+                let b = u.at(&format!("m/{}", rng.pick(&DIRS)));
                 let ok = [libc::ENOENT, libc::EEXIST, libc::ENOTEMPTY];
                 match rng.below(6) {
                     0 => {

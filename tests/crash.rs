@@ -72,10 +72,6 @@ fn umask() -> u32 {
 }
 
 // ---------------------------------------------------------------------------
-// A small seeded RNG (splitmix64)
-// ---------------------------------------------------------------------------
-
-// ---------------------------------------------------------------------------
 // Versions: every file content is one 16-byte tag repeated
 // ---------------------------------------------------------------------------
 
@@ -683,9 +679,9 @@ impl Worker {
 
     fn size(&mut self) -> u64 {
         match self.rng.below(100) {
-            0..=69 => self.rng.range(16, 8192),
-            70..=94 => self.rng.range(8192, 256 << 10),
-            _ => self.rng.range(BIG, 2 * BIG),
+            0..=69 => self.rng.range(16, 8191),
+            70..=94 => self.rng.range(8192, (256 << 10) - 1),
+            _ => self.rng.range(BIG, 2 * BIG - 1),
         }
     }
 
@@ -733,23 +729,23 @@ impl Worker {
 
     fn random_file(&mut self, prefer_big: bool) -> Option<String> {
         let files = self.model.files_under(&self.root);
-        if prefer_big && self.rng.chance(60) {
+        if prefer_big && self.rng.percent(60) {
             let big: Vec<String> = files
                 .iter()
                 .filter(|p| self.model.file(p).is_some_and(|d| d.size >= BIG))
                 .cloned()
                 .collect();
-            if let Some(p) = self.rng.pick(&big) {
+            if let Some(p) = self.rng.try_pick(&big) {
                 return Some(p.clone());
             }
         }
-        self.rng.pick(&files).cloned()
+        self.rng.try_pick(&files).cloned()
     }
 
     fn random_dir(&mut self) -> String {
         let dirs = self.model.dirs_under(&self.root, true);
         self.rng
-            .pick(&dirs)
+            .try_pick(&dirs)
             .cloned()
             .unwrap_or_else(|| self.root.clone())
     }
@@ -761,7 +757,7 @@ impl Worker {
             .map(|n| format!("{dir}/{n}"))
             .filter(|p| !self.model.entries.contains_key(p))
             .collect();
-        self.rng.pick(&free).cloned()
+        self.rng.try_pick(&free).cloned()
     }
 
     /// Runs operations until the daemon dies under it.
@@ -832,7 +828,7 @@ impl Worker {
             }
             // Whole-file replacement: temporary, write, fsync?, rename over.
             22..=41 => {
-                let target = if self.rng.chance(60) {
+                let target = if self.rng.percent(60) {
                     self.random_file(false)
                 } else {
                     let dir = self.random_dir();
@@ -869,7 +865,7 @@ impl Worker {
                     size,
                 };
                 self.step(k, step, || (&f).write_all(&data))?;
-                let sync = self.rng.chance(50);
+                let sync = self.rng.percent(50);
                 if sync {
                     let what = "fsync".to_string();
                     let path = tmp.clone();
@@ -920,7 +916,7 @@ impl Worker {
                     size,
                 };
                 self.step(k, step, || (&f).write_all(&data))?;
-                if self.rng.chance(50) {
+                if self.rng.percent(50) {
                     let what = "fsync".to_string();
                     self.step(
                         k,
@@ -946,7 +942,7 @@ impl Worker {
                             .is_some_and(|d| (UNIT as u64..=4096).contains(&d.size))
                     })
                     .collect();
-                let Some(path) = self.rng.pick(&small).cloned() else {
+                let Some(path) = self.rng.try_pick(&small).cloned() else {
                     return Ok(());
                 };
                 let d = self.model.file(&path).expect("file");
@@ -967,7 +963,7 @@ impl Worker {
                     token,
                 };
                 self.step(k, step, || f.write_all_at(&data, 0))?;
-                if self.rng.chance(50) {
+                if self.rng.percent(50) {
                     let what = "fsync".to_string();
                     self.step(
                         k,
@@ -986,7 +982,7 @@ impl Worker {
                 let Some(from) = self.random_file(true) else {
                     return Ok(());
                 };
-                let to = if self.rng.chance(40) {
+                let to = if self.rng.percent(40) {
                     self.random_file(false)
                 } else {
                     let dir = self.random_dir();
@@ -1004,7 +1000,7 @@ impl Worker {
             // Rename a directory (merged lower dirs too: copied up whole).
             72..=78 => {
                 let dirs = self.model.dirs_under(&self.root, false);
-                let Some(from) = self.rng.pick(&dirs).cloned() else {
+                let Some(from) = self.rng.try_pick(&dirs).cloned() else {
                     return Ok(());
                 };
                 let height = self
@@ -1021,10 +1017,10 @@ impl Worker {
                     .into_iter()
                     .filter(|d| *d != from && !under(d, &from))
                     .collect();
-                let Some(tdir) = self.rng.pick(&targets).cloned() else {
+                let Some(tdir) = self.rng.try_pick(&targets).cloned() else {
                     return Ok(());
                 };
-                let to = if self.rng.chance(30) {
+                let to = if self.rng.percent(30) {
                     // Over an empty directory (not an ancestor of `from`).
                     let empty: Vec<String> = self
                         .model
@@ -1037,7 +1033,7 @@ impl Worker {
                                 && parent_of(d) != from
                         })
                         .collect();
-                    self.rng.pick(&empty).cloned()
+                    self.rng.try_pick(&empty).cloned()
                 } else {
                     self.new_name(&tdir, &DIR_NAMES)
                 };
@@ -1067,7 +1063,7 @@ impl Worker {
                     .into_iter()
                     .filter(|d| self.model.is_empty_dir(d))
                     .collect();
-                let Some(path) = self.rng.pick(&empty).cloned() else {
+                let Some(path) = self.rng.try_pick(&empty).cloned() else {
                     return Ok(());
                 };
                 let p = at(&path);
@@ -1150,8 +1146,8 @@ fn fixture(workers: u64, rng: &mut Rng) -> (Layer, Layer, Model) {
                 .entries
                 .insert(format!("{r}{d}"), Entry::Dir { mode: 0o755 });
         }
-        let big: Vec<u64> = (0..4).map(|_| rng.range(2 * BIG, 6 * BIG)).collect();
-        let s: Vec<u64> = (0..10).map(|_| rng.range(UNIT as u64, 4097)).collect();
+        let big: Vec<u64> = (0..4).map(|_| rng.range(2 * BIG, 6 * BIG - 1)).collect();
+        let s: Vec<u64> = (0..10).map(|_| rng.range(UNIT as u64, 4096)).collect();
         // The bottom layer.
         fx.file(false, true, w, "a/big0", big[0], 0o644);
         fx.file(false, true, w, "a/s1", s[1], 0o640);

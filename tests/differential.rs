@@ -60,8 +60,6 @@ mod common;
 mod model;
 #[path = "differential/ops.rs"]
 mod ops;
-#[path = "differential/rng.rs"]
-mod rng;
 #[path = "differential/runner.rs"]
 mod runner;
 #[path = "differential/tree.rs"]
@@ -73,10 +71,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use common::rng::{mix, Rng};
 use common::{mount_tmpfs_sized, require_kernel_overlay, TestDir};
 use model::StackSpec;
 use ops::{Op, Outcome};
-use rng::{mix, Rng};
 use runner::{Divergence, Source};
 use tree::Diff;
 

@@ -48,7 +48,7 @@ impl EnableUring {
             ));
             return None;
         };
-        sys::flock_exclusive(&lock).expect("flock enable_uring");
+        sys::flock(&lock, libc::LOCK_EX).expect("flock enable_uring");
         let old = fs::read_to_string(ENABLE).expect("read enable_uring");
         fs::write(ENABLE, if on { "Y" } else { "N" }).expect("set enable_uring");
         Some(EnableUring {

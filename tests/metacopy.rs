@@ -21,6 +21,22 @@ const REDIRECT: &[u8] = b"trusted.overlay.redirect";
 /// Big enough to have data blocks, so st_blocks tells data from metadata.
 const BIG: usize = 200_000;
 
+/// The view of kernel overlayfs mounted at `kmnt` with `-o data` (for what
+/// the harness's mount helper cannot say: data-only lowers), unmounted again.
+fn kernel_overlay_view(data: &std::ffi::OsStr, kmnt: &Path) -> Tree {
+    let out = run(
+        Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(data)
+            .arg(kmnt),
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "kernel overlay mount: {out}");
+    let view = snapshot(kmnt);
+    lazy_umount(kmnt);
+    view
+}
+
 struct Setup {
     t: TestDir,
     lower: PathBuf,
@@ -464,16 +480,7 @@ fn data_only_lowers_are_reached_only_through_metacopy_redirects() {
         let mut data = std::ffi::OsString::from("lowerdir=");
         data.push(&lowers);
         data.push(",metacopy=on,redirect_dir=on");
-        let out = run(
-            Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o"])
-                .arg(&data)
-                .arg(&kmnt),
-            Duration::from_secs(30),
-        );
-        assert!(out.success(), "kernel overlay mount: {out}");
-        let kernel_view = snapshot(&kmnt);
-        lazy_umount(&kmnt);
+        let kernel_view = kernel_overlay_view(&data, &kmnt);
         ours.assert_same(
             &kernel_view,
             Fields::VIEW,
@@ -531,16 +538,7 @@ fn data_only_lowers_are_reached_only_through_metacopy_redirects() {
         data.push(",workdir=");
         data.push(&kwork);
         data.push(",metacopy=on,redirect_dir=on");
-        let out = run(
-            Command::new("mount")
-                .args(["-t", "overlay", "overlay", "-o"])
-                .arg(&data)
-                .arg(&kmnt),
-            Duration::from_secs(30),
-        );
-        assert!(out.success(), "kernel overlay mount: {out}");
-        let kernel_view = snapshot(&kmnt);
-        lazy_umount(&kmnt);
+        let kernel_view = kernel_overlay_view(&data, &kmnt);
         ours.assert_same(
             &kernel_view,
             Fields::VIEW,

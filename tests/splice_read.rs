@@ -25,20 +25,6 @@ const BIG: usize = 3 * MIB + 1234;
 const OWN: usize = MIB + 17;
 const UP: usize = 200_000;
 
-/// `len` bytes that differ at every offset (a read from the wrong place
-/// shows).
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 struct Layers {
     t: TestDir,
     lower: PathBuf,
@@ -52,11 +38,11 @@ fn layers(name: &str) -> Layers {
     let t = TestDir::new(name);
     let lower = t.mkdir("lower");
     let upper = t.mkdir("upper");
-    fs::write(lower.join("big"), content(1, BIG)).unwrap();
+    fs::write(lower.join("big"), scrambled(1, BIG)).unwrap();
     fs::write(lower.join("small"), b"tiny\n").unwrap();
     fs::write(lower.join("empty"), b"").unwrap();
-    fs::write(lower.join("up"), content(2, UP)).unwrap();
-    fs::write(upper.join("own"), content(3, OWN)).unwrap();
+    fs::write(lower.join("up"), scrambled(2, UP)).unwrap();
+    fs::write(upper.join("own"), scrambled(3, OWN)).unwrap();
     let work = t.join("work");
     let mnt = t.mkdir("mnt");
     let log = t.join("daemon.log");
@@ -105,8 +91,8 @@ fn expected(want: &[u8], offset: usize, size: usize) -> &[u8] {
 fn check_reads(m: &Mount) -> Vec<String> {
     let mut failures = Vec::new();
     let files = [
-        ("big", content(1, BIG)),
-        ("own", content(3, OWN)),
+        ("big", scrambled(1, BIG)),
+        ("own", scrambled(3, OWN)),
         ("small", b"tiny\n".to_vec()),
         ("empty", Vec::new()),
     ];
@@ -171,14 +157,14 @@ fn check_copy_up_under_open_handle(l: &Layers, m: &Mount) -> Vec<String> {
     let reader = open_direct(&m.join("up"));
     let mut head = vec![0u8; 8192];
     reader.read_exact_at(&mut head, 0).unwrap();
-    if head != content(2, UP)[..8192] {
+    if head != scrambled(2, UP)[..8192] {
         failures.push("up: first read is not the lower's bytes".into());
     }
     let patch = vec![b'X'; 8192];
     let w = OpenOptions::new().write(true).open(m.join("up")).unwrap();
     w.write_all_at(&patch, 4096).unwrap();
     drop(w);
-    let mut want = content(2, UP);
+    let mut want = scrambled(2, UP);
     want[4096..4096 + 8192].copy_from_slice(&patch);
     let mut got = vec![0u8; UP];
     reader.read_exact_at(&mut got, 0).unwrap();
@@ -194,17 +180,7 @@ fn check_copy_up_under_open_handle(l: &Layers, m: &Mount) -> Vec<String> {
 /// The numbers of the daemon's unmount line "read replies: N spliced, M
 /// from a buffer".
 fn replies(log: &Path) -> (u64, u64) {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let counts = text
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("read replies:"))
-        .unwrap_or_else(|| panic!("no 'read replies' line in the daemon log:\n{text}"))
-        .1;
-    let nums: Vec<u64> = counts
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let nums = log_numbers(log, "read replies:");
     (nums[0], nums[1])
 }
 
@@ -269,7 +245,7 @@ fn rootless_reads_are_spliced() {
     }
     const USER: u32 = 1000;
     let l = layers("splice-rootless");
-    fs::write(l.t.join("big.want"), content(1, BIG)).unwrap();
+    fs::write(l.t.join("big.want"), scrambled(1, BIG)).unwrap();
     for dir in [l.t.path(), &l.lower, &l.upper, &l.mnt] {
         chown_tree(dir, USER);
     }

@@ -21,34 +21,10 @@ const USER: u32 = 1000;
 const MIB: usize = 1 << 20;
 const DATA: usize = 5 * MIB + 1234;
 
-/// `len` bytes that differ at every offset (a byte from the wrong place
-/// shows).
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// The numbers of the daemon's unmount line "writes from a pipe: N
 /// spliced, M through a buffer".
 fn writes(log: &Path) -> (u64, u64) {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let counts = text
-        .lines()
-        .rev()
-        .find_map(|l| l.split_once("writes from a pipe:"))
-        .unwrap_or_else(|| panic!("no 'writes from a pipe' line in the daemon log:\n{text}"))
-        .1;
-    let nums: Vec<u64> = counts
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
+    let nums = log_numbers(log, "writes from a pipe:");
     (nums[0], nums[1])
 }
 
@@ -63,8 +39,8 @@ fn write_everything(name: &str, env: &str, opts: &str) -> (u64, u64) {
     let work = t.join("work");
     let log = t.join("daemon.log");
     let data = t.join("data");
-    fs::write(&data, content(1, DATA)).unwrap();
-    fs::write(lower.join("low"), content(2, 300_000)).unwrap();
+    fs::write(&data, scrambled(1, DATA)).unwrap();
+    fs::write(lower.join("low"), scrambled(2, 300_000)).unwrap();
     fs::write(lower.join("small"), b"lower\n").unwrap();
     for dir in [t.path(), &lower, &upper, &mnt] {
         chown_tree(dir, USER);
@@ -91,7 +67,7 @@ fn write_everything(name: &str, env: &str, opts: &str) -> (u64, u64) {
     );
     let out = as_user_through_fusermount(&fuse, &mnt, USER, &script);
     assert!(out.success() && out.stdout.contains("SAME-NEW"), "{out}");
-    let want = content(1, DATA);
+    let want = scrambled(1, DATA);
     assert!(fs::read(upper.join("new")).unwrap() == want, "upper/new");
     let mut odd = vec![0u8; 300_000];
     odd.extend_from_slice(&want);
@@ -100,7 +76,7 @@ fn write_everything(name: &str, env: &str, opts: &str) -> (u64, u64) {
         fs::read(upper.join("direct")).unwrap() == want,
         "upper/direct"
     );
-    let mut low = content(2, 300_000);
+    let mut low = scrambled(2, 300_000);
     low.extend_from_slice(&want);
     assert!(fs::read(upper.join("low")).unwrap() == low, "upper/low");
     assert_eq!(fs::read(upper.join("small")).unwrap(), b"lower\nmore");
@@ -154,7 +130,7 @@ fn a_spliced_write_that_runs_out_of_space_leaves_the_mount_working() {
     let mnt = t.mkdir("mnt");
     let log = t.join("daemon.log");
     let data = t.join("data");
-    fs::write(&data, content(3, DATA)).unwrap();
+    fs::write(&data, scrambled(3, DATA)).unwrap();
     fs::write(lower.join("kept"), b"from the lower\n").unwrap();
     let tmpfs = run(
         std::process::Command::new("mount")
@@ -207,7 +183,7 @@ fn a_spliced_write_that_runs_out_of_space_leaves_the_mount_working() {
     }
     assert_eq!(
         fs::read(upper.join("again")).unwrap(),
-        content(3, DATA)[..MIB]
+        scrambled(3, DATA)[..MIB]
     );
     assert!(
         !upper.join("fill").exists(),

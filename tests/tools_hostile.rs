@@ -116,8 +116,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// Bytes that do not compress (so a cut gzip stream is cut in its data).
 fn noise(len: usize) -> Vec<u8> {
-    let mut r = Rng::new(7);
-    (0..len).map(|_| r.next() as u8).collect()
+    scrambled(7, len)
 }
 
 /// A lower `lo` and an upper `up` in the kernel format, in `t`.

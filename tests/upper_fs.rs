@@ -25,9 +25,6 @@ mod common;
 #[path = "differential/model.rs"]
 mod model;
 #[allow(dead_code)]
-#[path = "differential/rng.rs"]
-mod rng;
-#[allow(dead_code)]
 #[path = "differential/tree.rs"]
 mod tree;
 

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::common::Rng;
 use crate::common::{Format, Layer};
-use crate::rng::Rng;
 
 /// Names used at every level, in layers and by operations alike, so that
 /// layers overlap and operations hit lower objects, whiteouts and opaque dirs.

@@ -6,9 +6,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::common::Rng;
 use crate::common::{join, sys, FileType};
 use crate::model::{join_rel, Data, MAX_DEPTH, NAMES, TARGETS};
-use crate::rng::Rng;
 use crate::tree::Snap;
 
 /// What an operation returned: a value to compare (bytes written, entries

@@ -9,13 +9,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::common::Rng;
 use crate::common::{
     as_paths, mount_args, mount_kernel_overlay, render_stack, try_mount_unionfs_args, Form, Format,
     Mount,
 };
 use crate::model::{LKind, StackSpec};
 use crate::ops::{self, hex, shq, Op, Outcome};
-use crate::rng::Rng;
 use crate::tree::{self, Diff, Snap};
 use crate::{expected_for, Site};
 

@@ -1,5 +1,6 @@
-//! A tiny seeded generator (splitmix64): deterministic across runs and
-//! machines, no dependency.
+//! The one seeded generator of the tests (splitmix64): deterministic across
+//! runs and machines, no dependency, so a randomized test replays exactly
+//! from a printed seed. Plus [`scrambled`], bytes that differ at every offset.
 
 /// splitmix64 state.
 #[derive(Clone, Debug)]
@@ -47,6 +48,15 @@ impl Rng {
         &items[self.below(items.len() as u64) as usize]
     }
 
+    /// A uniformly chosen element, or None when the slice is empty.
+    pub fn try_pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        if items.is_empty() {
+            None
+        } else {
+            Some(self.pick(items))
+        }
+    }
+
     /// An index chosen by weight (weights not all zero).
     pub fn weighted(&mut self, weights: &[u64]) -> usize {
         let total: u64 = weights.iter().sum();
@@ -74,4 +84,18 @@ impl Rng {
             })
             .collect()
     }
+}
+
+/// `len` bytes (xorshift of `seed`) that differ at every offset, so a read
+/// from the wrong place shows.
+pub fn scrambled(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -1,4 +1,4 @@
-//! READ replies spliced from the backing file into /dev/fuse (src/splice.rs),
+//! READ replies spliced from the backing file into /dev/fuse (src/daemon/splice.rs),
 //! through real mounts, as root and as an unprivileged user: every read
 //! gives the layer's bytes (whole files, odd offsets and sizes, end of
 //! file, past it, empty files, a handle whose file is copied up while it is

@@ -1,5 +1,5 @@
 //! WRITE requests received by splice (`-o splice_write=on`; fuser's
-//! `splice_writes`, src/splice.rs):
+//! `splice_writes`, src/daemon/splice.rs):
 //! a big WRITE's data goes from /dev/fuse through a pipe into the upper
 //! file without a copy through the daemon. Through real mounts as an
 //! unprivileged user (as root, upper files are passed through in the

@@ -19,13 +19,6 @@ pub mod squash;
 pub mod stage;
 pub mod which;
 
-/// The offline reader by the path tests/differential names it; to go once
-/// that test names [`offline`].
-#[doc(hidden)]
-pub mod tree {
-    pub use super::offline::{portable_xattrs, MergedEntry as Node, Union};
-}
-
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Write};

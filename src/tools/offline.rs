@@ -127,7 +127,7 @@ impl MergedEntry {
 
 /// Why a lookup stopped before the bottom layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stop {
+pub enum WordedStop {
     /// A whiteout in this layer deletes the name; `how` names its format,
     /// `oci` says the marker is the file `.wh.NAME` beside the name.
     Whiteout {
@@ -146,7 +146,7 @@ pub enum Stop {
 #[derive(Debug)]
 pub struct Lookup {
     pub node: Option<MergedEntry>,
-    pub stop: Option<Stop>,
+    pub stop: Option<WordedStop>,
     /// With `explain`: the objects of that name below the stop, which the
     /// merged view does not show (layer, path in the layer, `S_IFMT`).
     pub cut: Vec<(LayerId, OsString, u32)>,
@@ -329,7 +329,7 @@ impl Union {
                 let lower = &parts[0];
                 out.cut
                     .insert(0, (lower.layer, lower.path.clone(), lower.kind()));
-                out.stop.get_or_insert(Stop::Shadow { layer: INDEX });
+                out.stop.get_or_insert(WordedStop::Shadow { layer: INDEX });
             }
             // A lower name of an object whose shared copy is a metacopy:
             // that lower file holds the bytes.
@@ -522,7 +522,7 @@ impl union::Sink for Collect<'_> {
 
 /// A stop as `which` words it. `parts`: what the lookup found, among them
 /// the opaque directory of an opaque stop.
-fn stop_in_words(stop: union::Stop, parts: &[Part], explain: bool) -> Result<Stop> {
+fn stop_in_words(stop: union::Stop, parts: &[Part], explain: bool) -> Result<WordedStop> {
     Ok(match stop {
         union::Stop::Whiteout { layer, kind } => {
             let how = match kind {
@@ -530,7 +530,7 @@ fn stop_in_words(stop: union::Stop, parts: &[Part], explain: bool) -> Result<Sto
                 WhiteoutKind::Xattr => "overlay.whiteout xattr",
                 WhiteoutKind::Oci => ".wh. file",
             };
-            Stop::Whiteout {
+            WordedStop::Whiteout {
                 layer,
                 how: how.to_owned(),
                 oci: kind == WhiteoutKind::Oci,
@@ -548,12 +548,12 @@ fn stop_in_words(stop: union::Stop, parts: &[Part], explain: bool) -> Result<Sto
                 (OpaqueWhy::OnPath, _) => Some("opaque dir on the redirect's path".to_owned()),
                 _ => None,
             };
-            Stop::Opaque {
+            WordedStop::Opaque {
                 layer,
                 how: how.unwrap_or_else(|| "opaque marker".to_owned()),
             }
         }
-        union::Stop::Shadow { layer } => Stop::Shadow { layer },
+        union::Stop::Shadow { layer } => WordedStop::Shadow { layer },
     })
 }
 

@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::fd::AsFd;
 
-use super::offline::{components, label, show_path, Lookup, MergedEntry, Stop, Union};
+use super::offline::{components, label, show_path, Lookup, MergedEntry, Union, WordedStop};
 use super::ToolError;
 use crate::model::layer::{join_path, split_path, LayerId};
 use crate::sys;
@@ -26,9 +26,9 @@ struct Explained {
     hidden: Vec<Hidden>,
 }
 
-fn describe_stop(stop: &Stop, at: &OsStr) -> String {
+fn describe_stop(stop: &WordedStop, at: &OsStr) -> String {
     match stop {
-        Stop::Whiteout { layer, how, oci } => {
+        WordedStop::Whiteout { layer, how, oci } => {
             let (dir, name) = split_path(at);
             let marker = match oci {
                 true => join_path(dir, &crate::model::whiteout::oci_whiteout_name(name)),
@@ -40,12 +40,14 @@ fn describe_stop(stop: &Stop, at: &OsStr) -> String {
                 show_path(&marker)
             )
         }
-        Stop::Opaque { layer, how } => format!(
+        WordedStop::Opaque { layer, how } => format!(
             "hidden by opaque dir {} in {} ({how})",
             show_path(at),
             label(*layer)
         ),
-        Stop::Shadow { layer } => format!("shadowed by {} in {}", show_path(at), label(*layer)),
+        WordedStop::Shadow { layer } => {
+            format!("shadowed by {} in {}", show_path(at), label(*layer))
+        }
     }
 }
 
@@ -115,7 +117,7 @@ fn explain(union: &Union, rel: &OsStr) -> Result<Explained, ToolError> {
             Some(n) => node = n,
             None => {
                 let why = match &stop {
-                    Some(s @ Stop::Whiteout { .. }) => describe_stop(s, &here),
+                    Some(s @ WordedStop::Whiteout { .. }) => describe_stop(s, &here),
                     _ => match hidden.first() {
                         Some(h) => h.why.clone(),
                         None => "no layer has it".to_owned(),

@@ -386,14 +386,14 @@ pub fn layer_changes(before: &Snap, after: &Snap) -> Vec<String> {
 /// (type, mode, owner, size, bytes, symlink target, user xattrs, mtime).
 pub fn offline_snap(lowers: &[&Path], upper: &Path, work: &Path) -> Snap {
     use std::os::unix::ffi::OsStrExt;
-    use unionfs::tools::tree::{portable_xattrs, Node, Union};
+    use unionfs::tools::offline::{portable_xattrs, MergedEntry, Union};
 
     let lowers: Vec<std::path::PathBuf> = lowers.iter().map(|p| p.to_path_buf()).collect();
     let union = match Union::open(&lowers, Some(upper), Some(work)) {
         Ok(u) => u,
         Err(e) => panic!("offline reader: open: {e}"),
     };
-    let ent = |n: &Node| -> Ent {
+    let ent = |n: &MergedEntry| -> Ent {
         let top = n.top();
         let st = top.stat;
         let mut e = Ent {
@@ -455,10 +455,13 @@ pub fn offline_snap(lowers: &[&Path], upper: &Path, work: &Path) -> Snap {
         .root()
         .unwrap_or_else(|e| panic!("offline reader: root: {e}"));
     out.insert(Vec::new(), ent(&root));
-    let r = union.walk(&root, &mut |n: &Node| -> Result<(), unionfs::Error> {
-        out.insert(n.path.clone().into_vec(), ent(n));
-        Ok(())
-    });
+    let r = union.walk(
+        &root,
+        &mut |n: &MergedEntry| -> Result<(), unionfs::Error> {
+            out.insert(n.path.clone().into_vec(), ent(n));
+            Ok(())
+        },
+    );
     if let Err(e) = r {
         panic!("offline reader: walk: {e}");
     }

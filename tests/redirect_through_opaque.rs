@@ -65,6 +65,15 @@ fn a_redirect_through_an_opaque_lower_dir_stops_there_as_the_kernel_does() {
         let seen = view(&mnt);
         m.umount();
         if let Some(args) = extra {
+            // The exchange wrote two empty redirected dirs to the upper;
+            // their entries come from the lowers.
+            for d in ["e/b", "e/c"] {
+                assert!(upper.join(d).is_dir(), "{side}: upper/{d}");
+                assert!(
+                    list_str(&upper.join(d)).is_empty(),
+                    "{side}: upper/{d} holds entries"
+                );
+            }
             let again = mount_unionfs(&lowers, Some(&upper), Some(&work), &mnt, args);
             assert_eq!(view(&mnt), seen, "{side}: the view after a remount");
             again.umount();

@@ -101,7 +101,6 @@ pub(crate) enum Received {
 pub(crate) struct SplicedReceiver {
     read: OwnedFd,
     write: OwnedFd,
-    capacity: usize,
 }
 
 impl SplicedReceiver {
@@ -124,16 +123,7 @@ impl SplicedReceiver {
                 "pipe holds {got} bytes, not {capacity}"
             )));
         }
-        Ok(SplicedReceiver {
-            read,
-            write,
-            capacity: got as usize,
-        })
-    }
-
-    /// The bytes this pipe holds.
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+        Ok(SplicedReceiver { read, write })
     }
 
     /// Receives one request: splices it from `dev` into the pipe, then
@@ -162,9 +152,6 @@ impl SplicedReceiver {
                 e => return Err(e),
             }
         };
-        if n > buf.len() {
-            return Err(Errno::EIO);
-        }
         if n < MIN_SPLICED_WRITE + HEAD {
             read_exact(self.read.as_fd(), &mut buf[..n]).map_err(errno_of)?;
             return Ok(Received::Whole(n));
